@@ -1,0 +1,129 @@
+"""The `vlchat` command. Imports nothing heavy at module level: `vlchat --help` must not wait for torch."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Sequence
+
+from vlchat import __version__
+
+EXIT_OK, EXIT_MODEL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+DEFAULT_MODEL = "demo"
+
+
+class UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports bad usage as one line and exit 2, like every other vlchat error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument(
+        "--model",
+        "-m",
+        default=os.environ.get("VLCHAT_MODEL", DEFAULT_MODEL),
+        help="'demo', a Hugging Face hub id (llava-hf/llava-1.5-7b-hf) or a local model folder "
+        "(default: $VLCHAT_MODEL or demo)",
+    )
+    group.add_argument(
+        "--quant",
+        choices=("auto", "4bit", "8bit", "none"),
+        default="auto",
+        help="weights quantization with bitsandbytes; auto is 4bit on CUDA, none elsewhere",
+    )
+    group.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cuda, mps or cpu")
+    group.add_argument(
+        "--dtype", choices=("auto", "bfloat16", "float16", "float32"), default="auto", help="compute dtype"
+    )
+    group.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="allow a model's own Python code to run (off unless you pass this)",
+    )
+
+
+def _add_generation_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("generation")
+    group.add_argument("--max-new-tokens", type=int, default=512, metavar="N", help="longest answer (default 512)")
+    group.add_argument("--temperature", type=float, default=0.0, metavar="T", help="0 is greedy (default)")
+    group.add_argument("--top-p", type=float, default=1.0, metavar="P", help="nucleus sampling (default 1: off)")
+    group.add_argument("--seed", type=int, default=None, help="make sampled answers repeatable")
+    group.add_argument("--system", default=None, metavar="TEXT", help="a system prompt")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="vlchat",
+        description="Conversations about pictures with local vision-language models, in the terminal.",
+        epilog="Try it with the bundled demo model: vlchat ask vlchat/demo/samples/red-circle.png 'What colour is the shape?'",
+    )
+    parser.add_argument("--version", action="version", version=f"vlchat {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    ask = commands.add_parser(
+        "ask",
+        help="answer one question about pictures, streamed to stdout",
+        description="Answer one question about one or more pictures; the answer streams to stdout.",
+    )
+    ask.add_argument("items", nargs="+", metavar="IMAGE... QUESTION", help="pictures, then the question (last)")
+    ask.add_argument("--json", action="store_true", help="print one JSON record instead of streaming text")
+    _add_model_options(ask)
+    _add_generation_options(ask)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from vlchat.core.errors import VlchatError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return EXIT_OK
+        if args.command == "ask":
+            from vlchat.commands.ask import run_ask
+
+            return run_ask(args)
+        raise UsageError(f"unknown command {args.command!r}")
+    except UsageError as error:
+        print(f"vlchat: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except VlchatError as error:
+        print(f"vlchat: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("\nvlchat: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader (`| head`) went away; nothing more to say, and nothing to say it to.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
+    except Exception as error:  # a bug of ours: still one line, with a way to see more
+        if os.environ.get("VLCHAT_DEBUG"):
+            raise
+        print(
+            f"vlchat: internal error: {type(error).__name__}: {error}. "
+            "Run again with VLCHAT_DEBUG=1 for the traceback, and please report it.",
+            file=sys.stderr,
+        )
+        return EXIT_MODEL
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

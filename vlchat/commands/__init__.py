@@ -1,0 +1,1 @@
+"""The headless sub-commands; each module is imported only when its command runs."""

@@ -1,0 +1,1 @@
+"""The domain: conversations, pictures, sessions, export. No torch, no textual."""

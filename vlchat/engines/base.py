@@ -1,0 +1,151 @@
+"""The ChatEngine protocol every engine implements, its errors, and the stream it returns.
+
+An engine turns a Conversation into text pieces. The app, `vlchat ask` and `vlchat caption` only
+ever talk to this protocol, so a local transformers model, a BLIP-2 prompt chain or an HTTP server
+are interchangeable.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Protocol, runtime_checkable
+
+from vlchat.core.conversation import Conversation, GenerationParams, Timings
+from vlchat.core.errors import InputError, VlchatError
+
+
+# -- errors -----------------------------------------------------------------------------------
+class EngineError(VlchatError):
+    """Something went wrong with the model: loading it, or generating with it."""
+
+    exit_code = 1
+
+
+class ModelNotFoundError(EngineError):
+    """The model is neither a known name, a local folder, nor in the Hugging Face cache."""
+
+
+class ModelLoadError(EngineError):
+    """The model exists but could not be loaded (wrong kind, broken files, missing package)."""
+
+
+class GenerationError(EngineError):
+    """Generation failed part-way; the partial answer is kept by the caller."""
+
+
+class OutOfMemoryError(EngineError):
+    """The device ran out of memory."""
+
+
+class ContextTooLongError(EngineError):
+    """The conversation no longer fits in the model's context."""
+
+
+class BadOptionError(InputError):
+    """An option the engine cannot honour here (a device that is not present, say)."""
+
+
+# -- progress and description ------------------------------------------------------------------
+@dataclass
+class LoadProgress:
+    """One step of loading: ``stage`` in words, with ``done``/``total`` bytes or steps when known."""
+
+    stage: str
+    done: int | None = None
+    total: int | None = None
+
+
+ProgressCallback = Callable[[LoadProgress], None]
+
+
+@dataclass
+class EngineInfo:
+    """What ``describe()`` reports: enough for the status line and for `vlchat ask --json`."""
+
+    name: str
+    family: str
+    device: str
+    dtype: str
+    quantization: str
+    memory_bytes: int | None
+    context_length: int | None
+    label: str = ""  # e.g. "demo model": shown wherever the model's name is shown
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+# -- the stream --------------------------------------------------------------------------------
+@dataclass
+class StreamStats:
+    tokens: int = 0
+    stopped: bool = False
+    started: float = field(default_factory=time.perf_counter)
+    first_token_at: float | None = None
+    finished_at: float | None = None
+    prompt_tokens: int | None = None
+
+    def timings(self) -> Timings:
+        end = self.finished_at or time.perf_counter()
+        first = None if self.first_token_at is None else self.first_token_at - self.started
+        decode_s = None if self.first_token_at is None else end - self.first_token_at
+        rate = None
+        if decode_s and self.tokens > 1:
+            rate = (self.tokens - 1) / decode_s
+        return Timings(first_token_s=first, total_s=end - self.started, tokens_per_s=rate)
+
+
+class TokenStream:
+    """An iterator of text pieces that also knows, once done, how many tokens and how long.
+
+    ``text`` holds everything yielded so far, so a stopped or failed stream still has its
+    partial answer.
+    """
+
+    def __init__(self, pieces: Iterator[str], stats: StreamStats):
+        self._pieces = pieces
+        self.stats = stats
+        self.text = ""
+
+    def __iter__(self) -> "TokenStream":
+        return self
+
+    def __next__(self) -> str:
+        piece = next(self._pieces)
+        self.text += piece
+        return piece
+
+    def close(self) -> None:
+        close = getattr(self._pieces, "close", None)
+        if close:
+            close()
+
+
+@runtime_checkable
+class ChatEngine(Protocol):
+    """What the app and the commands need from any model backend."""
+
+    name: str
+
+    def load(self, progress: ProgressCallback | None = None) -> None:
+        """Load the model; slow. Reports steps through ``progress``. Raises EngineError subclasses."""
+
+    def stream(
+        self,
+        conversation: Conversation,
+        params: GenerationParams,
+        cancel: threading.Event | None = None,
+    ) -> TokenStream:
+        """Answer the conversation's last user message, piece by piece.
+
+        Setting ``cancel`` stops generation itself within one decoding step; the stream then ends
+        and ``stream.stats.stopped`` is true. An error inside generation is raised from iteration.
+        """
+
+    def unload(self) -> None:
+        """Free the model and its memory."""
+
+    def describe(self) -> EngineInfo:
+        """Name, family, device, dtype, quantization, memory used and context length."""

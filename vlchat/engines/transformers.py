@@ -1,0 +1,463 @@
+"""The local engine: AutoProcessor + AutoModelForImageTextToText, optionally in 4- or 8-bit.
+
+The conversation is rendered with the model's own chat template, pictures as ``{"type": "image"}``
+entries at the turn where they were added. Tokens stream through a TextIteratorStreamer fed by a
+generation thread; a stopping criterion that reads a threading.Event makes cancel stop the model
+itself within one decoding step, not just the display.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import threading
+import time
+import warnings
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from vlchat.core.conversation import Conversation, GenerationParams, ImageRef
+from vlchat.core.errors import VlchatError
+from vlchat.core.images import open_ref
+from vlchat.core.text import clean
+from vlchat.engines.base import (
+    BadOptionError,
+    ContextTooLongError,
+    EngineError,
+    EngineInfo,
+    GenerationError,
+    LoadProgress,
+    ModelLoadError,
+    ModelNotFoundError,
+    OutOfMemoryError,
+    ProgressCallback,
+    StreamStats,
+    TokenStream,
+)
+from vlchat.engines.registry import ModelSpec, resolve
+
+QUANTS = ("auto", "4bit", "8bit", "none")
+DEVICES = ("auto", "cuda", "mps", "cpu")
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+
+
+def quiet_libraries() -> None:
+    """Keep library chatter (warnings, progress bars, kernel hints) off the person's terminal."""
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", module=r"(transformers|torch|bitsandbytes|accelerate)(\.|$)")
+
+
+def offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def pick_device(requested: str) -> str:
+    import torch
+
+    if requested not in DEVICES and not requested.startswith("cuda:"):
+        raise BadOptionError(f"unknown device {requested!r}", "use auto, cuda, mps or cpu")
+    has_cuda = torch.cuda.is_available()
+    has_mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+    if requested == "auto":
+        return "cuda" if has_cuda else "mps" if has_mps else "cpu"
+    if requested.startswith("cuda") and not has_cuda:
+        raise BadOptionError(
+            "--device cuda was asked for, but torch sees no CUDA GPU here",
+            "use --device cpu (or auto), or install a CUDA build of torch",
+        )
+    if requested == "mps" and not has_mps:
+        raise BadOptionError("--device mps was asked for, but this machine has no Apple GPU", "use --device cpu")
+    return requested
+
+
+def pick_quant(requested: str, device: str) -> str:
+    if requested not in QUANTS:
+        raise BadOptionError(f"unknown quantization {requested!r}", "use 4bit, 8bit, none or auto")
+    if requested == "auto":
+        return "4bit" if device.startswith("cuda") else "none"
+    if requested != "none" and device == "mps":
+        raise BadOptionError(
+            f"--quant {requested} needs bitsandbytes, which does not run on Apple GPUs", "use --quant none"
+        )
+    return requested
+
+
+def pick_dtype(requested: str, device: str):
+    import torch
+
+    if requested not in DTYPES:
+        raise BadOptionError(f"unknown dtype {requested!r}", "use auto, bfloat16, float16 or float32")
+    if requested != "auto":
+        return getattr(torch, requested)
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device == "mps":
+        return torch.float16
+    return torch.float32
+
+
+def _first_line(error: BaseException) -> str:
+    text = clean(str(error), keep_newlines=True).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+class TransformersEngine:
+    """A local image-text-to-text model through transformers."""
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        quant: str = "auto",
+        device: str = "auto",
+        dtype: str = "auto",
+        trust_remote_code: bool = False,
+        image_dirs: Sequence[str | os.PathLike] = (),
+        spec: ModelSpec | None = None,
+    ):
+        self.spec = spec or resolve(model)
+        self.name = self.spec.name
+        self.requested = (quant, device, dtype)
+        self.trust_remote_code = trust_remote_code
+        self.image_dirs = list(image_dirs)
+        self.model: Any = None
+        self.processor: Any = None
+        self.device = "cpu"
+        self.quant = "none"
+        self.dtype: Any = None
+        self._images: OrderedDict[str, Any] = OrderedDict()
+
+    # -- loading -------------------------------------------------------------------------------
+    def load(self, progress: ProgressCallback | None = None) -> None:
+        report = progress or (lambda _p: None)
+        report(LoadProgress("starting torch"))
+        quiet_libraries()
+        import torch  # noqa: F401  (imported here, not at module level: `vlchat --help` stays fast)
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        quant_req, device_req, dtype_req = self.requested
+        self.device = pick_device(device_req)
+        self.quant = pick_quant(quant_req, self.device)
+        self.dtype = pick_dtype(dtype_req, self.device)
+        source = self._locate(report)
+
+        kwargs: dict[str, Any] = {"trust_remote_code": self.trust_remote_code}
+        if offline():
+            kwargs["local_files_only"] = True
+        quant_config = self._quantization_config()
+        report(LoadProgress(f"loading {self.name} on {self.device}"))
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                processor = AutoProcessor.from_pretrained(source, **kwargs)
+                model = AutoModelForImageTextToText.from_pretrained(
+                    source,
+                    dtype=self.dtype,
+                    quantization_config=quant_config,
+                    device_map={"": self.device},
+                    **kwargs,
+                )
+        except VlchatError:
+            raise
+        except Exception as error:  # transformers raises bare ValueError/OSError/ImportError
+            raise self._load_error(error) from error
+        model.eval()
+        self.model, self.processor = model, processor
+        self._images.clear()
+        report(LoadProgress("ready"))
+
+    def _quantization_config(self):
+        if self.quant == "none":
+            return None
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError as error:
+            raise ModelLoadError(
+                f"--quant {self.quant} needs bitsandbytes, which is not installed",
+                "pip install bitsandbytes, or use --quant none",
+            ) from error
+        from transformers import BitsAndBytesConfig
+
+        if self.quant == "8bit":
+            return BitsAndBytesConfig(load_in_8bit=True)
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=self.dtype,
+        )
+
+    def _locate(self, report: ProgressCallback) -> str:
+        """A local folder as it is; a hub id from the cache, or downloaded unless offline."""
+        if self.spec.is_local:
+            if not (Path(self.spec.source) / "config.json").is_file():
+                raise ModelNotFoundError(
+                    f"the model folder {clean(self.spec.source, keep_newlines=False)} has no config.json",
+                    "reinstall vlchat for the demo model, or point --model at a complete model folder",
+                )
+            return self.spec.source
+        from huggingface_hub import try_to_load_from_cache
+
+        repo = self.spec.source
+        cached = try_to_load_from_cache(repo, "config.json")
+        if isinstance(cached, str):
+            return repo
+        if offline():
+            raise ModelNotFoundError(
+                f"model {repo} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set",
+                f"download it where there is network with `hf download {repo}` (and copy the cache here), or unset HF_HUB_OFFLINE",
+            )
+        report(LoadProgress(f"downloading {repo}"))
+        return self._download(repo, report)
+
+    def _download(self, repo: str, report: ProgressCallback) -> str:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub import errors as hub_errors
+
+        try:
+            return snapshot_download(repo, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.py"])
+        except hub_errors.RepositoryNotFoundError as error:
+            raise ModelNotFoundError(
+                f"no model named {repo} on the Hugging Face hub (or it is private)",
+                "check the name; for a gated or private model run `hf auth login` first",
+            ) from error
+        except hub_errors.GatedRepoError as error:
+            raise ModelNotFoundError(
+                f"model {repo} is gated on the Hugging Face hub",
+                "accept its licence on its hub page and run `hf auth login`",
+            ) from error
+        except Exception as error:
+            raise ModelNotFoundError(
+                f"could not download model {repo}: {_first_line(error)}",
+                "check the network, or download it elsewhere with `hf download` and set HF_HUB_OFFLINE=1",
+            ) from error
+
+    def _load_error(self, error: Exception) -> EngineError:
+        text = str(error)
+        if "trust_remote_code" in text:
+            return ModelLoadError(
+                f"model {self.name} ships its own Python code, which vlchat does not run unless asked",
+                "read that code first; then pass --trust-remote-code to run it",
+            )
+        if "Unrecognized configuration class" in text or "Unrecognized model" in text:
+            return ModelLoadError(
+                f"{self.name} is not an image-text-to-text model that transformers can load",
+                "use a vision-language model such as llava-hf/llava-1.5-7b-hf",
+            )
+        if isinstance(error, ImportError):
+            return ModelLoadError(f"loading {self.name} needs a missing package: {_first_line(error)}", "install it with pip")
+        if "out of memory" in text.lower():
+            return OutOfMemoryError(
+                f"not enough memory to load {self.name} on {self.device}",
+                "try --quant 4bit, a smaller model, or free the GPU",
+            )
+        if isinstance(error, OSError) and offline():
+            return ModelNotFoundError(
+                f"model {self.name} is incomplete in the local cache and HF_HUB_OFFLINE is set",
+                f"download it again with `hf download {self.spec.source}` where there is network",
+            )
+        return ModelLoadError(f"could not load {self.name}: {_first_line(error)}", "check the model files")
+
+    # -- generating ------------------------------------------------------------------------------
+    def _picture(self, ref: ImageRef):
+        image = self._images.get(ref.sha256)
+        if image is None:
+            image = open_ref(ref, self.image_dirs)
+            self._images[ref.sha256] = image
+            while len(self._images) > 32:
+                self._images.popitem(last=False)
+        else:
+            self._images.move_to_end(ref.sha256)
+        return image
+
+    def chat_messages(self, conversation: Conversation) -> list[dict[str, Any]]:
+        """The conversation as chat-template messages, each picture at the turn it was added."""
+        messages = []
+        for message in conversation.messages:
+            content: list[dict[str, Any]] = [
+                {"type": "image", "image": self._picture(ref)} for ref in message.images
+            ]
+            content.append({"type": "text", "text": message.text})
+            messages.append({"role": message.role, "content": content})
+        return messages
+
+    def prepare(self, conversation: Conversation) -> dict[str, Any]:
+        """Token ids, pixel values and whatever else the processor makes, on the model's device."""
+        self._require_loaded()
+        if not conversation.messages or conversation.messages[-1].role != "user":
+            raise GenerationError("there is no question to answer", "add a user message first")
+        inputs = self.processor.apply_chat_template(
+            self.chat_messages(conversation),
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=True,
+            return_tensors="pt",
+        )
+        inputs = inputs.to(self.model.device)
+        if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+        return inputs
+
+    def generation_kwargs(self, inputs: dict[str, Any], params: GenerationParams) -> dict[str, Any]:
+        params.validate()
+        prompt_tokens = int(inputs["input_ids"].shape[-1])
+        limit = self.context_length()
+        if limit and prompt_tokens >= limit:
+            raise ContextTooLongError(
+                f"the conversation is {prompt_tokens} tokens, more than the model's context of {limit}",
+                "start a new conversation, or remove pictures or earlier turns",
+            )
+        max_new = params.max_new_tokens if not limit else min(params.max_new_tokens, limit - prompt_tokens)
+        kwargs: dict[str, Any] = dict(inputs)
+        kwargs["max_new_tokens"] = max_new
+        tokenizer = self.tokenizer
+        if params.temperature > 0:
+            kwargs.update(do_sample=True, temperature=float(params.temperature), top_p=float(params.top_p))
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if tokenizer.pad_token_id is not None:
+            kwargs["pad_token_id"] = tokenizer.pad_token_id
+        elif tokenizer.eos_token_id is not None:
+            kwargs["pad_token_id"] = tokenizer.eos_token_id
+        return kwargs
+
+    def stream(
+        self,
+        conversation: Conversation,
+        params: GenerationParams,
+        cancel: threading.Event | None = None,
+    ) -> TokenStream:
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+        inputs = self.prepare(conversation)
+        kwargs = self.generation_kwargs(inputs, params)
+        cancel = cancel or threading.Event()
+        abandon = threading.Event()  # the reader went away: stop the model too
+        stats = StreamStats(prompt_tokens=int(inputs["input_ids"].shape[-1]))
+
+        class Cancelled(StoppingCriteria):
+            def __call__(self, input_ids, scores, **_kw):
+                stop = cancel.is_set() or abandon.is_set()
+                return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+
+        class CountingStreamer(TextIteratorStreamer):
+            def put(self, value):
+                if not (self.skip_prompt and self.next_tokens_are_prompt):
+                    if stats.first_token_at is None:
+                        stats.first_token_at = time.perf_counter()
+                    stats.tokens += int(value.numel())
+                super().put(value)
+
+        streamer = CountingStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        kwargs["streamer"] = streamer
+        kwargs["stopping_criteria"] = StoppingCriteriaList([Cancelled()])
+        failure: list[BaseException] = []
+        model = self.model
+
+        def generate() -> None:
+            try:
+                if params.seed is not None:
+                    torch.manual_seed(params.seed)
+                with torch.inference_mode():
+                    model.generate(**kwargs)
+            except BaseException as error:  # handed to the reader, never lost in this thread
+                failure.append(error)
+                streamer.end()
+
+        worker = threading.Thread(target=generate, name="vlchat-generate", daemon=True)
+
+        def pieces() -> Iterator[str]:
+            worker.start()
+            try:
+                for text in streamer:
+                    if text:
+                        yield clean(text)
+                worker.join()
+            finally:
+                if worker.is_alive():
+                    abandon.set()
+                    worker.join()
+                stats.finished_at = time.perf_counter()
+                stats.stopped = cancel.is_set()
+            if failure:
+                raise self._generation_error(failure[0]) from failure[0]
+
+        return TokenStream(pieces(), stats)
+
+    def _generation_error(self, error: BaseException) -> EngineError:
+        import torch
+
+        if isinstance(error, VlchatError):
+            return error  # type: ignore[return-value]
+        if isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower():
+            return OutOfMemoryError(
+                f"{self.device} ran out of memory while answering",
+                "shorten the conversation, lower max_tokens, or use --quant 4bit",
+            )
+        return GenerationError(f"generation failed: {type(error).__name__}: {_first_line(error)}", "the partial answer was kept")
+
+    # -- the rest of the protocol ----------------------------------------------------------------
+    @property
+    def tokenizer(self):
+        self._require_loaded()
+        return getattr(self.processor, "tokenizer", self.processor)
+
+    def _require_loaded(self) -> None:
+        if self.model is None:
+            raise EngineError(f"model {self.name} is not loaded", "load it first")
+
+    def context_length(self) -> int | None:
+        if self.model is None:
+            return None
+        config = self.model.config
+        text = getattr(config, "text_config", None) or config
+        for attr in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+            value = getattr(text, attr, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return None
+
+    def memory_bytes(self) -> int | None:
+        if self.model is None:
+            return None
+        import torch
+
+        if self.device.startswith("cuda"):
+            return int(torch.cuda.memory_allocated())
+        return int(self.model.get_memory_footprint())
+
+    def describe(self) -> EngineInfo:
+        config = getattr(self.model, "config", None)
+        family = self.spec.family
+        if config is not None and family == "auto":
+            family = getattr(config, "model_type", "auto")
+        return EngineInfo(
+            name=self.name,
+            family=family,
+            device=self.device,
+            dtype=str(self.dtype).replace("torch.", "") if self.dtype is not None else "",
+            quantization="nf4 4-bit" if self.quant == "4bit" else "int8" if self.quant == "8bit" else "none",
+            memory_bytes=self.memory_bytes(),
+            context_length=self.context_length(),
+            label=self.spec.label,
+        )
+
+    def unload(self) -> None:
+        self.model = None
+        self.processor = None
+        self._images.clear()
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except ImportError:
+            pass
