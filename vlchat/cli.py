@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Sequence
@@ -11,7 +10,6 @@ from typing import Sequence
 from vlchat import __version__
 
 EXIT_OK, EXIT_MODEL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-DEFAULT_MODEL = "demo"
 
 
 class UsageError(Exception):
@@ -30,34 +28,38 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--model",
         "-m",
-        default=os.environ.get("VLCHAT_MODEL", DEFAULT_MODEL),
-        help="'demo', a Hugging Face hub id (llava-hf/llava-1.5-7b-hf) or a local model folder "
-        "(default: $VLCHAT_MODEL or demo)",
+        help="'demo', a Hugging Face hub id (llava-hf/llava-1.5-7b-hf) or a local model folder (default: demo)",
     )
     group.add_argument(
         "--quant",
         choices=("auto", "4bit", "8bit", "none"),
-        default="auto",
-        help="weights quantization with bitsandbytes; auto is 4bit on CUDA, none elsewhere",
+        help="weights quantization with bitsandbytes; auto (default) is 4bit on CUDA, none elsewhere",
     )
-    group.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cuda, mps or cpu")
-    group.add_argument(
-        "--dtype", choices=("auto", "bfloat16", "float16", "float32"), default="auto", help="compute dtype"
-    )
+    group.add_argument("--device", help="auto (default: cuda, then mps, then cpu), cuda, mps or cpu")
+    group.add_argument("--dtype", choices=("auto", "bfloat16", "float16", "float32"), help="compute dtype")
     group.add_argument(
         "--trust-remote-code",
         action="store_true",
+        default=None,
         help="allow a model's own Python code to run (off unless you pass this)",
     )
 
 
 def _add_generation_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("generation")
-    group.add_argument("--max-new-tokens", type=int, default=512, metavar="N", help="longest answer (default 512)")
-    group.add_argument("--temperature", type=float, default=0.0, metavar="T", help="0 is greedy (default)")
-    group.add_argument("--top-p", type=float, default=1.0, metavar="P", help="nucleus sampling (default 1: off)")
-    group.add_argument("--seed", type=int, default=None, help="make sampled answers repeatable")
-    group.add_argument("--system", default=None, metavar="TEXT", help="a system prompt")
+    group.add_argument("--max-new-tokens", type=int, metavar="N", help="longest answer (default 512)")
+    group.add_argument("--temperature", type=float, metavar="T", help="0 is greedy (default)")
+    group.add_argument("--top-p", type=float, metavar="P", help="nucleus sampling (default 1: off)")
+    group.add_argument("--seed", type=int, help="make sampled answers repeatable")
+    group.add_argument("--system", metavar="TEXT", help="a system prompt")
+
+
+def settings_from(args: argparse.Namespace):
+    """Defaults < config file < VLCHAT_* < the flags given on this command line."""
+    from vlchat.config import SETTING_NAMES, load_settings
+
+    flags = {name: getattr(args, name) for name in SETTING_NAMES if hasattr(args, name)}
+    return load_settings(flags)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Try it with the bundled demo model: vlchat ask vlchat/demo/samples/red-circle.png 'What colour is the shape?'",
     )
     parser.add_argument("--version", action="version", version=f"vlchat {__version__}")
+    parser.add_argument(
+        "--print-config", action="store_true", help="show the effective settings and where each came from"
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     ask = commands.add_parser(
@@ -88,6 +93,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        if args.print_config:
+            from vlchat.config import config_file, describe_settings
+
+            settings, sources = settings_from(args)
+            print(f"# config file: {config_file()}")
+            print(describe_settings(settings, sources))
+            return EXIT_OK
         if args.command is None:
             parser.print_help()
             return EXIT_OK
@@ -113,8 +125,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as error:  # a bug of ours: still one line, with a way to see more
         if os.environ.get("VLCHAT_DEBUG"):
             raise
+        from vlchat.core.text import clean
+
         print(
-            f"vlchat: internal error: {type(error).__name__}: {error}. "
+            f"vlchat: internal error: {type(error).__name__}: {clean(str(error), keep_newlines=False)}. "
             "Run again with VLCHAT_DEBUG=1 for the traceback, and please report it.",
             file=sys.stderr,
         )

@@ -40,25 +40,26 @@ def write_stream(stream: TokenStream, out: TextIO | None) -> str:
 
 def run_ask(args: argparse.Namespace) -> int:
     from vlchat.engines.base import LoadProgress
-    from vlchat.engines.transformers import TransformersEngine
+    from vlchat.engines import make_engine
 
+    from vlchat.cli import settings_from
+
+    settings, _sources = settings_from(args)
     image_paths, question = split_items(args.items)
     params = GenerationParams(
-        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed
+        max_new_tokens=settings.max_new_tokens,
+        temperature=settings.temperature,
+        top_p=settings.top_p,
+        seed=settings.seed,
     ).validate()
     # Pictures are checked before the (slow) model load, so a typo fails at once.
     pictures = [load_image(path) for path in image_paths]
 
-    engine = TransformersEngine(
-        args.model,
-        quant=args.quant,
-        device=args.device,
-        dtype=args.dtype,
-        trust_remote_code=args.trust_remote_code,
-    )
+    engine = make_engine(settings)
     err = sys.stderr
-    if engine.spec.label:
-        print(f"vlchat: using the {engine.spec.label} (it knows only colours and shapes); "
+    label = getattr(getattr(engine, "spec", None), "label", "")
+    if label:
+        print(f"vlchat: using the {label} (it knows only colours and shapes); "
               "choose a real one with --model", file=err)
 
     def progress(step: LoadProgress) -> None:
@@ -70,8 +71,8 @@ def run_ask(args: argparse.Namespace) -> int:
         print("\r\x1b[K", end="", file=err, flush=True)
 
     conversation = Conversation()
-    if args.system:
-        conversation.set_system(args.system)
+    if settings.system:
+        conversation.set_system(settings.system)
     conversation.add_user(question, [p.ref for p in pictures])
     cancel = threading.Event()
     stream = engine.stream(conversation, params, cancel)

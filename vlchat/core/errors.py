@@ -20,7 +20,8 @@ class VlchatError(Exception):
     def line(self) -> str:
         text = self.message.rstrip(".")
         if self.hint:
-            return f"{text}. {self.hint.rstrip('.')}."
+            hint = self.hint.rstrip(".")
+            return f"{text}. {hint[:1].upper()}{hint[1:]}."
         return f"{text}."
 
 

@@ -375,8 +375,12 @@ class TransformersEngine:
 
         def pieces() -> Iterator[str]:
             worker.start()
+            started = False  # the answer starts at its first visible character
             try:
                 for text in streamer:
+                    if not started:
+                        text = text.lstrip()
+                        started = bool(text)
                     if text:
                         yield clean(text)
                 worker.join()

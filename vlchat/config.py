@@ -1,0 +1,165 @@
+"""Settings: defaults < TOML file in the user config folder < VLCHAT_* environment < command-line flags.
+
+Every setting is a documented field of ``Settings``; ``load_settings`` also says where each value
+came from, which `vlchat --print-config` shows.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+from vlchat.core.errors import InputError
+from vlchat.core.text import clean
+
+APP_NAME = "vlchat"
+
+
+def config_dir() -> Path:
+    from platformdirs import user_config_dir
+
+    return Path(os.environ.get("VLCHAT_CONFIG_DIR") or user_config_dir(APP_NAME))
+
+
+def data_dir() -> Path:
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir(APP_NAME))
+
+
+def config_file() -> Path:
+    return Path(os.environ.get("VLCHAT_CONFIG") or config_dir() / "config.toml")
+
+
+@dataclass
+class Settings:
+    model: str = field(default="demo", metadata={"doc": "model name, hub id or local folder"})
+    quant: str = field(default="auto", metadata={"doc": "4bit, 8bit, none, or auto (4bit on CUDA)"})
+    device: str = field(default="auto", metadata={"doc": "auto, cuda, mps or cpu"})
+    dtype: str = field(default="auto", metadata={"doc": "auto, bfloat16, float16 or float32"})
+    trust_remote_code: bool = field(default=False, metadata={"doc": "let a model run its own Python code"})
+    max_new_tokens: int = field(default=512, metadata={"doc": "longest answer, in tokens"})
+    temperature: float = field(default=0.0, metadata={"doc": "0 is greedy"})
+    top_p: float = field(default=1.0, metadata={"doc": "nucleus sampling; 1 turns it off"})
+    seed: int | None = field(default=None, metadata={"doc": "seed for sampled answers"})
+    system: str | None = field(default=None, metadata={"doc": "system prompt for new conversations"})
+    theme: str = field(default="vlchat-dark", metadata={"doc": "colour theme of the app"})
+    image_protocol: str = field(
+        default="auto", metadata={"doc": "how pictures are drawn: auto, kitty, sixel, halfblock, text or none"}
+    )
+    sessions_dir: str | None = field(default=None, metadata={"doc": "where sessions are kept"})
+    endpoint: str | None = field(default=None, metadata={"doc": "URL of an OpenAI-compatible server"})
+    kv_cache_reuse: bool = field(default=True, metadata={"doc": "reuse the model's cache across turns"})
+    bindings: dict[str, str] = field(
+        default_factory=dict, metadata={"doc": "key binding id -> keys, e.g. stop = \"escape,ctrl+c\""}
+    )
+
+
+SETTING_NAMES = tuple(f.name for f in fields(Settings))
+_TYPES = {f.name: f.type for f in fields(Settings)}
+
+
+def _coerce(name: str, value: Any, where: str) -> Any:
+    """The value as the setting's type, or one clear line naming the setting and where it was set."""
+    kind = str(_TYPES[name])
+    expected = {"bool": "true or false", "int": "a whole number", "float": "a number"}.get(
+        kind.split(" ")[0], "text"
+    )
+    if name == "bindings":
+        expected = 'a table of binding id = "keys"'
+    try:
+        if "None" in kind and (value is None or (isinstance(value, str) and value.strip().lower() in ("", "none"))):
+            return None
+        if name == "bindings":
+            if not isinstance(value, Mapping) or not all(isinstance(v, str) for v in value.values()):
+                raise ValueError
+            return {str(k): str(v) for k, v in value.items()}
+        if kind.startswith("bool"):
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if isinstance(value, bool) or isinstance(value, (dict, list)):
+            if not kind.startswith("str"):
+                raise ValueError
+        if kind.startswith("int"):
+            return int(value)
+        if kind.startswith("float"):
+            return float(value)
+        if isinstance(value, (dict, list)):
+            raise ValueError
+        return str(value)
+    except (TypeError, ValueError):
+        raise InputError(
+            f"setting {name} from {where} is {clean(repr(value), keep_newlines=False)}, not {expected}",
+            f"fix it in {where}",
+        ) from None
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The settings in a TOML file; a missing file is no settings, a broken one is a clear error."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError) as error:
+        raise InputError(f"cannot read the config file {clean(str(path), keep_newlines=False)}: {error}", "fix or remove it") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise InputError(
+            f"the config file {clean(str(path), keep_newlines=False)} is not valid TOML ({error})",
+            "fix that line, or move the file away to start from the defaults",
+        ) from None
+    unknown = sorted(set(data) - set(SETTING_NAMES))
+    if unknown:
+        raise InputError(
+            f"unknown setting {unknown[0]!r} in {clean(str(path), keep_newlines=False)}",
+            f"known settings: {', '.join(SETTING_NAMES)}",
+        )
+    return data
+
+
+def load_settings(
+    flags: Mapping[str, Any] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    path: Path | None = None,
+) -> tuple[Settings, dict[str, str]]:
+    """The effective settings, and for each one where it came from."""
+    env = os.environ if env is None else env
+    path = path or config_file()
+    settings = Settings()
+    sources = {name: "default" for name in SETTING_NAMES}
+    for name, value in read_config_file(path).items():
+        setattr(settings, name, _coerce(name, value, str(path)))
+        sources[name] = f"config file {path}"
+    for name in SETTING_NAMES:
+        variable = f"VLCHAT_{name.upper()}"
+        if variable in env and name != "bindings":
+            setattr(settings, name, _coerce(name, env[variable], f"${variable}"))
+            sources[name] = f"${variable}"
+    for name, value in (flags or {}).items():
+        if value is None or name not in sources:
+            continue
+        flag = "--" + name.replace("_", "-")
+        setattr(settings, name, _coerce(name, value, flag))
+        sources[name] = f"flag {flag}"
+    return settings, sources
+
+
+def describe_settings(settings: Settings, sources: Mapping[str, str]) -> str:
+    """The lines `vlchat --print-config` prints: name = value  # where it came from."""
+    lines = []
+    for f in fields(Settings):
+        value = getattr(settings, f.name)
+        shown = "(not set)" if value is None else repr(value) if not isinstance(value, dict) else value or "{}"
+        lines.append(f"{f.name} = {shown}    # {sources[f.name]}; {f.metadata['doc']}")
+    return "\n".join(lines)
