@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import threading
 from pathlib import Path
@@ -77,6 +78,9 @@ def run_ask(args: argparse.Namespace) -> int:
     cancel = threading.Event()
     stream = engine.stream(conversation, params, cancel)
     out = sys.stdout
+    # Ctrl-C while answering sets the engine's cancel event instead of raising somewhere inside
+    # torch: the model stops within one decoding step and the stream ends cleanly.
+    previous = signal.signal(signal.SIGINT, lambda _signum, _frame: cancel.set())
     try:
         write_stream(stream, None if args.json else out)
     except EngineError:
@@ -84,9 +88,9 @@ def run_ask(args: argparse.Namespace) -> int:
             out.write("\n")  # the partial answer stays on screen; the error line follows it
             out.flush()
         raise
-    except KeyboardInterrupt:
-        cancel.set()
-        stream.close()  # stops the model itself, not only the printing
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if cancel.is_set():
         if not args.json:
             out.write("\n")
             out.flush()
