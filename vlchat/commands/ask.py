@@ -38,25 +38,80 @@ def write_stream(stream: TokenStream, out: TextIO | None) -> str:
     return stream.text
 
 
+# Settings a session remembers; a resumed session keeps them unless this command line (or the
+# config file, or VLCHAT_*) says otherwise.
+_MODEL_KEYS = ("model", "quant", "device", "dtype")
+_PARAM_KEYS = ("max_new_tokens", "temperature", "top_p", "seed")
+
+
+def open_session(args: argparse.Namespace, settings, sources):
+    """The session --session names (locked; 'new' makes one), with its remembered settings applied."""
+    from vlchat.core.sessions import SessionStore, store_root
+
+    store = SessionStore(store_root(settings))
+    if args.session.strip().lower() == "new":
+        return store.create()
+    session = store.open(args.session)
+    if not sources.get("system", "").startswith("flag"):
+        settings.system = None  # the config's system prompt is for new conversations; keep this one's
+    for key in _MODEL_KEYS:
+        if sources.get(key) == "default" and session.model.get(key) is not None:
+            setattr(settings, key, session.model[key])
+    for key in _PARAM_KEYS:
+        if sources.get(key) == "default":
+            setattr(settings, key, getattr(session.params, key))
+    return session
+
+
 def run_ask(args: argparse.Namespace) -> int:
+    from vlchat.cli import settings_from
+
+    settings, sources = settings_from(args)
+    image_paths, question = split_items(args.items)
+    # Pictures are checked before the session is touched and before the (slow) model load, so a
+    # typo fails at once and changes nothing.
+    pictures = [load_image(path) for path in image_paths]
+    session = None
+    if getattr(args, "session", None):
+        session = open_session(args, settings, sources)
+    try:
+        return _ask(args, settings, pictures, question, session)
+    finally:
+        if session is not None:
+            session.close()
+
+
+def _ask(args, settings, pictures, question, session) -> int:
     from vlchat.engines.base import LoadProgress
     from vlchat.engines import make_engine
 
-    from vlchat.cli import settings_from
-
-    settings, _sources = settings_from(args)
-    image_paths, question = split_items(args.items)
     params = GenerationParams(
         max_new_tokens=settings.max_new_tokens,
         temperature=settings.temperature,
         top_p=settings.top_p,
         seed=settings.seed,
     ).validate()
-    # Pictures are checked before the (slow) model load, so a typo fails at once.
-    pictures = [load_image(path) for path in image_paths]
+    err = sys.stderr
+
+    if session is not None:
+        conversation = session.conversation
+        if settings.system and settings.system != conversation.system:
+            conversation.set_system(settings.system)
+        refs = [session.attach(p) for p in pictures]
+        conversation.add_user(question, refs)
+        session.model = {key: getattr(settings, key) for key in _MODEL_KEYS}
+        session.params = params
+        # Saved before the model runs: whatever happens to this process from here on, the
+        # question and its pictures are on disk.
+        session.save()
+        print(clean(f"vlchat: session {session.id} ({session.title}) in {session.folder}", keep_newlines=False), file=err)
+    else:
+        conversation = Conversation()
+        if settings.system:
+            conversation.set_system(settings.system)
+        conversation.add_user(question, [p.ref for p in pictures])
 
     engine = make_engine(settings)
-    err = sys.stderr
     label = getattr(getattr(engine, "spec", None), "label", "")
     if label:
         print(f"vlchat: using the {label} (it knows only colours and shapes); "
@@ -70,19 +125,32 @@ def run_ask(args: argparse.Namespace) -> int:
     if err.isatty():
         print("\r\x1b[K", end="", file=err, flush=True)
 
-    conversation = Conversation()
-    if settings.system:
-        conversation.set_system(settings.system)
-    conversation.add_user(question, [p.ref for p in pictures])
     cancel = threading.Event()
     stream = engine.stream(conversation, params, cancel)
     out = sys.stdout
+
+    def keep_answer(stopped: bool) -> None:
+        if session is None:
+            return
+        stats = stream.stats
+        conversation.add_assistant(
+            stream.text.strip(),
+            model=engine.describe().name,
+            params=params,
+            stopped=stopped or stats.stopped,
+            tokens=stats.tokens,
+            timings=stats.timings(),
+        )
+        session.save()
+
     try:
         write_stream(stream, None if args.json else out)
     except EngineError:
         if stream.text and not args.json:
             out.write("\n")  # the partial answer stays on screen; the error line follows it
             out.flush()
+        if stream.text:
+            keep_answer(True)
         raise
     except KeyboardInterrupt:
         cancel.set()
@@ -90,12 +158,14 @@ def run_ask(args: argparse.Namespace) -> int:
         if not args.json:
             out.write("\n")
             out.flush()
-        print("vlchat: stopped", file=err)
+        keep_answer(True)
+        print("vlchat: stopped" + (" (the partial answer is saved in the session)" if session else ""), file=err)
         return 130
 
     engine_info = engine.describe()
     text = stream.text
     timings = stream.stats.timings()
+    keep_answer(False)
     if args.json:
         record = {
             "answer": text.strip(),
@@ -112,6 +182,8 @@ def run_ask(args: argparse.Namespace) -> int:
             "tokens_per_s": timings.tokens_per_s,
             "stopped": stream.stats.stopped,
         }
+        if session is not None:
+            record["session"] = {"id": session.id, "title": session.title, "path": str(session.folder)}
         out.write(json.dumps(record, ensure_ascii=False) + "\n")
     elif not text.endswith("\n"):
         out.write("\n")

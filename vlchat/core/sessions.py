@@ -144,15 +144,18 @@ def fsync_dir(folder: StrPath) -> None:
         os.close(fd)
 
 
-def atomic_write(path: StrPath, data: bytes) -> None:
+def atomic_write(path: StrPath, data: bytes, *, mode: int | None = None) -> None:
     """Write ``data`` to ``path`` so that a reader (or a crash) sees the old file or the new one, never half.
 
     A temporary file in the same folder is written and fsynced, renamed over ``path``, and the folder
     is fsynced so the rename survives a power cut. Raises OSError; the temporary file is removed.
+    Files are private (0600) unless ``mode`` says otherwise: conversations are personal.
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        if mode is not None:
+            os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
