@@ -604,25 +604,27 @@ def read_session_data(path: Path) -> dict[str, Any]:
         raise SessionDamagedError(f"cannot read {name}: {clean(error.strerror or str(error), keep_newlines=False)}", "check its permissions") from None
     if not raw.strip():
         raise SessionDamagedError(f"{name} is empty, so the session in it is lost or was never written",
-                                  "vlchat leaves it as it is; restore it from a backup or remove the folder")
+                                  "it is left as it is; restore it from a backup or remove the folder")
     try:
         text = raw.decode("utf-8")
         data = json.loads(text)
     except UnicodeDecodeError:
-        raise SessionDamagedError(f"{name} is not a vlchat session (it is not text)", "vlchat leaves it as it is") from None
+        raise SessionDamagedError(f"{name} is not a vlchat session (it is not text)", "it is left as it is") from None
     except json.JSONDecodeError as error:
-        if error.pos >= len(text.rstrip()):
+        # vlchat always writes a whole object: one that stops before its closing brace was cut short.
+        body = text.strip()
+        if body.startswith("{") and (error.pos >= len(text.rstrip()) or not body.endswith("}")):
             what = "is cut short (incomplete JSON)"
         else:
             what = f"is not valid JSON (line {error.lineno}, column {error.colno})"
-        raise SessionDamagedError(f"{name} {what}", "vlchat leaves it as it is; restore it from a backup or move it away") from None
+        raise SessionDamagedError(f"{name} {what}", "it is left as it is; restore it from a backup or move it away") from None
     if not isinstance(data, dict):
-        raise SessionDamagedError(f"{name} is JSON but not a vlchat session", "vlchat leaves it as it is")
+        raise SessionDamagedError(f"{name} is JSON but not a vlchat session", "it is left as it is")
     version = data.get("schema_version")
     ours = data.get("format") == FORMAT or (version == 0 and isinstance(data.get("messages"), list) and "id" in data)
     if not ours or not isinstance(version, int) or isinstance(version, bool):
         raise SessionDamagedError(
-            f"{name} is JSON but not a vlchat session (another program's file?)", "vlchat leaves it as it is"
+            f"{name} is JSON but not a vlchat session (another program's file?)", "it is left as it is"
         )
     if version > SCHEMA_VERSION:
         raise SessionTooNewError(
@@ -630,7 +632,7 @@ def read_session_data(path: Path) -> dict[str, Any]:
             "upgrade vlchat to open it (pip install -U vlchat); the file is left as it is",
         )
     if version < 0:
-        raise SessionDamagedError(f"{name} has an impossible schema_version {version}", "vlchat leaves it as it is")
+        raise SessionDamagedError(f"{name} has an impossible schema_version {version}", "it is left as it is")
     return data
 
 
@@ -705,7 +707,7 @@ def _session_from_data(folder: Path, data: dict[str, Any], *, read_only: bool) -
     except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise SessionDamagedError(
             f"{name} is a vlchat session with a broken field ({clean(str(error), keep_newlines=False)})",
-            "vlchat leaves it as it is; fix the field or restore a backup",
+            "it is left as it is; fix the field or restore a backup",
         ) from None
     _check_pictures(session, pictures_data, data["conversation"].get("messages", []))
     return session
