@@ -75,6 +75,18 @@ def test_round_trip_keeps_every_message_and_picture(store, picture):
     again.close()
 
 
+def test_every_change_is_saved_even_in_place_edits_of_earlier_messages(store, picture):
+    session = make_session(store, picture, turns=3)
+    session.conversation.messages[1].text = "Edited in place."
+    session.conversation.messages[3].stopped = True
+    session.save()
+    session.close()
+    again = store.open(session.id)
+    assert again.conversation.messages[1].text == "Edited in place." and again.conversation.messages[3].stopped
+    assert again.to_dict() == json.loads(again.file.read_text())
+    again.close()
+
+
 def test_session_works_after_the_original_pictures_are_gone(store, picture):
     loaded = picture("square", "green", "red")
     session = store.create()
