@@ -212,8 +212,13 @@ def test_find_by_id_prefix_title_path_and_most_recent(store, picture):
     with pytest.raises(SessionNotFoundError) as caught:
         store.find("no such session")
     assert "no such session" in single_line(caught.value) and "vlchat sessions" in str(caught.value)
-    with pytest.raises(SessionNotFoundError):
+    with pytest.raises(SessionNotFoundError) as caught:
         store.find(str(store.root / "nowhere"))
+    assert "no session at" in str(caught.value) and "nowhere" in str(caught.value)
+    b2 = store.open(b.id)
+    b2.rename("Before/after")  # a title with a slash is still found by its title
+    b2.close()
+    assert store.find("Before/after") == b.folder
 
 
 def test_a_title_two_sessions_share_names_both(store):

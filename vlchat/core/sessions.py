@@ -1003,9 +1003,8 @@ class SessionStore:
             return as_path.parent
         if as_path.is_dir() and (as_path / SESSION_FILE).exists():
             return as_path
-        if looks_like_path:
-            raise SessionNotFoundError(f"no session at {_show(text)} (no {SESSION_FILE} there)",
-                                       "give a session folder, or a name or id from `vlchat sessions`")
+        if isinstance(ref, os.PathLike):
+            raise self._no_session_at(text)
         infos = [i for i in self.list() if not i.error]
         wanted = text.strip()
         by_id = [i for i in infos if i.id == wanted]
@@ -1019,10 +1018,17 @@ class SessionStore:
             listed = ", ".join(f"{m.id} ({m.title})" for m in matches[:5])
             raise AmbiguousSessionError(f"{_show(wanted)!r} fits {len(matches)} sessions: {listed}",
                                         "give more of the id")
+        if looks_like_path:  # a title may hold a slash, so titles were tried first
+            raise self._no_session_at(text)
         raise SessionNotFoundError(
             f"no session called {_show(wanted)!r} in {_show(self.root)}",
             "see them with `vlchat sessions`; give a title, an id (or its first letters) or a folder",
         )
+
+    @staticmethod
+    def _no_session_at(text: str) -> SessionNotFoundError:
+        return SessionNotFoundError(f"no session at {_show(text)} (no {SESSION_FILE} there)",
+                                    "give a session folder, or a title or id from `vlchat sessions`")
 
     # -- changing -------------------------------------------------------------------------------
     def rename(self, ref: str | StrPath, title: str) -> Session:
