@@ -215,7 +215,8 @@ def _start_endless(sessions_dir, session, picture, endless_model, question="Desc
 def test_kill_9_in_the_middle_of_an_answer_loses_nothing_before_it(run_vlchat, sessions_dir, endless_model):
     first = run_vlchat("ask", "--session", "new", "--sessions-dir", sessions_dir, RED_CIRCLE, "What colour is the shape?", "--json")
     assert first.returncode == 0, first.stderr
-    session_id = json.loads(first.stdout)["session"]["id"]
+    first_record = json.loads(first.stdout)
+    session_id, first_answer = first_record["session"]["id"], first_record["answer"]
     folder = sessions_dir / session_id
 
     process = _start_endless(sessions_dir, session_id, STARS, endless_model)
@@ -230,7 +231,8 @@ def test_kill_9_in_the_middle_of_an_answer_loses_nothing_before_it(run_vlchat, s
     json.loads((folder / "session.json").read_text())  # the file parses
     session = load_session(folder)  # and the dead process's lock is taken over
     texts = [m.text for m in session.conversation.messages]
-    assert texts == ["What colour is the shape?", "The shape is red.", "Describe the picture."]
+    assert texts == ["What colour is the shape?", first_answer, "Describe the picture."]
+    assert first_answer == "The shape is red."
     assert len(session.pictures) == 2 and session.problems == []
     for ref in session.conversation.images():
         assert hashlib.sha256((session.folder / f"images/{ref.sha256}.png").read_bytes()).hexdigest() == ref.sha256

@@ -51,6 +51,8 @@ def run_sessions(args: argparse.Namespace) -> int:
         print(json.dumps([i.to_dict() for i in infos], ensure_ascii=False, indent=1))
     elif good:
         print(table(good))
+    elif infos:
+        print(f"no readable sessions in {clean(str(store.root), keep_newlines=False)} (see the warnings)")
     else:
         print(f"no sessions yet in {clean(str(store.root), keep_newlines=False)} "
               "(start one with: vlchat ask --session new PICTURE \"QUESTION\")")

@@ -193,8 +193,9 @@ class SessionLock:
     process is simply taken over; the pid in the file is only there to name the holder.
     """
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, title: str | None = None):
         self.path = folder / LOCK_FILE
+        self.title = title
         self.fd: int | None = None
 
     def acquire(self) -> None:
@@ -212,9 +213,10 @@ class SessionLock:
                 os.close(fd)
                 if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                     holder = f"pid {pid}" if pid else "another process"
+                    what = f"the session {self.title!r}" if self.title else f"the session in {_show(self.path.parent)}"
                     raise SessionLockedError(
-                        f"the session in {_show(self.path.parent)} is open elsewhere ({holder})",
-                        "close it there, or open it read-only to look at it",
+                        f"{what} is open elsewhere ({holder})",
+                        "close it there, or open it read-only to look at it (`vlchat export` reads it while it is open)",
                         pid=pid,
                     ) from None
                 raise _save_error("the session lock", self.path, error) from None
@@ -817,7 +819,7 @@ def load_session(folder: StrPath, *, read_only: bool = False) -> Session:
     data = read_session_data(file)
     lock = None
     if not read_only:
-        lock = SessionLock(folder)
+        lock = SessionLock(folder, clean(str(data.get("title") or ""), keep_newlines=False) or None)
         lock.acquire()
     try:
         version = data["schema_version"]
@@ -1018,6 +1020,10 @@ class SessionStore:
             listed = ", ".join(f"{m.id} ({m.title})" for m in matches[:5])
             raise AmbiguousSessionError(f"{_show(wanted)!r} fits {len(matches)} sessions: {listed}",
                                         "give more of the id")
+        for info in self.list():
+            # A damaged session is still named by its folder: say what is wrong with it.
+            if info.error and (info.folder.name == wanted or (len(wanted) >= 4 and info.folder.name.startswith(wanted))):
+                raise SessionDamagedError(info.error.rstrip("."))
         if looks_like_path:  # a title may hold a slash, so titles were tried first
             raise self._no_session_at(text)
         raise SessionNotFoundError(
