@@ -86,6 +86,9 @@ def test_damaged_session_is_warned_about_and_left_alone(run_vlchat, with_example
     result = run_vlchat("export", str(bad.parent), "-o", with_example.parent / "x.md", "--sessions-dir", with_example)
     assert result.returncode == 2
     one_error_line(result.stderr, str(bad), "cut short")
+    by_name = run_vlchat("ask", "--session", "brok", "--sessions-dir", with_example, "What shape is it?")
+    assert by_name.returncode == 2
+    one_error_line(by_name.stderr, str(bad), "cut short")
     assert bad.read_bytes() == b'{"format": "vlchat-session", "schema_ver'
 
 
