@@ -161,6 +161,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"vlchat: error: {error}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
+        if os.environ.get("VLCHAT_DEBUG"):
+            import traceback
+
+            traceback.print_exc()
         print("\nvlchat: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
 import threading
 from pathlib import Path
-from typing import TextIO
+from typing import Iterator, TextIO
 
 from vlchat.core.conversation import Conversation, GenerationParams
 from vlchat.core.errors import InputError
@@ -61,6 +63,23 @@ def open_session(args: argparse.Namespace, settings, sources):
         if sources.get(key) == "default":
             setattr(settings, key, getattr(session.params, key))
     return session
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Ignore Ctrl-C while the answer is being saved: a second press must not lose the first answer.
+
+    The save takes milliseconds; a Ctrl-C that arrived while it ran is dropped, not delivered later
+    into the middle of something else.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def run_ask(args: argparse.Namespace) -> int:
@@ -133,15 +152,16 @@ def _ask(args, settings, pictures, question, session) -> int:
         if session is None:
             return
         stats = stream.stats
-        conversation.add_assistant(
-            stream.text.strip(),
-            model=engine.describe().name,
-            params=params,
-            stopped=stopped or stats.stopped,
-            tokens=stats.tokens,
-            timings=stats.timings(),
-        )
-        session.save()
+        with interrupts_deferred():
+            conversation.add_assistant(
+                stream.text.strip(),
+                model=engine.name,
+                params=params,
+                stopped=stopped or stats.stopped,
+                tokens=stats.tokens,
+                timings=stats.timings(),
+            )
+            session.save()
 
     try:
         write_stream(stream, None if args.json else out)
@@ -153,8 +173,9 @@ def _ask(args, settings, pictures, question, session) -> int:
             keep_answer(True)
         raise
     except KeyboardInterrupt:
-        cancel.set()
-        stream.close()  # stops the model itself, not only the printing
+        with interrupts_deferred():
+            cancel.set()
+            stream.close()  # stops the model itself, not only the printing
         if not args.json:
             out.write("\n")
             out.flush()
