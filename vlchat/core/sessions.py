@@ -827,6 +827,8 @@ def load_session(folder: StrPath, *, read_only: bool = False) -> Session:
             data = migrate(data)
         session = _session_from_data(folder, data, read_only=read_only)
         session._lock = lock
+        if lock is not None:
+            _remove_stale_temporary_files(folder)
         if version < SCHEMA_VERSION:
             session.migrated_from = version
             if read_only:
@@ -841,6 +843,16 @@ def load_session(folder: StrPath, *, read_only: bool = False) -> Session:
         if lock is not None:
             lock.release()
         raise
+
+
+def _remove_stale_temporary_files(folder: Path) -> None:
+    """Temporary files of saves that were killed before their rename; we hold the lock, so none is live."""
+    for pattern in (f".{SESSION_FILE}.*.tmp", f"{IMAGES_DIR}/.*.tmp"):
+        for stray in folder.glob(pattern):
+            try:
+                stray.unlink()
+            except OSError:
+                pass
 
 
 def _backup_and_upgrade(session: Session, file: Path, version: int) -> None:
