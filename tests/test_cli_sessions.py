@@ -273,3 +273,12 @@ def test_ctrl_c_keeps_the_partial_answer_marked_stopped(sessions_dir, endless_mo
     assert question.text == "Describe the picture." and question.images
     assert answer.stopped and answer.role == "assistant" and len(answer.text) >= 10
     assert answer.text == (first + out).decode().strip()  # exactly what the person saw
+
+
+@pytest.mark.parametrize("args, words", [(["--model", "no-such-model"], ["no-such-model"]),
+                                         (["--temperature", "-1"], ["temperature"])])
+def test_ask_new_session_with_a_bad_option_makes_no_session(run_vlchat, sessions_dir, args, words):
+    result = run_vlchat("ask", "--session", "new", "--sessions-dir", sessions_dir, RED_CIRCLE, "What shape is it?", *args)
+    assert result.returncode == 2
+    one_error_line(result.stderr, *words)
+    assert list(sessions_dir.iterdir()) == []

@@ -85,31 +85,41 @@ def interrupts_deferred() -> Iterator[None]:
 def run_ask(args: argparse.Namespace) -> int:
     from vlchat.cli import settings_from
 
+    from vlchat.engines import make_engine
+
     settings, sources = settings_from(args)
     image_paths, question = split_items(args.items)
-    # Pictures are checked before the session is touched and before the (slow) model load, so a
-    # typo fails at once and changes nothing.
+    # Options, pictures and the model name are checked before a session is made or changed and
+    # before the (slow) model load, so a typo fails at once and changes nothing.
+    _params(settings)
     pictures = [load_image(path) for path in image_paths]
+    wanted = (getattr(args, "session", None) or "").strip()
     session = None
-    if getattr(args, "session", None):
+    if wanted and wanted.lower() != "new":
         session = open_session(args, settings, sources)
     try:
-        return _ask(args, settings, pictures, question, session)
+        engine = make_engine(settings)
+        if wanted.lower() == "new":
+            session = open_session(args, settings, sources)
+        return _ask(args, settings, engine, pictures, question, session)
     finally:
         if session is not None:
             session.close()
 
 
-def _ask(args, settings, pictures, question, session) -> int:
-    from vlchat.engines.base import LoadProgress
-    from vlchat.engines import make_engine
-
-    params = GenerationParams(
+def _params(settings) -> GenerationParams:
+    return GenerationParams(
         max_new_tokens=settings.max_new_tokens,
         temperature=settings.temperature,
         top_p=settings.top_p,
         seed=settings.seed,
     ).validate()
+
+
+def _ask(args, settings, engine, pictures, question, session) -> int:
+    from vlchat.engines.base import LoadProgress
+
+    params = _params(settings)
     err = sys.stderr
 
     if session is not None:
@@ -130,7 +140,6 @@ def _ask(args, settings, pictures, question, session) -> int:
             conversation.set_system(settings.system)
         conversation.add_user(question, [p.ref for p in pictures])
 
-    engine = make_engine(settings)
     label = getattr(getattr(engine, "spec", None), "label", "")
     if label:
         print(f"vlchat: using the {label} (it knows only colours and shapes); "
