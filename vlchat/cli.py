@@ -54,6 +54,17 @@ def _add_generation_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--system", metavar="TEXT", help="a system prompt")
 
 
+def _add_sessions_dir(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
+    # On the top parser and on each sub-command, so it works before or after the command name;
+    # the sub-command's copy only speaks when given (SUPPRESS), never undoing the top one.
+    parser.add_argument(
+        "--sessions-dir",
+        metavar="DIR",
+        default=None if top else argparse.SUPPRESS,
+        help="where sessions are kept (default: the user data folder; also $VLCHAT_SESSIONS_DIR)",
+    )
+
+
 def settings_from(args: argparse.Namespace):
     """Defaults < config file < VLCHAT_* < the flags given on this command line."""
     from vlchat.config import SETTING_NAMES, load_settings
@@ -72,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--print-config", action="store_true", help="show the effective settings and where each came from"
     )
+    _add_sessions_dir(parser, top=True)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     ask = commands.add_parser(
@@ -81,8 +93,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ask.add_argument("items", nargs="+", metavar="IMAGE... QUESTION", help="pictures, then the question (last)")
     ask.add_argument("--json", action="store_true", help="print one JSON record instead of streaming text")
+    ask.add_argument(
+        "--session",
+        metavar="NAME|ID|PATH|new",
+        help="keep the conversation in a session: 'new' starts one, else continue the one named "
+        "(each ask adds a turn and saves it)",
+    )
+    _add_sessions_dir(ask)
     _add_model_options(ask)
     _add_generation_options(ask)
+
+    sessions = commands.add_parser(
+        "sessions",
+        help="list saved sessions: title, updated, turns, pictures, model, id",
+        description="List the saved sessions, most recent first.",
+    )
+    sessions.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    _add_sessions_dir(sessions)
+
+    export = commands.add_parser(
+        "export",
+        help="write a session as a Markdown transcript, with its pictures beside it",
+        description="Write a session as Markdown (FILE) with its pictures in FILE's stem + '_assets/'.",
+    )
+    export.add_argument("session", nargs="?", metavar="SESSION",
+                        help="title, id (or its first letters) or folder; default: the most recent")
+    export.add_argument("-o", "--output", metavar="FILE", help="where to write (default: the title as FILE.md here)")
+    export.add_argument("--force", action="store_true", help="replace FILE even if it is not an earlier vlchat export")
+    _add_sessions_dir(export)
     return parser
 
 
@@ -107,6 +145,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             from vlchat.commands.ask import run_ask
 
             return run_ask(args)
+        if args.command == "sessions":
+            from vlchat.commands.sessions import run_sessions
+
+            return run_sessions(args)
+        if args.command == "export":
+            from vlchat.commands.sessions import run_export
+
+            return run_export(args)
         raise UsageError(f"unknown command {args.command!r}")
     except UsageError as error:
         print(f"vlchat: error: {error}", file=sys.stderr)
@@ -115,6 +161,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"vlchat: error: {error}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
+        if os.environ.get("VLCHAT_DEBUG"):
+            import traceback
+
+            traceback.print_exc()
         print("\nvlchat: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
