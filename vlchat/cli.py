@@ -62,11 +62,32 @@ def settings_from(args: argparse.Namespace):
     return load_settings(flags)
 
 
+SUBCOMMANDS = ("ask", "demo")
+
+_USAGE = (
+    "vlchat [IMAGE...] [options]          open the app on these pictures\n"
+    "       vlchat demo [options]                the app on the demo model and a sample picture\n"
+    "       vlchat ask IMAGE... QUESTION [options]  one answer, streamed to stdout"
+)
+
+
+def _add_app_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("app")
+    group.add_argument("--theme", metavar="NAME", help="colour theme: vlchat-dark (default), vlchat-light, vlchat-contrast or your own")
+    group.add_argument(
+        "--image-protocol",
+        choices=("auto", "kitty", "sixel", "halfblock", "text", "none"),
+        help="how pictures are drawn (default auto: kitty or sixel when the terminal has them, else half-blocks)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The sub-commands' parser (`vlchat ask ...`, `vlchat demo ...`)."""
     parser = _Parser(
         prog="vlchat",
+        usage=_USAGE,
         description="Conversations about pictures with local vision-language models, in the terminal.",
-        epilog="Try it with the bundled demo model: vlchat ask vlchat/demo/samples/red-circle.png 'What colour is the shape?'",
+        epilog="Try it with the bundled demo model: vlchat demo",
     )
     parser.add_argument("--version", action="version", version=f"vlchat {__version__}")
     parser.add_argument(
@@ -83,6 +104,39 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--json", action="store_true", help="print one JSON record instead of streaming text")
     _add_model_options(ask)
     _add_generation_options(ask)
+
+    demo = commands.add_parser(
+        "demo",
+        help="open the app on the bundled demo model and a sample picture",
+        description="Open the app with the bundled demo model (it knows colours and shapes) and a sample picture.",
+    )
+    demo.add_argument("images", nargs="*", metavar="IMAGE", help="pictures instead of the bundled sample")
+    _add_generation_options(demo)
+    _add_app_options(demo)
+    return parser
+
+
+def build_app_parser() -> argparse.ArgumentParser:
+    """`vlchat [IMAGE...]`: argparse cannot mix a positional list with sub-commands, so the command
+    line is sent here unless its first word names a sub-command."""
+    parser = _Parser(
+        prog="vlchat",
+        usage=_USAGE,
+        description="Conversations about pictures with local vision-language models, in the terminal. "
+        "With pictures (or none), opens the app.",
+        epilog="commands:\n  ask     answer one question about pictures, streamed to stdout (vlchat ask --help)\n"
+        "  demo    open the app on the bundled demo model and a sample picture\n\n"
+        "Try it with the bundled demo model: vlchat demo",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"vlchat {__version__}")
+    parser.add_argument(
+        "--print-config", action="store_true", help="show the effective settings and where each came from"
+    )
+    parser.add_argument("images", nargs="*", metavar="IMAGE", help="pictures to talk about (more can be added in the app with /image)")
+    _add_model_options(parser)
+    _add_generation_options(parser)
+    _add_app_options(parser)
     return parser
 
 
@@ -90,9 +144,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from vlchat.core.errors import VlchatError
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        if argv and argv[0] in SUBCOMMANDS:
+            args = build_parser().parse_args(argv)
+        else:
+            args = build_app_parser().parse_args(argv)
+            args.command = None
         if args.print_config:
             from vlchat.config import config_file, describe_settings
 
@@ -100,14 +157,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"# config file: {config_file()}")
             print(describe_settings(settings, sources))
             return EXIT_OK
-        if args.command is None:
-            parser.print_help()
-            return EXIT_OK
         if args.command == "ask":
             from vlchat.commands.ask import run_ask
 
             return run_ask(args)
-        raise UsageError(f"unknown command {args.command!r}")
+        from vlchat.commands.app import run_app
+
+        return run_app(args, demo=args.command == "demo")
     except UsageError as error:
         print(f"vlchat: error: {error}", file=sys.stderr)
         return EXIT_USAGE

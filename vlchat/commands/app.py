@@ -1,0 +1,63 @@
+"""`vlchat [IMAGE...]` and `vlchat demo`: open the app."""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import os
+import sys
+
+from vlchat.core.errors import InputError
+from vlchat.core.text import clean
+
+
+def _check_pictures(paths: list[str]):
+    from vlchat.core.images import ImageNotFoundError, load_image
+
+    refs = []
+    for path in paths:
+        try:
+            refs.append(load_image(path).ref)
+        except ImageNotFoundError as error:
+            # `vlchat aks photo.jpg` reads as a picture called "aks": say what was probably meant.
+            close = difflib.get_close_matches(path, ["ask", "demo"], n=1, cutoff=0.6)
+            if close and not os.path.sep in path:
+                raise InputError(f"{clean(path, keep_newlines=False)} is neither a picture nor a command", f"did you mean `vlchat {close[0]}`?") from None
+            raise error
+    return refs
+
+
+def run_app(args: argparse.Namespace, *, demo: bool = False) -> int:
+    from vlchat.cli import settings_from
+
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise InputError(
+            "the vlchat app needs a terminal, and stdin or stdout is not one",
+            "in scripts use `vlchat ask IMAGE... QUESTION`",
+        )
+    if demo:
+        args.model = "demo"
+    settings, sources = settings_from(args)
+    images = list(args.images)
+    if demo and not images:
+        from vlchat.demo import SAMPLES_DIR
+
+        images = [str(SAMPLES_DIR / "red-circle.png")]
+    # A typo'd picture fails here, at once, as one line, before the screen is taken over.
+    refs = _check_pictures(images)
+
+    from vlchat.ui.terminal import detect
+
+    graphics = detect(settings.image_protocol)
+
+    from vlchat.engines import make_engine
+    from vlchat.ui.app import make_app
+
+    engine = make_engine(settings)
+    app = make_app(settings, refs, engine=engine, graphics=graphics, sources=sources)
+    app.run()
+    try:
+        engine.unload()
+    except Exception:
+        pass
+    return app.return_code or 0
