@@ -425,6 +425,7 @@ class VlchatApp(App):
         snapshot = Conversation(messages=list(self.conversation.messages))
         self._generate(self._answer_id, snapshot, replace(self.params), self._cancel)
         self.update_status()
+        self.refresh_bindings()
 
     @work(thread=True, exclusive=True, group="generate", exit_on_error=False)
     def _generate(self, answer_id: int, conversation: Conversation, params: GenerationParams, cancel: threading.Event) -> None:
@@ -489,6 +490,7 @@ class VlchatApp(App):
         view = self._answer_view
         self.generating = None
         self._answer_view = None
+        self.refresh_bindings()
         text = message.text.strip()
         # An empty answer is still an answer (the turn happened); only a failure with nothing
         # written gives the question back.

@@ -63,8 +63,11 @@ def completion_for(text: str) -> str:
 
 class PromptArea(TextArea):
     BINDINGS = [
-        Binding("enter", "send", "Send", id="send", priority=True),
-        Binding("ctrl+j,shift+enter", "newline", "Newline", id="newline", show=False, priority=True),
+        # Not priority bindings: those run as soon as the app sees the key, ahead of keys typed
+        # just before it (a burst such as a paste or tmux send-keys would lose its Enter).
+        # _on_key below honours them in order instead, remapped keys included.
+        Binding("enter", "send", "Send", id="send"),
+        Binding("ctrl+j,shift+enter", "newline", "Newline", id="newline", show=False),
         Binding("tab", "complete", "Complete", id="complete", show=False),
     ]
 
@@ -75,6 +78,20 @@ class PromptArea(TextArea):
 
     def __init__(self, **kwargs) -> None:
         super().__init__(soft_wrap=True, show_line_numbers=False, tab_behavior="focus", **kwargs)
+
+    def _keys(self, binding_id: str) -> set[str]:
+        default = next(b.key for b in self.BINDINGS if b.id == binding_id)
+        keys = getattr(self.app, "_keymap", {}).get(binding_id) or default
+        return {key.strip() for key in keys.split(",")}
+
+    async def _on_key(self, event) -> None:
+        for binding_id, action in (("send", self.action_send), ("newline", self.action_newline)):
+            if event.key in self._keys(binding_id):
+                event.stop()
+                event.prevent_default()
+                action()
+                return
+        await super()._on_key(event)
 
     def action_send(self) -> None:
         text = self.text
