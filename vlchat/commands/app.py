@@ -21,8 +21,8 @@ def _check_pictures(paths: list[str]):
         except ImageNotFoundError as error:
             # `vlchat aks photo.jpg` reads as a picture called "aks": say what was probably meant.
             close = difflib.get_close_matches(path, ["ask", "demo"], n=1, cutoff=0.6)
-            if close and not os.path.sep in path:
-                raise InputError(f"{clean(path, keep_newlines=False)} is neither a picture nor a command", f"did you mean `vlchat {close[0]}`?") from None
+            if close and os.path.sep not in path:
+                raise InputError(f"{clean(path, keep_newlines=False)} is neither a picture nor a command", f"if you meant the command, it is spelled `vlchat {close[0]}`") from None
             raise error
     return refs
 
@@ -30,11 +30,6 @@ def _check_pictures(paths: list[str]):
 def run_app(args: argparse.Namespace, *, demo: bool = False) -> int:
     from vlchat.cli import settings_from
 
-    if not (sys.stdin.isatty() and sys.stdout.isatty()):
-        raise InputError(
-            "the vlchat app needs a terminal, and stdin or stdout is not one",
-            "in scripts use `vlchat ask IMAGE... QUESTION`",
-        )
     if demo:
         args.model = "demo"
     settings, sources = settings_from(args)
@@ -45,6 +40,11 @@ def run_app(args: argparse.Namespace, *, demo: bool = False) -> int:
         images = [str(SAMPLES_DIR / "red-circle.png")]
     # A typo'd picture fails here, at once, as one line, before the screen is taken over.
     refs = _check_pictures(images)
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise InputError(
+            "the vlchat app needs a terminal, and stdin or stdout is not one",
+            "in scripts use `vlchat ask IMAGE... QUESTION`",
+        )
 
     from vlchat.ui.terminal import detect
 

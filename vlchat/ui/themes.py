@@ -1,7 +1,7 @@
 """Theme files (TOML) -> Textual themes, and the small state file that remembers the last choice.
 
-Bundled themes live in the top-level ``themes/`` folder; wheels carry it as ``vlchat/themes``
-(see pyproject's package-dir). A person's own themes go in ``<config dir>/themes``. A broken theme
+Bundled themes live in the top-level ``themes/`` folder; ``vlchat/ui/themes`` links to it, so
+wheels carry the files as package data. A person's own themes go in ``<config dir>/themes``. A broken theme
 file is skipped with one line naming it, never a crash.
 """
 
@@ -31,7 +31,8 @@ class ThemeFileError(ValueError):
 
 def bundled_themes_dir() -> Path | None:
     here = Path(__file__).resolve()
-    for candidate in (here.parents[2] / "themes", here.parents[1] / "themes"):
+    # A source checkout has the top-level folder; an installed wheel has vlchat/ui/themes.
+    for candidate in (here.parent / "themes", here.parents[2] / "themes"):
         if candidate.is_dir() and any(candidate.glob("*.toml")):
             return candidate
     return None
