@@ -6,6 +6,7 @@ import argparse
 import difflib
 import os
 import sys
+import threading
 
 from vlchat.core.errors import InputError
 from vlchat.core.text import clean
@@ -56,8 +57,16 @@ def run_app(args: argparse.Namespace, *, demo: bool = False) -> int:
     engine = make_engine(settings)
     app = make_app(settings, refs, engine=engine, graphics=graphics, sources=sources)
     app.run()
+    code = app.return_code or 0
+    busy = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon and t.is_alive()]
+    if busy:
+        # Quitting while the model is still loading: the loader thread cannot be interrupted, and
+        # Python would wait for it at exit. The screen is restored and nothing is left to save.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     try:
         engine.unload()
     except Exception:
         pass
-    return app.return_code or 0
+    return code

@@ -262,12 +262,13 @@ class VlchatApp(App):
             text.append(f"  loading: {self.load_stage}…", style="italic")
             return text
         info = self.info
-        fields = [info.device, info.dtype, f"quant {info.quantization}", f"mem {_size(info.memory_bytes)}"]
+        quant = "no quant" if info.quantization == "none" else info.quantization
+        fields = [info.device, info.dtype, quant, f"mem {_size(info.memory_bytes)}"]
         limit = info.context_length
         if self.context_tokens is not None:
             ctx = f"ctx {self.context_tokens}" + (f"/{limit}" if limit else "")
             if self.picture_tokens:
-                ctx += f" (pictures {self.picture_tokens})"
+                ctx += f" ({self.picture_tokens} in pictures)"
             fields.append(ctx)
         elif limit:
             fields.append(f"ctx -/{limit}")

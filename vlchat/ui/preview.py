@@ -166,6 +166,7 @@ class PicturePane(Vertical):
         body.update(rendered)
 
     def _show_graphic(self, image: Any) -> None:
+        self.query_one("#picture-body", PictureBody).display = image is None
         if image is None:
             if self._graphic is not None:
                 self._graphic.remove()

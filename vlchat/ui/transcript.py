@@ -15,9 +15,6 @@ from vlchat.ui.preview import picture_label
 
 
 def answer_footer(message: Message) -> Text:
-    parts = []
-    if message.stopped:
-        parts.append(("stopped", "bold $warning"))
     details = []
     if message.tokens:
         details.append(f"{message.tokens} tokens")
