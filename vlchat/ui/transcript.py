@@ -89,8 +89,11 @@ class AnswerView(Vertical):
             self._stream = None
         self.message = message
         self.shown = clean(message.text)
-        await self.body.update(self.shown)
-        self.query_one(".answer-foot", Static).update(answer_footer(message))
+        # The app may be closing (quit as the answer ends): then there is nothing left to draw on.
+        for body in self.query(Markdown):
+            await body.update(self.shown)
+        for foot in self.query(".answer-foot"):
+            foot.update(answer_footer(message))
 
 
 class Transcript(VerticalScroll):
