@@ -147,21 +147,35 @@ async def test_first_frame_comes_before_the_model_and_an_early_question_is_answe
     from vlchat.engines.transformers import TransformersEngine
 
     engine = TransformersEngine("demo", quant="none", device="cpu")
+    # The real load, held back until the test has seen the screen without a model: in this
+    # process torch is already imported and the demo model would otherwise load at once.
+    gate = threading.Event()
+    real_load = engine.load
+
+    def held_load(progress=None):
+        gate.wait(30)
+        real_load(progress)
+
+    engine.load = held_load
     app = make_app(settings(), [picture("square", "red", "white").ref], engine=engine)
     try:
         async with app.run_test(size=(120, 40)) as pilot:
-            await pilot.pause(0)
+            await pilot.pause(0.3)
             assert not app.loaded
             assert "loading" in status_text(app)
             assert "1/1" in screen_text(app)
             app.prompt.text = QUESTION
             await pilot.press("enter")
-            assert "still loading" in screen_text(app) or not app.loaded
+            await pilot.pause(0.05)
+            assert "still loading" in transcript_text(app)
+            assert app.generating is None
+            gate.set()
             await until(pilot, lambda: app.conversation.last("assistant") is not None)
             await settle(pilot)
             assert "red" in app.conversation.last("assistant").text.lower()
             assert "loading" not in status_text(app)
     finally:
+        gate.set()
         engine.unload()
 
 
