@@ -57,7 +57,8 @@ class Terminal:
             "VLCHAT_CONFIG_DIR": str(self.tmp_path / "config"),
         }
         exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
-        command = f"env {exports} {vlchat_script()} {vlchat_args}; echo \"vlchat exited $?\"; sleep 600"
+        # COLUMNS/LINES from the environment would override the window size the app sees.
+        command = f"env -u COLUMNS -u LINES {exports} {vlchat_script()} {vlchat_args}; echo \"vlchat exited $?\"; sleep 600"
         subprocess.run(
             ["tmux", "-L", self.socket, "-f", "/dev/null", "new-session", "-d", "-s", self.session,
              "-x", str(width), "-y", str(height), command],
@@ -86,7 +87,8 @@ class Terminal:
             if predicate(screen):
                 return screen
             time.sleep(0.2)
-        raise AssertionError(f"timed out waiting for {what}; the screen was:\n{screen}")
+        size = self.tmux("display", "-p", "-t", self.session, "#{window_width}x#{window_height}")
+        raise AssertionError(f"timed out waiting for {what} (window {size.strip()}); the screen was:\n{screen}")
 
     def close(self) -> None:
         subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True, timeout=20)
@@ -132,10 +134,10 @@ def test_escape_stops_a_long_answer(terminal, shape_picture, endless_model):
     terminal.wait_for(ready, what="the picture and the loaded model")
     terminal.type("Describe the picture.")
     terminal.keys("Enter")
-    terminal.wait_for(lambda s: "Esc stops" in s, what="the answer to start")
+    terminal.wait_for(lambda s: "esc Stop" in s, what="the answer to start")
     time.sleep(1.0)
     terminal.keys("Escape")
-    screen = terminal.wait_for(lambda s: "stopped" in s and "Esc stops" not in s, timeout=20, what="the answer to stop")
+    screen = terminal.wait_for(lambda s: "stopped" in s and "esc Stop" not in s, timeout=20, what="the answer to stop")
     # Stopped for real: nothing moves on the screen any more.
     before = terminal.screen()
     time.sleep(1.0)

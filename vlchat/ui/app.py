@@ -47,7 +47,7 @@ from vlchat.ui.messages import (
 from vlchat.ui.preview import PREVIEW_MAX_SIDE, PicturePane
 from vlchat.ui.prompt import PromptArea
 from vlchat.ui.terminal import TerminalGraphics
-from vlchat.ui.transcript import AnswerView, NoteView, Transcript, UserView
+from vlchat.ui.transcript import AnswerView, Transcript, UserView, model_label
 
 FRAME_S = 1 / 30  # the transcript is redrawn at most this often while an answer streams
 POST_S = 1 / 60  # the generation worker posts progress at most this often
@@ -249,9 +249,9 @@ class VlchatApp(App):
     # -- status line ----------------------------------------------------------------------------
     def status_text(self) -> Text:
         text = Text(no_wrap=True, overflow="ellipsis")
-        name = clean(self.settings.model, keep_newlines=False)
+        name = model_label(self.settings.model)
         if self.info is not None:
-            name = clean(self.info.name, keep_newlines=False)
+            name = model_label(self.info.name)
             if self.info.label:
                 name += f" ({clean(self.info.label, keep_newlines=False)})"
         text.append(name, style="bold")
@@ -418,7 +418,7 @@ class VlchatApp(App):
         self._answer_id += 1
         self.generating = self._answer_id
         self._cancel = threading.Event()
-        label = self.info.name if self.info else self.settings.model
+        label = model_label(self.info.name if self.info else self.settings.model)
         self._answer_view = AnswerView(model=label)
         self.transcript.add(self._answer_view)
         self._latest = None

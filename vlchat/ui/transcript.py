@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 from rich.text import Text
@@ -12,6 +14,14 @@ from textual.widgets import Markdown, Static
 from vlchat.core.conversation import Conversation, Message
 from vlchat.core.text import clean
 from vlchat.ui.preview import picture_label
+
+
+def model_label(name: str) -> str:
+    """A model as people call it: a local folder by its last part, anything else as typed."""
+    name = clean(name, keep_newlines=False)
+    if "/" in name and (name.startswith(("/", ".", "~")) or os.path.isdir(os.path.expanduser(name))):
+        return Path(name).name or name
+    return name
 
 
 def answer_footer(message: Message) -> Text:
@@ -54,7 +64,7 @@ class AnswerView(Vertical):
     def __init__(self, message: Message | None = None, model: str = "") -> None:
         super().__init__(classes="answer")
         self.message = message
-        self.model = clean(message.model or model if message else model, keep_newlines=False)
+        self.model = model_label(message.model or model if message else model)
         self.shown = ""
         self._stream: Any = None
 
