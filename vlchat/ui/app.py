@@ -132,7 +132,16 @@ class VlchatApp(App):
         self.user_theme_names: set[str] = set()
         self._theme_problems: list[str] = []
         self._requested_theme = theme or settings.theme
+        self._theme_error: str | None = None
         self._register_themes()
+        # Set before the first frame, so the screen never flashes another theme.
+        if self._requested_theme in self.available_themes:
+            self.theme = self._requested_theme
+        else:
+            self._theme_error = self._requested_theme
+            self.theme = theme_files.DEFAULT_THEME if theme_files.DEFAULT_THEME in self.available_themes else "textual-dark"
+        self._load_started: float | None = None
+        self._load_ticker: Any = None
 
     # -- building ------------------------------------------------------------------------------
     def _register_themes(self) -> None:
@@ -167,7 +176,8 @@ class VlchatApp(App):
     def on_mount(self) -> None:
         for line in self._theme_problems:
             self.notify(line, severity="warning", timeout=8)
-        self._apply_theme(self._requested_theme, remember=False, quiet=False)
+        if self._theme_error:
+            self._apply_theme(self._theme_error, remember=False, quiet=False)
         self._apply_keymap()
         self._layout_for(self.size.width)
         self.prompt.focus()
@@ -180,8 +190,15 @@ class VlchatApp(App):
             self.update_status()
             self._count_context()
         else:
+            self._load_started = time.monotonic()
+            self._load_ticker = self.set_interval(1.0, self.update_status)
             self.update_status()
             self._load_model()
+
+    def _loading_done(self) -> None:
+        if self._load_ticker is not None:
+            self._load_ticker.stop()
+            self._load_ticker = None
 
     def _apply_keymap(self) -> None:
         keymap = dict(self.settings.bindings or {})
@@ -231,6 +248,7 @@ class VlchatApp(App):
         self.update_status()
 
     def on_model_loaded(self, message: ModelLoaded) -> None:
+        self._loading_done()
         self.loaded = True
         self.info = message.info
         self.update_status()
@@ -241,6 +259,7 @@ class VlchatApp(App):
             self._count_context()
 
     def on_model_load_failed(self, message: ModelLoadFailed) -> None:
+        self._loading_done()
         self.load_error = clean(message.error, keep_newlines=False)
         self.update_status()
         self.transcript.note(f"The model could not be loaded: {self.load_error}", "error")
@@ -259,7 +278,8 @@ class VlchatApp(App):
             text.append("  not loaded", style="bold red")
             return text
         if not self.loaded or self.info is None:
-            text.append(f"  loading: {self.load_stage}…", style="italic")
+            waited = f" {time.monotonic() - self._load_started:.0f} s" if self._load_started else ""
+            text.append(f"  loading: {self.load_stage}…{waited}", style="italic")
             return text
         info = self.info
         quant = "no quant" if info.quantization == "none" else info.quantization
