@@ -120,6 +120,9 @@ class VlchatApp(App):
         self.generating: int | None = None
         self._answer_id = 0
         self._cancel = threading.Event()
+        # engine.prepare (processor, picture cache) is not made for two threads at once: the
+        # context counter and the start of an answer take turns.
+        self._prepare_lock = threading.Lock()
         self._answer_view: AnswerView | None = None
         self._latest: tuple[int, str, int] | None = None
         self._frame_timer: Any = None
@@ -388,7 +391,8 @@ class VlchatApp(App):
     @work(thread=True, exclusive=True, group="context", exit_on_error=False)
     def _context_worker(self, snapshot: Conversation) -> None:
         try:
-            inputs = self.engine.prepare(snapshot)
+            with self._prepare_lock:
+                inputs = self.engine.prepare(snapshot)
             ids = inputs["input_ids"][0]
             config = getattr(getattr(self.engine, "model", None), "config", None)
             image_id = getattr(config, "image_token_id", None) or getattr(config, "image_token_index", None)
@@ -452,7 +456,8 @@ class VlchatApp(App):
     def _generate(self, answer_id: int, conversation: Conversation, params: GenerationParams, cancel: threading.Event) -> None:
         stream = None
         try:
-            stream = self.engine.stream(conversation, params, cancel)
+            with self._prepare_lock:
+                stream = self.engine.stream(conversation, params, cancel)
             last = 0.0
             for _piece in stream:
                 now = time.perf_counter()
