@@ -123,7 +123,7 @@ def build_app_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="vlchat",
         usage=_USAGE,
-        description="Conversations about pictures with local vision-language models, in the terminal. "
+        description="Conversations about pictures with local vision-language models, in the terminal.\n"
         "With pictures (or none), opens the app.",
         epilog="commands:\n  ask     answer one question about pictures, streamed to stdout (vlchat ask --help)\n"
         "  demo    open the app on the bundled demo model and a sample picture\n\n"
