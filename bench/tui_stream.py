@@ -71,6 +71,29 @@ def _plain_generate(engine, picture, tokens: int) -> float:
     return elapsed
 
 
+def engine_stream(engine, picture, tokens: int) -> float:
+    """Seconds for the engine's own stream of the same tokens, read on a thread (no app): the part
+    of the cost that belongs to streaming itself, shared with `vlchat ask`."""
+    import threading
+
+    conversation = Conversation()
+    conversation.add_user(QUESTION, [picture])
+    result: list[float] = []
+
+    def run() -> None:
+        started = time.perf_counter()
+        stream = engine.stream(conversation, GenerationParams(max_new_tokens=tokens))
+        for _ in stream:
+            pass
+        assert stream.stats.tokens == tokens
+        result.append(time.perf_counter() - started)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    worker.join()
+    return result[0]
+
+
 async def through_app(engine, picture, tokens: int, key_interval: float | None) -> dict:
     from vlchat.ui.app import make_app
 
@@ -122,15 +145,17 @@ def main(argv: list[str] | None = None) -> int:
         engine.load()
         picture = load_image(SAMPLES_DIR / "red-circle.png").ref
         plain_generate(engine, picture, 16)  # warm up
-        plain_s, app_s, frames = [], [], []
+        plain_s, stream_s, app_s, frames = [], [], [], []
         for _ in range(args.runs):
             plain_s.append(plain_generate(engine, picture, args.tokens))
+            stream_s.append(engine_stream(engine, picture, args.tokens))
             run = asyncio.run(through_app(engine, picture, args.tokens, None))
             app_s.append(run["seconds"])
             frames.append(run["frames"])
         keys = asyncio.run(through_app(engine, picture, args.tokens, args.key_interval))
 
     plain, app = statistics.median(plain_s), statistics.median(app_s)
+    streamed = statistics.median(stream_s)
     ratio = app / plain
     delays = keys["key_delays"]
     worst = max(delays) if delays else float("nan")
@@ -138,7 +163,9 @@ def main(argv: list[str] | None = None) -> int:
         "tokens": args.tokens,
         "runs": args.runs,
         "plain_generate_s": plain,
+        "engine_stream_s": streamed,
         "app_s": app,
+        "ratio_app_to_stream": app / streamed,
         "ratio": ratio,
         "frames_per_s": statistics.median(f / s for f, s in zip(frames, app_s)),
         "key_presses": len(delays),
@@ -147,8 +174,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(f"{'tokens':<34}{args.tokens}")
     print(f"{'plain generate (median)':<34}{plain:.3f} s  ({args.tokens / plain:.0f} tok/s)")
+    print(f"{'engine stream, no app (median)':<34}{streamed:.3f} s  ({args.tokens / streamed:.0f} tok/s)")
     print(f"{'through the app (median)':<34}{app:.3f} s  ({args.tokens / app:.0f} tok/s)")
     print(f"{'ratio app / plain (goal <= 1.05)':<34}{ratio:.3f}  {'ok' if ratio <= 1.05 else 'OVER GOAL'}")
+    print(f"{'ratio app / engine stream':<34}{app / streamed:.3f}  (the app's own share)")
     print(f"{'transcript redraws per second':<34}{result['frames_per_s']:.1f}  (cap 30)")
     if delays:
         print(f"{'key press -> effect, median':<34}{result['key_delay_median_ms']:.1f} ms over {len(delays)} presses")
