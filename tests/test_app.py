@@ -202,7 +202,8 @@ async def test_escape_stops_the_model_and_keeps_the_partial_answer(endless_engin
     async with app.run_test(size=(120, 40)) as pilot:
         app.prompt.text = QUESTION
         await pilot.press("enter")
-        await until(pilot, lambda: app._answer_view is not None and len(app._answer_view.shown) > 20)
+        await until(pilot, lambda: app._answer_view is not None and app._answer_view.shown, timeout=30)
+        await pilot.pause(0.3)
         await pilot.press("escape")
         await until(pilot, lambda: app.generating is None, timeout=10)
         await settle(pilot)
