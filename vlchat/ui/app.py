@@ -222,6 +222,7 @@ class VlchatApp(App):
 
     def _layout_for(self, width: int) -> None:
         self.set_class(width < NARROW_COLUMNS, "-narrow")
+        self.update_status()
 
     # -- the model ----------------------------------------------------------------------------
     @work(thread=True, exclusive=True, group="model", exit_on_error=False)
@@ -285,19 +286,21 @@ class VlchatApp(App):
             text.append(f"  loading: {self.load_stage}…{waited}", style="italic")
             return text
         info = self.info
+        narrow = self.size.width < NARROW_COLUMNS  # at 80 columns: the same figures, fewer words
         quant = "no quant" if info.quantization == "none" else info.quantization
-        fields = [info.device, info.dtype, quant, f"mem {_size(info.memory_bytes)}"]
+        fields = [info.device] + ([] if narrow else [info.dtype]) + [quant]
+        fields.append(_size(info.memory_bytes) if narrow else f"mem {_size(info.memory_bytes)}")
         limit = info.context_length
         if self.context_tokens is not None:
             ctx = f"ctx {self.context_tokens}" + (f"/{limit}" if limit else "")
             if self.picture_tokens:
-                ctx += f" ({self.picture_tokens} in pictures)"
+                ctx += f" ({self.picture_tokens} pic)" if narrow else f" ({self.picture_tokens} in pictures)"
             fields.append(ctx)
         elif limit:
             fields.append(f"ctx -/{limit}")
         timings = self.last_timings
         if timings and timings.first_token_s is not None:
-            fields.append(f"first token {timings.first_token_s:.2f} s")
+            fields.append(f"{timings.first_token_s:.2f} s" if narrow else f"first token {timings.first_token_s:.2f} s")
         if timings and timings.tokens_per_s:
             fields.append(f"{timings.tokens_per_s:.0f} tok/s")
         if self.params.temperature:
