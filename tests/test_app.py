@@ -473,3 +473,25 @@ async def test_newline_key_and_path_completion_in_the_prompt(demo_engine, tmp_pa
         await pilot.press("enter")
         await settle(pilot)
         assert app.pending == [red.ref]
+
+
+@run_async
+async def test_every_change_to_the_conversation_is_announced_for_autosave(demo_engine, picture):
+    from vlchat.ui.app import VlchatApp
+    from vlchat.ui.messages import ConversationChanged
+
+    class Recording(VlchatApp):
+        reasons: list[str] = []
+
+        def on_conversation_changed(self, message: ConversationChanged) -> None:
+            self.reasons.append(message.reason)
+            assert message.conversation is self.conversation
+
+    app = Recording(settings(), demo_engine, images=[picture("circle", "red", "blue").ref], engine_loaded=True)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await ask(pilot, QUESTION)
+        await command(pilot, "/system Be brief.")
+        await command(pilot, "/edit")
+        await command(pilot, "/clear")
+        await pilot.pause(0.05)
+    assert app.reasons == ["question", "answer", "system", "edit", "clear"]

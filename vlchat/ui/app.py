@@ -66,7 +66,7 @@ def _size(n: int | None) -> str:
 
 
 class VlchatApp(App):
-    CSS_PATH = "app.tcss"
+    CSS_PATH = Path(__file__).parent / "app.tcss"  # absolute: subclasses elsewhere keep it
     TITLE = "vlchat"
     COMMANDS = App.COMMANDS | {VlchatCommands}
     BINDINGS = [
