@@ -73,18 +73,41 @@ def settings_from(args: argparse.Namespace):
     return load_settings(flags)
 
 
+SUBCOMMANDS = ("ask", "demo", "sessions", "export")
+
+_USAGE = (
+    "vlchat [IMAGE...] [options]          open the app on these pictures\n"
+    "       vlchat demo [options]                the app on the demo model and a sample picture\n"
+    "       vlchat ask IMAGE... QUESTION [options]  one answer, streamed to stdout\n"
+    "       vlchat sessions | vlchat export SESSION  saved conversations"
+)
+
+
+def _add_app_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("app")
+    group.add_argument("--theme", metavar="NAME", help="colour theme: vlchat-dark (default), vlchat-light, vlchat-contrast or your own")
+    group.add_argument(
+        "--image-protocol",
+        choices=("auto", "kitty", "sixel", "halfblock", "text", "none"),
+        help="how pictures are drawn (default auto: kitty or sixel when the terminal has them, else half-blocks)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The sub-commands' parser (`vlchat ask ...`, `vlchat demo ...`)."""
     parser = _Parser(
         prog="vlchat",
+        usage=_USAGE,
         description="Conversations about pictures with local vision-language models, in the terminal.",
-        epilog="Try it with the bundled demo model: vlchat ask vlchat/demo/samples/red-circle.png 'What colour is the shape?'",
+        epilog="Try it with the bundled demo model: vlchat demo",
     )
     parser.add_argument("--version", action="version", version=f"vlchat {__version__}")
     parser.add_argument(
         "--print-config", action="store_true", help="show the effective settings and where each came from"
     )
     _add_sessions_dir(parser, top=True)
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    # prog given: otherwise argparse builds the sub-commands' names from the multi-line usage.
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser, prog="vlchat")
 
     ask = commands.add_parser(
         "ask",
@@ -121,6 +144,42 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("-o", "--output", metavar="FILE", help="where to write (default: the title as FILE.md here)")
     export.add_argument("--force", action="store_true", help="replace FILE even if it is not an earlier vlchat export")
     _add_sessions_dir(export)
+
+    demo = commands.add_parser(
+        "demo",
+        help="open the app on the bundled demo model and a sample picture",
+        description="Open the app with the bundled demo model (it knows colours and shapes) and a sample picture.",
+    )
+    demo.add_argument("images", nargs="*", metavar="IMAGE", help="pictures instead of the bundled sample")
+    _add_generation_options(demo)
+    _add_app_options(demo)
+    return parser
+
+
+def build_app_parser() -> argparse.ArgumentParser:
+    """`vlchat [IMAGE...]`: argparse cannot mix a positional list with sub-commands, so the command
+    line is sent here unless its first word names a sub-command."""
+    parser = _Parser(
+        prog="vlchat",
+        usage=_USAGE,
+        description="Conversations about pictures with local vision-language models, in the terminal.\n"
+        "With pictures (or none), opens the app.",
+        epilog="commands:\n  ask       answer one question about pictures, streamed to stdout (vlchat ask --help)\n"
+        "  demo      open the app on the bundled demo model and a sample picture\n"
+        "  sessions  list saved sessions\n"
+        "  export    write a session as Markdown with its pictures\n\n"
+        "Try it with the bundled demo model: vlchat demo",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"vlchat {__version__}")
+    parser.add_argument(
+        "--print-config", action="store_true", help="show the effective settings and where each came from"
+    )
+    parser.add_argument("images", nargs="*", metavar="IMAGE", help="pictures to talk about (more can be added in the app with /image)")
+    _add_sessions_dir(parser, top=True)
+    _add_model_options(parser)
+    _add_generation_options(parser)
+    _add_app_options(parser)
     return parser
 
 
@@ -128,18 +187,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     from vlchat.core.errors import VlchatError
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        if argv and argv[0] in SUBCOMMANDS:
+            args = build_parser().parse_args(argv)
+        else:
+            args = build_app_parser().parse_args(argv)
+            args.command = None
         if args.print_config:
             from vlchat.config import config_file, describe_settings
 
             settings, sources = settings_from(args)
             print(f"# config file: {config_file()}")
             print(describe_settings(settings, sources))
-            return EXIT_OK
-        if args.command is None:
-            parser.print_help()
             return EXIT_OK
         if args.command == "ask":
             from vlchat.commands.ask import run_ask
@@ -153,7 +212,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             from vlchat.commands.sessions import run_export
 
             return run_export(args)
-        raise UsageError(f"unknown command {args.command!r}")
+        from vlchat.commands.app import run_app
+
+        return run_app(args, demo=args.command == "demo")
     except UsageError as error:
         print(f"vlchat: error: {error}", file=sys.stderr)
         return EXIT_USAGE
