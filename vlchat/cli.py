@@ -176,6 +176,14 @@ def build_app_parser() -> argparse.ArgumentParser:
         "--print-config", action="store_true", help="show the effective settings and where each came from"
     )
     parser.add_argument("images", nargs="*", metavar="IMAGE", help="pictures to talk about (more can be added in the app with /image)")
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const="",
+        metavar="NAME|ID|PATH",
+        help="continue a saved session: a title, an id (or its first letters) or a folder; "
+        "no value: the most recent",
+    )
     _add_sessions_dir(parser, top=True)
     _add_model_options(parser)
     _add_generation_options(parser)
