@@ -146,3 +146,61 @@ def test_escape_stops_a_long_answer(terminal, shape_picture, endless_model):
     terminal.keys("Enter")
     terminal.wait_for(lambda s: "vlchat exited 0" in s, timeout=30, what="vlchat to exit")
     assert "Traceback" not in terminal.history()
+
+
+def test_two_questions_two_pictures_resume_and_export(terminal, shape_picture, tmp_path, run_vlchat):
+    import json
+
+    sessions = tmp_path / "sessions"
+    second = tmp_path / "other.png"
+    draw_scene(Scene("square", "green", "white", 1), size=256, rng=random.Random(2)).save(second)
+
+    def messages() -> list:
+        files = list(sessions.glob("*/session.json"))
+        return json.loads(files[0].read_text())["conversation"]["messages"] if files else []
+
+    def wait_saved(count: int) -> None:
+        deadline = time.monotonic() + 90
+        while len(messages()) < count:
+            assert time.monotonic() < deadline, f"the session on disk never had {count} messages:\n{terminal.screen()}"
+            time.sleep(0.2)
+
+    common = f"--model demo --image-protocol halfblock --sessions-dir {shlex.quote(str(sessions))}"
+    terminal.start(f"{common} {shlex.quote(str(shape_picture))}")
+    terminal.wait_for(ready, what="the picture and the loaded model")
+    terminal.type("What colour is the shape?")
+    terminal.keys("Enter")
+    wait_saved(2)
+    terminal.type(f"/image {second}")
+    terminal.keys("Enter")
+    terminal.wait_for(lambda s: "2/2" in s, what="the second picture")
+    terminal.type("What shape is it?")
+    terminal.keys("Enter")
+    wait_saved(4)
+    terminal.type("/quit")
+    terminal.keys("Enter")
+    terminal.wait_for(lambda s: "vlchat exited 0" in s, timeout=30, what="vlchat to exit")
+    assert "Traceback" not in terminal.history()
+    answers = [m["text"] for m in messages() if m["role"] == "assistant"]
+
+    shape_picture.unlink()  # the session keeps its own copies
+    terminal.close()
+    terminal.start(f"--resume {common}")
+    screen = terminal.wait_for(lambda s: "What shape is it?" in s and "ctx " in s, what="the resumed session")
+    assert "What colour is the shape?" in screen
+    assert all(answer[:30] in screen for answer in answers)
+    assert "2/2" in screen and "other.png" in screen
+    terminal.type("/quit")
+    terminal.keys("Enter")
+    terminal.wait_for(lambda s: "vlchat exited 0" in s, timeout=30, what="vlchat to exit")
+    assert "Traceback" not in terminal.history()
+
+    out = tmp_path / "export" / "talk.md"
+    result = run_vlchat("export", "--sessions-dir", sessions, "-o", out)
+    assert result.returncode == 0, result.stderr
+    text = out.read_text()
+    assert "What colour is the shape?" in text and "What shape is it?" in text
+    assert all(answer in text for answer in answers)
+    assets = sorted(p.name for p in (tmp_path / "export" / "talk_assets").iterdir())
+    assert len(assets) == 2
+    assert all(f"(talk_assets/{name})" in text for name in assets)
