@@ -251,3 +251,14 @@ async def test_clear_starts_a_new_session_and_keeps_the_old_one(demo_engine, pic
     titles = sorted(d["title"] for d in on_disk(store))
     assert titles == sorted([QUESTION, "What shape is it?"])
     load_session(first).close()  # the old one was unlocked when the new one began (this would raise)
+
+
+def test_resume_of_a_damaged_session_is_one_line_and_leaves_the_file(run_vlchat, tmp_path):
+    folder = tmp_path / "sessions" / "abcdef123456"
+    folder.mkdir(parents=True)
+    broken = b'{"format": "vlchat-session", "schema_ver'
+    (folder / "session.json").write_bytes(broken)
+    result = run_vlchat("--resume", "abcdef123456", "--sessions-dir", tmp_path / "sessions", timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "cut short" in result.stderr and "Traceback" not in result.stderr
+    assert (folder / "session.json").read_bytes() == broken

@@ -76,6 +76,7 @@ class _SessionJob:
     model: dict = field(default_factory=dict)
     reason: str = ""
     title: str | None = None
+    sources: dict = field(default_factory=dict)  # sha256 -> the path a picture was first attached from
     target: Any = None  # switch: a folder; delete: ("open"|"other", folder, title); export: a path or None
 
 
@@ -178,12 +179,14 @@ class VlchatApp(App):
         self.session: Any = None
         self.save_error: str | None = None
         self.saves = 0  # finished saves (tests and the status line read it)
-        self._session_lock = threading.RLock()
+        self._session_lock = threading.RLock()  # held by whoever is doing session work (disk)
+        self._jobs_lock = threading.Lock()  # only guards the queue: the UI thread never waits on the disk
         self._jobs: list[_SessionJob] = []
         self._epoch = 0  # the conversation on screen
         self._session_epoch = 0  # the conversation self.session holds (written by the save worker)
         self._switching = False
         self._session_notes = list(session_notes)
+        self._picture_sources = {ref.sha256: os.path.abspath(ref.path) for ref in self.pending}
         if session is not None:
             self.session = session
             self._adopt(session)
@@ -420,6 +423,8 @@ class VlchatApp(App):
             self.notify(clean(line, keep_newlines=False), title="Picture not attached", severity="error", timeout=8)
         if message.refs:
             self.pending.extend(message.refs)
+            for ref in message.refs:
+                self._picture_sources[ref.sha256] = os.path.abspath(ref.path)
             names = ", ".join(clean(Path(r.path).name, keep_newlines=False) for r in message.refs)
             if self.conversation.last("user") is not None:
                 self.transcript.note(f"Attached {names}: it goes with your next question.")
@@ -653,13 +658,14 @@ class VlchatApp(App):
             pending=list(self.pending),
             params=replace(self.params),
             model=self._model_record(),
+            sources=dict(self._picture_sources),
             **extra,
         )
 
     def _queue(self, job: _SessionJob) -> None:
         if self.store is None:
             return
-        with self._session_lock:
+        with self._jobs_lock:
             last = self._jobs[-1] if self._jobs else None
             if job.kind == "save" and last is not None and last.kind == "save" and last.epoch == job.epoch:
                 # A newer snapshot of the same conversation replaces one not yet written.
@@ -683,13 +689,20 @@ class VlchatApp(App):
         if not self._session_lock.acquire(timeout=timeout):
             return False
         try:
-            while self._jobs:
-                job = self._jobs.pop(0)
+            while True:
+                with self._jobs_lock:
+                    if not self._jobs:
+                        return True
+                    job = self._jobs.pop(0)
                 try:
                     getattr(self, f"_do_{job.kind}")(job)
                 except Exception as error:  # a bug or an odd OSError: one line, the conversation stays
-                    self.post_message(SessionSaveFailed(f"{type(error).__name__}: {clean(str(error), keep_newlines=False)}"))
-            return True
+                    line = f"{type(error).__name__}: {clean(str(error), keep_newlines=False)}"
+                    if job.kind in ("switch", "delete"):
+                        self._session_epoch = max(self._session_epoch, job.epoch)
+                        self.post_message(SessionSwitched(self.session, [], [line]))
+                    else:
+                        self.post_message(SessionSaveFailed(line))
         finally:
             self._session_lock.release()
 
@@ -729,11 +742,12 @@ class VlchatApp(App):
             return True
         stored: dict[str, ImageRef] = {}
         inside = str(session.folder) + os.sep
-        for message in job.messages:
-            for ref in [*message.images]:
-                self._store_picture(session, ref, stored, inside, _RefOnly, ImageError)
-        for ref in job.pending:
+        for ref in [*(r for m in job.messages for r in m.images), *job.pending]:
             self._store_picture(session, ref, stored, inside, _RefOnly, ImageError)
+            picture = session.pictures.get(ref.sha256)
+            if picture is not None and os.path.basename(picture.source).startswith(ref.sha256) and ref.sha256 in job.sources:
+                # Copied from another session's folder (after /clear or /load): keep the name it was attached with.
+                picture.source = job.sources[ref.sha256]
         session.conversation = Conversation(messages=list(job.messages))
         session.params = job.params
         session.model = dict(job.model)
@@ -786,19 +800,22 @@ class VlchatApp(App):
         self.post_message(SessionSwitched(new, notes))
 
     def _do_delete(self, job: _SessionJob) -> None:
-        from vlchat.core.sessions import SessionError
-
         which, folder, title = job.target
         if which == "open":  # the open session: closed (its lock released) first
             if not self._enter_epoch(job.epoch):
                 return
         try:
             self.store.delete(folder)
-        except SessionError as error:
-            self.post_message(SessionNote(f"Not deleted: {error}", True))
-            return
         except VlchatError as error:
-            self.post_message(SessionNote(f"Not deleted: {error}", True))
+            if which == "open":
+                # Still the open conversation: take its folder (and lock) back and keep saving there.
+                try:
+                    self.session = self.store.open(folder)
+                except VlchatError:
+                    self.session = None
+                self.post_message(SessionSwitched(self.session, [], [f"Not deleted: {error}"]))
+            else:
+                self.post_message(SessionNote(f"Not deleted: {error}", True))
             return
         shown = clean(str(title or folder), keep_newlines=False)
         if which == "open":
@@ -886,14 +903,16 @@ class VlchatApp(App):
         self.pending = session.pending_pictures()
         self._name_pictures(session)
 
-    @staticmethod
-    def _name_pictures(session: Any) -> None:
+    def _name_pictures(self, session: Any) -> None:
         for sha, picture in session.pictures.items():
-            set_picture_name(sha, picture.name)
+            if not os.path.basename(picture.source).startswith(sha):
+                set_picture_name(sha, picture.name)
+                self._picture_sources[sha] = picture.source
 
     def _session_opened_notes(self, session: Any, notes: Sequence[str]) -> None:
         title = clean(session.title, keep_newlines=False)
-        self.transcript.note(f"Session {title!r} ({session.turns} turns), from {clean(str(session.folder), keep_newlines=False)}.")
+        turns = f"{session.turns} turn{'s' if session.turns != 1 else ''}"
+        self.transcript.note(f"Session {title!r} ({turns}), from {clean(str(session.folder), keep_newlines=False)}.")
         for picture in session.missing_pictures():
             self.transcript.note(f"The picture {picture.name} is missing from the session folder; the conversation goes on without it.", "error")
         for line in [*session.problems, *notes]:

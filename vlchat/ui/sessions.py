@@ -71,7 +71,9 @@ class SessionPicker(ModalScreen[Path | None]):
             haystack = f"{info.title} {info.id} {info.model}".casefold()
             if all(w in haystack for w in words):
                 line = Text(clean(info.title, keep_newlines=False)[:60], style="bold")
-                line.append(f"  {_local(info.updated)} · {info.turns} turns · {info.pictures} pictures · {info.id}", style="dim")
+                turns = f"{info.turns} turn{'s' if info.turns != 1 else ''}"
+                pictures = f"{info.pictures} picture{'s' if info.pictures != 1 else ''}"
+                line.append(f"  {_local(info.updated)} · {turns} · {pictures} · {info.id}", style="dim")
                 if info.id == self.current_id:
                     line.append("  (open)", style="italic")
                 options.append(Option(line, id=str(info.folder)))
