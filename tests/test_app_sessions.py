@@ -262,3 +262,23 @@ def test_resume_of_a_damaged_session_is_one_line_and_leaves_the_file(run_vlchat,
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "cut short" in result.stderr and "Traceback" not in result.stderr
     assert (folder / "session.json").read_bytes() == broken
+
+
+@run_async
+async def test_session_commands_are_in_the_command_palette(demo_engine, store):
+    app = app_for(demo_engine, store)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("ctrl+p")
+        await pilot.press(*"/sessions")
+        await pilot.pause(0.3)
+        await pilot.press("enter")
+        await until(pilot, lambda: app.screen.id == "session-picker")
+        await until(pilot, lambda: "0 of 0 sessions" in str(app.screen.query_one("#picker-info").content))
+        await pilot.press("escape")
+        await until(pilot, lambda: app.screen.id != "session-picker")
+        await pilot.press("ctrl+p")
+        await pilot.press(*"/export [")
+        await pilot.pause(0.3)
+        await pilot.press("enter")
+        await pilot.pause(0.1)
+        assert app.prompt.text == "/export "
