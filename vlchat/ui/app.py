@@ -777,7 +777,8 @@ class VlchatApp(App):
     def _do_switch(self, job: _SessionJob) -> None:
         from vlchat.core.sessions import SessionError, SessionLockedError
 
-        if self.session is not None and self._session_epoch < job.epoch and not self.session.read_only:
+        unsaved = self.session is None and any(m.role == "user" for m in job.messages)
+        if self._session_epoch < job.epoch and (unsaved or (self.session is not None and not self.session.read_only)):
             # The conversation being left is saved first; if that fails it stays open here.
             previous = replace(job, kind="save", epoch=self._session_epoch, title=None)
             if not self._do_save(previous):
