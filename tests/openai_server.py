@@ -19,6 +19,7 @@ wild can be produced here:
     demo-fail-midway    a few pieces, then {"error": ...} inside the stream (vLLM does this)
     demo-stall          a few pieces, then silence (for the client's token timeout)
     demo-escape         the answer with terminal escape sequences mixed in
+    demo-whole          ignores stream: true and sends the whole completion as one JSON body
 
 Per server: ``api_key`` (401 without it) and ``max_body`` (413 above it, after reading the body,
 as proxies do). Every generation loop watches its client's socket: when the client goes away the
@@ -52,7 +53,7 @@ OLLAMA = "shapes:latest"
 ENDLESS = "demo-endless"
 MODES = (
     "demo-forbidden", "demo-busy", "demo-crash", "demo-gone", "demo-text-only", "demo-no-mmproj",
-    "demo-cut", "demo-drop", "demo-bad-json", "demo-fail-midway", "demo-stall", "demo-escape",
+    "demo-cut", "demo-drop", "demo-bad-json", "demo-fail-midway", "demo-stall", "demo-escape", "demo-whole",
 )
 MISBEHAVE_AFTER = 2  # pieces of a real answer sent before a broken mode breaks the stream
 STALL_MAX_S = 30.0  # a stalled answer still ends, so no test can hang on it
@@ -281,7 +282,23 @@ class _Handler(BaseHTTPRequestHandler):
             top_p=float(body.get("top_p") or 1.0),
             seed=body.get("seed"),
         )
+        if model == "demo-whole":
+            self.whole_answer(model, conversation, params)
+            return
         self.stream_answer(model, conversation, params, bool((body.get("stream_options") or {}).get("include_usage")))
+
+    def whole_answer(self, model: str, conversation: Conversation, params: GenerationParams) -> None:
+        with self.owner._engine_lock:
+            stream = self.owner.engine.stream(conversation, params)
+            text = "".join(stream)
+        prompt = stream.stats.prompt_tokens or 0
+        self.send_json(200, {
+            "id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "object": "chat.completion", "created": int(time.time()),
+            "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": prompt, "completion_tokens": stream.stats.tokens,
+                      "total_tokens": prompt + stream.stats.tokens},
+        })
 
     def refused(self, model: str, has_pictures: bool) -> bool:
         if model == "demo-forbidden":

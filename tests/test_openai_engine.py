@@ -167,6 +167,15 @@ def test_control_characters_from_the_server_never_come_through(openai_server, pi
     assert not any(ch in piece for piece in pieces for ch in "\x1b\x07")
 
 
+def test_a_server_that_ignores_streaming_still_answers(openai_server, picture):
+    engine = connected(openai_server, "demo-whole")
+    c = Conversation()
+    c.add_user("What shape is it?", [picture("star", "red", "white").ref])
+    stream = engine.stream(c, SHORT)
+    assert "star" in "".join(stream)
+    assert stream.stats.tokens >= 3 and stream.stats.prompt_tokens > 10
+
+
 # -- cancel: the server sees the connection closed --------------------------------------------------------
 def _disconnect_after(server, since: float, within: float = 1.0) -> float:
     deadline = time.monotonic() + within + 1.0
@@ -196,6 +205,9 @@ def test_cancel_closes_the_connection_and_the_server_stops_generating(openai_ser
     assert _disconnect_after(openai_server, cancelled_at) < 1.0
     assert openai_server.generations_done[-1] == "client gone"
     assert len(c.messages) == before
+    deadline = time.monotonic() + 1
+    while any(t.name == "vlchat-http-stream" for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert not any(t.name == "vlchat-http-stream" for t in threading.enumerate())
 
 

@@ -275,6 +275,10 @@ class _StreamingCall:
                         text = _read_capped(response)
                         self.events.put(("status", (response.status_code, dict(response.headers), text)))
                         return
+                    if "json" in response.headers.get("content-type", ""):
+                        # A server that ignored stream: true sends the whole answer at once.
+                        self.events.put(("whole", _read_capped(response)))
+                        return
                     self.events.put(("open", None))
                     for line in response.iter_lines():
                         if self._aborted:
@@ -766,6 +770,10 @@ class OpenAIEngine:
                     raise self.status_error(status, headers, text, what="chat/completions", body_bytes=body_bytes)
                 if kind == "error":
                     raise self.network_error(value, answering=True, partial=bool(state.text)) from None
+                if kind == "whole":
+                    yield from state.take_whole(value)
+                    done = True
+                    break
                 events = sse.feed(value) if kind == "line" else sse.flush()
                 for data in events:
                     for piece in state.take(data):
@@ -789,6 +797,8 @@ class OpenAIEngine:
                 while call.thread.is_alive() and time.monotonic() < deadline and not cancel.is_set():
                     call.thread.join(POLL_S)
             call.abort()
+            if call.thread.ident is not None:
+                call.thread.join(0.2)  # the shut-down socket wakes it at once; never wait on a slow connect
             stats.finished_at = time.perf_counter()
 
 
@@ -855,6 +865,23 @@ class _AnswerState:
             reason = choice.get("finish_reason")
             if isinstance(reason, str) and reason:
                 self.finish_reason = reason
+        return pieces
+
+    def take_whole(self, text: str) -> list[str]:
+        """A complete (non-streamed) chat completion: its message becomes one piece."""
+        try:
+            data = json.loads(text)
+            message = data["choices"][0]["message"]
+            content = message.get("content") or ""
+            if not isinstance(content, str):
+                raise TypeError
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+            raise self._malformed(text) from None
+        self.finish_reason = data["choices"][0].get("finish_reason") or "stop"
+        # Usage first, so take() does not count the one piece as the token count.
+        usage = data.get("usage")
+        pieces = self.take(json.dumps({"usage": usage, "choices": [{"index": 0, "delta": {"content": content}}]}))
+        self.done = True
         return pieces
 
     def _malformed(self, data: str) -> MalformedStreamError:
