@@ -540,6 +540,7 @@ class OpenAIEngine:
         except ValueError:
             reason = "error"
         said = _shorten(self._scrub(_server_message(text)))
+        name = clean(self.name, keep_newlines=False)
         says = f": {said}" if said else ""
         head = f"{status} {reason}"
         lowered_headers = {k.lower(): v for k, v in headers.items()}
@@ -552,7 +553,7 @@ class OpenAIEngine:
             return AuthenticationError(f"the server at {self.endpoint} wants a valid API key ({head}){says}", hint)
         if status == 403:
             return AuthenticationError(
-                f"the server at {self.endpoint} refused access to {self.name} ({head}){says}",
+                f"the server at {self.endpoint} refused access to {name} ({head}){says}",
                 "check that the API key is allowed to use this model",
             )
         if status == 404:
@@ -562,7 +563,7 @@ class OpenAIEngine:
                     "check --endpoint; it usually ends in /v1 (vLLM http://host:8000/v1, Ollama http://host:11434/v1)",
                 )
             return ModelNotFoundError(
-                f"the server at {self.endpoint} has no model {self.name!r} ({head}){says}",
+                f"the server at {self.endpoint} has no model {name!r} ({head}){says}",
                 f"see what it serves with `vlchat models --endpoint {self.endpoint}` and pass that name with --model",
             )
         if status == 413:
@@ -585,12 +586,12 @@ class OpenAIEngine:
             )
         if _mentions_pictures(said):
             return NoVisionError(
-                f"the model {self.name!r} at {self.endpoint} does not accept pictures ({head}){says}",
+                f"the model {name!r} at {self.endpoint} does not accept pictures ({head}){says}",
                 "serve a vision model (vLLM: llava-hf/llava-1.5-7b-hf; Ollama: llava), or ask without pictures",
             )
         if _mentions_context(said):
             return ContextTooLongError(
-                f"the conversation does not fit in the context of {self.name!r} at {self.endpoint} ({head}){says}",
+                f"the conversation does not fit in the context of {name!r} at {self.endpoint} ({head}){says}",
                 "start a new conversation, lower --max-new-tokens, or send smaller pictures with --image-max-side",
             )
         if status >= 500:
