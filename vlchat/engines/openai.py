@@ -541,7 +541,7 @@ class OpenAIEngine:
             reason = "error"
         said = _shorten(self._scrub(_server_message(text)))
         name = clean(self.name, keep_newlines=False)
-        says = f": {said}" if said else ""
+        says = f": {said}" if said and said.lower() != reason.lower() else ""
         head = f"{status} {reason}"
         lowered_headers = {k.lower(): v for k, v in headers.items()}
         if status == 401:
