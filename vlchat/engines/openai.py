@@ -453,7 +453,10 @@ class OpenAIEngine:
             write=max(self.token_timeout, 30.0),
             pool=self.connect_timeout,
         )
-        return httpx.Client(headers=headers, timeout=timeout, follow_redirects=False)
+        # A loopback endpoint (a local server, an SSH tunnel) is never reached through an HTTP(S)_PROXY.
+        host = urllib.parse.urlsplit(self.base_url).hostname or ""
+        loopback = host in ("localhost", "::1") or host.startswith("127.")
+        return httpx.Client(headers=headers, timeout=timeout, follow_redirects=False, trust_env=not loopback)
 
     def _scrub(self, text: str) -> str:
         """Text from a server may echo the key back; it never goes further than here."""
