@@ -91,6 +91,17 @@ def test_answer_depends_on_the_picture(openai_server, picture, colour):
     assert request["pictures"] == [{"mime": "image/png", "bytes": request["pictures"][0]["bytes"], "width": 256, "height": 256}]
 
 
+def test_the_answer_is_the_models_own_word_for_word(openai_server, demo_engine, picture):
+    # PNG goes over the wire losslessly, so the server's model sees the very same pixels.
+    c = Conversation()
+    c.add_user("Describe the picture.", [picture("star", "orange", "black", count=2).ref])
+    local = "".join(demo_engine.stream(c, SHORT))
+    remote = connected(openai_server).stream(c, SHORT)
+    pieces = list(remote)
+    assert "".join(pieces) == local and len(pieces) >= 2  # streamed, not sent in one piece
+    assert remote.stats.timings().first_token_s > 0
+
+
 def test_second_picture_in_turn_two_is_the_one_answered_about(openai_server, picture):
     engine = connected(openai_server)
     c = Conversation()
