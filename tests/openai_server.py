@@ -322,13 +322,31 @@ class _Handler(BaseHTTPRequestHandler):
         return True
 
     # -- the stream ---------------------------------------------------------------------------------------------
+    gone: threading.Event | None = None  # set by the watcher of a streamed answer
+
+    def client_left(self) -> None:
+        """Record, once, the moment this request's client was seen gone."""
+        if self.gone is not None and not self.gone.is_set():
+            self.owner.disconnects.append(time.monotonic())
+            self.gone.set()
+
+    def watch_client(self, finished: threading.Event) -> None:
+        # As vLLM does: a client that goes away is noticed at once, not at the next write, and its
+        # generation is stopped (the Event is the engine's cancel).
+        while not finished.is_set():
+            if client_gone(self.connection):
+                self.client_left()
+                return
+            finished.wait(0.01)
+
     def write_chunk(self, data: bytes) -> None:
-        if client_gone(self.connection):
+        if self.gone is not None and self.gone.is_set():
             raise ClientGone
         try:
             self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
             self.wfile.flush()
         except OSError:
+            self.client_left()
             raise ClientGone from None
 
     def event(self, payload: Any) -> None:
@@ -368,14 +386,20 @@ class _Handler(BaseHTTPRequestHandler):
 
         engine = owner.endless_engine if model == ENDLESS else owner.engine
         outcome = "done"
+        self.gone = threading.Event()
+        finished = threading.Event()
+        watcher = threading.Thread(target=self.watch_client, args=(finished,), daemon=True)
         with owner._engine_lock:
-            stream = engine.stream(conversation, params)
+            stream = engine.stream(conversation, params, self.gone)
+            watcher.start()
             try:
                 self.event(chunk({"role": "assistant", "content": ""}))
                 for n, piece in enumerate(stream, 1):
                     if owner.stopping.is_set():
                         outcome = "stopped"
                         return
+                    if self.gone.is_set():
+                        raise ClientGone
                     if model == "demo-escape":
                         piece = "\x1b]0;pwned\x07" + piece + "\x1b[2J"
                     delta = {"role": "assistant", "content": piece} if ollama else {"content": piece}
@@ -391,11 +415,15 @@ class _Handler(BaseHTTPRequestHandler):
                     self.event(chunk(None, usage=usage))
                 self.event("[DONE]")
                 self.wfile.write(b"0\r\n\r\n")
+                finished.set()
             except ClientGone:
-                owner.disconnects.append(time.monotonic())
                 outcome = "client gone"
                 self.close_connection = True
             finally:
+                finished.set()
+                watcher.join()
+                if self.gone.is_set():
+                    outcome = "client gone"
                 stream.close()  # stops the model itself
                 owner.generations_done.append(outcome)
 
@@ -422,9 +450,8 @@ class _Handler(BaseHTTPRequestHandler):
         if model == "demo-stall":
             deadline = time.monotonic() + STALL_MAX_S
             while time.monotonic() < deadline and not self.owner.stopping.is_set():
-                if client_gone(self.connection):
+                if self.gone is not None and self.gone.wait(0.02):
                     raise ClientGone
-                time.sleep(0.02)
             self.close_connection = True
             return True
         return False
