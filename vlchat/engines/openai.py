@@ -124,14 +124,13 @@ def normalize_endpoint(url: str) -> str:
         text = "http://" + text
     parts = urllib.parse.urlsplit(text)
     try:
-        port = parts.port
+        parts.port  # noqa: B018 (raises for a port that is not a number)
     except ValueError:
         raise InputError(f"the endpoint {display_endpoint(text)} has a port that is not a number", example) from None
     if parts.scheme not in ("http", "https"):
         raise InputError(f"the endpoint {display_endpoint(text)} is not an http:// or https:// URL", example)
     if not parts.hostname:
         raise InputError(f"the endpoint {shown!r} names no host", example)
-    del port
     path = parts.path.rstrip("/")
     for tail in ("/chat/completions", "/completions", "/models"):
         if path.endswith(tail):
@@ -782,6 +781,9 @@ class OpenAIEngine:
                 for data in events:
                     for piece in state.take(data):
                         yield piece
+                        if cancel.is_set():  # set while the caller had the piece
+                            stats.stopped = True
+                            return
                     if state.done:
                         break
                 if state.done:
