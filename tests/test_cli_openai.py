@@ -178,7 +178,7 @@ def test_server_errors(vlchat, openai_server, model):
 
 def test_request_too_large(vlchat, demo_engine, picture):
     big = picture("circle", "red", "white", size=1024)
-    with OpenAITestServer(demo_engine, max_body=20_000) as server:
+    with OpenAITestServer(demo_engine, max_body=10_000) as server:
         result = vlchat("ask", big.ref.path, "What colour is the shape?", "--endpoint", server.url)
         assert result.returncode == 1
         one_error_line(result, "413", "--image-max-side")

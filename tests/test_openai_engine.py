@@ -339,7 +339,7 @@ def test_api_key_wanted_refused_and_accepted(demo_engine, picture):
 
 def test_request_too_large_then_shrunk(demo_engine, picture):
     big = picture("circle", "yellow", "purple", size=1024)
-    with OpenAITestServer(demo_engine, max_body=20_000) as server:
+    with OpenAITestServer(demo_engine, max_body=10_000) as server:
         c = Conversation()
         c.add_user("What colour is the shape?", [big.ref])
         stream = connected(server).stream(c, SHORT)
