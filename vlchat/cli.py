@@ -28,7 +28,8 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--model",
         "-m",
-        help="'demo', a Hugging Face hub id (llava-hf/llava-1.5-7b-hf) or a local model folder (default: demo)",
+        help="'demo', a Hugging Face hub id (llava-hf/llava-1.5-7b-hf) or a local model folder (default: demo); "
+        "with --endpoint, the model's name as the server knows it (default: the server's only model)",
     )
     group.add_argument(
         "--quant",
@@ -42,6 +43,31 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         default=None,
         help="allow a model's own Python code to run (off unless you pass this)",
+    )
+
+
+def _add_server_options(parser: argparse.ArgumentParser, *, pictures: bool = True) -> None:
+    group = parser.add_argument_group("server (a model served by vLLM, Ollama or llama.cpp)")
+    group.add_argument(
+        "--endpoint",
+        metavar="URL",
+        help="URL of an OpenAI-compatible server, e.g. http://localhost:8000/v1 (or VLCHAT_ENDPOINT)",
+    )
+    group.add_argument(
+        "--api-key",
+        metavar="KEY",
+        help="the server's API key; VLCHAT_API_KEY keeps it out of your shell history. Never saved or shown",
+    )
+    if pictures:
+        group.add_argument(
+            "--image-max-side",
+            type=int,
+            metavar="PX",
+            help="shrink pictures to at most PX pixels a side before sending them (default: as they are)",
+        )
+    group.add_argument("--connect-timeout", type=float, metavar="S", help="seconds to wait for a connection (default 10)")
+    group.add_argument(
+        "--token-timeout", type=float, metavar="S", help="seconds to wait for the next piece of the answer (default 120)"
     )
 
 
@@ -73,13 +99,14 @@ def settings_from(args: argparse.Namespace):
     return load_settings(flags)
 
 
-SUBCOMMANDS = ("ask", "demo", "sessions", "export")
+SUBCOMMANDS = ("ask", "demo", "sessions", "export", "models")
 
 _USAGE = (
     "vlchat [IMAGE...] [options]          open the app on these pictures\n"
     "       vlchat demo [options]                the app on the demo model and a sample picture\n"
     "       vlchat ask IMAGE... QUESTION [options]  one answer, streamed to stdout\n"
-    "       vlchat sessions | vlchat export SESSION  saved conversations"
+    "       vlchat sessions | vlchat export SESSION  saved conversations\n"
+    "       vlchat models [--endpoint URL]       the models you can use"
 )
 
 
@@ -124,7 +151,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_sessions_dir(ask)
     _add_model_options(ask)
+    _add_server_options(ask)
     _add_generation_options(ask)
+
+    models = commands.add_parser(
+        "models",
+        help="list the models you can use (with --endpoint: the ones that server serves)",
+        description="List the models you can use; with --endpoint, the models that server serves.",
+    )
+    models.add_argument("--json", action="store_true", help="one JSON record per model")
+    _add_server_options(models, pictures=False)
 
     sessions = commands.add_parser(
         "sessions",
@@ -167,7 +203,8 @@ def build_app_parser() -> argparse.ArgumentParser:
         epilog="commands:\n  ask       answer one question about pictures, streamed to stdout (vlchat ask --help)\n"
         "  demo      open the app on the bundled demo model and a sample picture\n"
         "  sessions  list saved sessions\n"
-        "  export    write a session as Markdown with its pictures\n\n"
+        "  export    write a session as Markdown with its pictures\n"
+        "  models    list the models you can use (--endpoint URL: the ones a server serves)\n\n"
         "Try it with the bundled demo model: vlchat demo",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -186,6 +223,7 @@ def build_app_parser() -> argparse.ArgumentParser:
     )
     _add_sessions_dir(parser, top=True)
     _add_model_options(parser)
+    _add_server_options(parser)
     _add_generation_options(parser)
     _add_app_options(parser)
     return parser
@@ -212,6 +250,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from vlchat.commands.ask import run_ask
 
             return run_ask(args)
+        if args.command == "models":
+            from vlchat.commands.models import run_models
+
+            return run_models(args)
         if args.command == "sessions":
             from vlchat.commands.sessions import run_sessions
 
