@@ -282,3 +282,25 @@ async def test_session_commands_are_in_the_command_palette(demo_engine, store):
         await pilot.press("enter")
         await pilot.pause(0.1)
         assert app.prompt.text == "/export "
+
+
+@run_async
+async def test_a_session_open_elsewhere_is_opened_read_only_and_never_written(demo_engine, picture, store):
+    held = store.create()  # holds the lock, as another vlchat would
+    held.conversation.add_user("Held question")
+    held.conversation.add_assistant("Held answer", model="demo")
+    held.save()
+    before = (held.folder / "session.json").read_bytes()
+    try:
+        app = app_for(demo_engine, store, [picture("circle", "red", "blue")])
+        async with app.run_test(size=(120, 40)) as pilot:
+            app.open_session(held.folder)
+            await until(pilot, lambda: "Held answer" in transcript_text(app))
+            assert "open elsewhere" in transcript_text(app) and "read-only" in transcript_text(app)
+            assert "read-only" in app.status_text().plain
+            await ask(pilot, QUESTION)
+            await settle(pilot)
+            assert app.conversation.last("user").text == QUESTION  # kept in memory...
+        assert (held.folder / "session.json").read_bytes() == before  # ...never written over the other's
+    finally:
+        held.close()
