@@ -327,6 +327,11 @@ class VlchatApp(App):
             if self.info.label:
                 name += f" ({clean(self.info.label, keep_newlines=False)})"
         text.append(name, style="bold")
+        # First after the name: at 80 columns the end of the line is cut off.
+        if self.save_error:
+            text.append("  not saved", style="bold red")
+        elif self.session is not None and self.session.read_only:
+            text.append("  read-only", style="bold yellow")
         if self.load_error:
             text.append("  not loaded", style="bold red")
             return text
@@ -355,10 +360,6 @@ class VlchatApp(App):
         if self.params.temperature:
             fields.append(f"temp {self.params.temperature:g}")
         text.append("  " + " · ".join(clean(str(f), keep_newlines=False) for f in fields))
-        if self.save_error:
-            text.append("  not saved", style="bold red")
-        elif self.session is not None and self.session.read_only:
-            text.append("  read-only", style="bold yellow")
         if self.generating is not None:
             text.append("  answering… Esc stops", style="italic")
         return text
@@ -413,9 +414,7 @@ class VlchatApp(App):
                 errors.append(str(error))
             except Exception as error:
                 errors.append(f"{clean(os.fspath(path), keep_newlines=False)} cannot be read: {type(error).__name__}")
-        loaded = PicturesLoaded(refs, errors)
-        loaded.save = save
-        self.post_message(loaded)
+        self.post_message(PicturesLoaded(refs, errors, save))
 
     def on_pictures_loaded(self, message: PicturesLoaded) -> None:
         for line in message.errors:
@@ -430,7 +429,7 @@ class VlchatApp(App):
                 self.transcript.note(f"Attached {names}: it goes with your next question.")
             self.refresh_pictures(show_last=True)
             self._count_context()
-            if getattr(message, "save", True):
+            if message.save:
                 self.request_save("picture")
 
     def action_previous_picture(self) -> None:

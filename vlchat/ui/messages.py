@@ -67,9 +67,10 @@ class AnswerFinished(Message):
 class PicturesLoaded(Message):
     """Pictures named with /image (or at start): the ones that loaded, and one line per failure."""
 
-    def __init__(self, refs: list, errors: list[str]) -> None:
+    def __init__(self, refs: list, errors: list[str], save: bool = True) -> None:
         super().__init__()
         self.refs, self.errors = refs, errors
+        self.save = save  # False for the pictures given at start: they are saved with the first question
 
 
 class PreviewDecoded(Message):
