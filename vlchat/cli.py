@@ -229,12 +229,26 @@ def build_app_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _names_subcommand(argv: list[str]) -> bool:
+    """Whether the first word after the options every command shares (`vlchat --sessions-dir DIR
+    sessions`) is a sub-command; anything else opens the app."""
+    i = 0
+    while i < len(argv):
+        if argv[i] == "--sessions-dir":
+            i += 2
+        elif argv[i] == "--print-config" or argv[i].startswith("--sessions-dir="):
+            i += 1
+        else:
+            break
+    return i < len(argv) and argv[i] in SUBCOMMANDS
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from vlchat.core.errors import VlchatError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        if argv and argv[0] in SUBCOMMANDS:
+        if _names_subcommand(argv):
             args = build_parser().parse_args(argv)
         else:
             args = build_app_parser().parse_args(argv)
