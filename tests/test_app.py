@@ -198,6 +198,7 @@ async def test_image_command_attaches_a_second_picture_that_the_model_sees(demo_
         assert "green" in app.conversation.last("assistant").text.lower()
         assert shas(app.conversation.messages[-2].images) == [green.ref.sha256]
         await pilot.press("f7")
+        await until(pilot, lambda: "1/2" in screen_text(app), timeout=5)
         assert "1/2" in screen_text(app)
 
 

@@ -437,11 +437,14 @@ def load_4bit(path: Path):
     import torch
     from transformers import AutoModelForImageTextToText, BitsAndBytesConfig
 
+    from vlchat.engines.transformers import KEEP_UNQUANTIZED
+
     quant = BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=torch.float32,
+        llm_int8_skip_modules=list(KEEP_UNQUANTIZED),
     )
     return AutoModelForImageTextToText.from_pretrained(path, quantization_config=quant, device_map="cpu")
 
@@ -491,19 +494,19 @@ def run_evaluation(path: Path, per_type: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vlchat.demo.train", description=__doc__.splitlines()[0])
-    parser.add_argument("--vision-steps", type=int, default=8000, help="stage 1: vision tower pretraining")
+    parser.add_argument("--vision-steps", type=int, default=1500, help="stage 1: vision tower pretraining")
     parser.add_argument("--vision-lr", type=float, default=2e-3)
-    parser.add_argument("--picture-heads", type=int, default=0, help="also train whole-picture heads in stage 1")
-    parser.add_argument("--steps", type=int, default=1500, help="stage 2: conversations")
+    parser.add_argument("--picture-heads", type=int, default=1, help="also train whole-picture heads in stage 1")
+    parser.add_argument("--steps", type=int, default=1200, help="stage 2: conversations")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--lr", type=float, default=7e-4)
     parser.add_argument("--pictures", type=int, default=16000, help="size of the training picture pool")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-per-type", type=int, default=200)
     parser.add_argument("--out", type=Path, default=MODEL_DIR)
     parser.add_argument("--eval-only", action="store_true", help="evaluate the model in --out and stop")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's choice)")
-    parser.add_argument("--check-every", type=int, default=500, help="quick accuracy check every N steps")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 gives the same numbers everywhere)")
+    parser.add_argument("--check-every", type=int, default=200, help="quick accuracy check every N steps")
     args = parser.parse_args(argv)
 
     import torch
@@ -577,8 +580,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.check_every and step and step % args.check_every == 0:
             model.eval()
             print_table(f"step {step} quick check", evaluate(model, tokenizer, processor.image_processor, 16, seed=99))
-            model.save_pretrained(Path(tempfile.gettempdir()) / f"vlchat-demo-step{step}")
-            processor.save_pretrained(Path(tempfile.gettempdir()) / f"vlchat-demo-step{step}")
             model.train()
     model.eval()
 

@@ -39,6 +39,21 @@ from vlchat.engines.base import (
 from vlchat.engines.registry import ModelSpec, resolve
 
 QUANTS = ("auto", "4bit", "8bit", "none")
+
+# Only the language model is quantized: vision towers and projectors are small next to it and
+# far more sensitive (their features feed every answer), and the output head stays exact too.
+# Module names of the families transformers ships (LLaVA, BLIP-2, Idefics/SmolVLM, Qwen-VL, MiniCPM).
+KEEP_UNQUANTIZED = (
+    "lm_head",
+    "vision_tower",
+    "multi_modal_projector",
+    "vision_model",
+    "qformer",
+    "language_projection",
+    "connector",
+    "visual",
+    "resampler",
+)
 DEVICES = ("auto", "cuda", "mps", "cpu")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 
@@ -188,12 +203,13 @@ class TransformersEngine:
         from transformers import BitsAndBytesConfig
 
         if self.quant == "8bit":
-            return BitsAndBytesConfig(load_in_8bit=True)
+            return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=list(KEEP_UNQUANTIZED))
         return BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=self.dtype,
+            llm_int8_skip_modules=list(KEEP_UNQUANTIZED),
         )
 
     def _locate(self, report: ProgressCallback) -> str:
