@@ -437,14 +437,14 @@ def load_4bit(path: Path):
     import torch
     from transformers import AutoModelForImageTextToText, BitsAndBytesConfig
 
-    from vlchat.engines.transformers import KEEP_UNQUANTIZED
+    from vlchat.engines.transformers import skip_patterns
 
     quant = BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=torch.float32,
-        llm_int8_skip_modules=list(KEEP_UNQUANTIZED),
+        llm_int8_skip_modules=skip_patterns(),
     )
     return AutoModelForImageTextToText.from_pretrained(path, quantization_config=quant, device_map="cpu")
 

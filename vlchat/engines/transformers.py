@@ -54,6 +54,12 @@ KEEP_UNQUANTIZED = (
     "visual",
     "resampler",
 )
+
+
+def skip_patterns() -> list[str]:
+    """KEEP_UNQUANTIZED as transformers 5 matches them: a pattern must match from the start of the
+    module's full name (``model.multi_modal_projector.linear_1``), so each one may follow any prefix."""
+    return [rf"(?:.*\.)?{name}" for name in KEEP_UNQUANTIZED]
 DEVICES = ("auto", "cuda", "mps", "cpu")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 
@@ -203,13 +209,13 @@ class TransformersEngine:
         from transformers import BitsAndBytesConfig
 
         if self.quant == "8bit":
-            return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=list(KEEP_UNQUANTIZED))
+            return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip_patterns())
         return BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=self.dtype,
-            llm_int8_skip_modules=list(KEEP_UNQUANTIZED),
+            llm_int8_skip_modules=skip_patterns(),
         )
 
     def _locate(self, report: ProgressCallback) -> str:
