@@ -97,8 +97,8 @@ class VlchatApp(App):
     BINDINGS = [
         Binding("escape", "stop", "Stop", id="stop", priority=True),
         Binding("f2", "toggle_preview", "Picture", id="toggle_preview"),
-        Binding("alt+left,f7", "previous_picture", "Prev", id="previous_picture"),
-        Binding("alt+right,f8", "next_picture", "Next", id="next_picture"),
+        Binding("alt+left,f7", "previous_picture", "Prev", id="previous_picture", priority=True),
+        Binding("alt+right,f8", "next_picture", "Next", id="next_picture", priority=True),
         Binding("ctrl+y", "copy", "Copy", id="copy"),
         Binding("f1", "help", "Help", id="help"),
         Binding("ctrl+q", "quit", "Quit", id="quit", priority=True),
