@@ -128,7 +128,8 @@ def _ask(args, settings, engine, pictures, question, session) -> int:
             conversation.set_system(settings.system)
         refs = [session.attach(p) for p in pictures]
         conversation.add_user(question, refs)
-        session.model = {key: getattr(settings, key) for key in _MODEL_KEYS}
+        # "name" is the documented field (sessions/README.md); "model" is the setting it came from.
+        session.model = {"name": settings.model, **{key: getattr(settings, key) for key in _MODEL_KEYS}}
         session.params = params
         # Saved before the model runs: whatever happens to this process from here on, the
         # question and its pictures are on disk.
