@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import shutil
 import statistics
 import sys
 import tempfile
@@ -24,17 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from vlchat.commands.ask import write_stream  # noqa: E402
 from vlchat.core.conversation import Conversation, GenerationParams  # noqa: E402
 from vlchat.core.images import load_image  # noqa: E402
-from vlchat.demo import MODEL_DIR, SAMPLES_DIR  # noqa: E402
+from vlchat.demo import SAMPLES_DIR, endless_copy  # noqa: E402
 from vlchat.engines.transformers import TransformersEngine  # noqa: E402
 
-
-def endless_copy(target: Path) -> Path:
-    folder = target / "demo-endless"
-    shutil.copytree(MODEL_DIR, folder)
-    config = json.loads((folder / "generation_config.json").read_text())
-    config["eos_token_id"] = None
-    (folder / "generation_config.json").write_text(json.dumps(config))
-    return folder
 
 
 def measure(device: str, tokens: int, runs: int) -> dict:

@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -28,19 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from vlchat.config import Settings  # noqa: E402
 from vlchat.core.conversation import Conversation, GenerationParams  # noqa: E402
 from vlchat.core.images import load_image  # noqa: E402
-from vlchat.demo import MODEL_DIR, SAMPLES_DIR  # noqa: E402
+from vlchat.demo import SAMPLES_DIR, endless_copy  # noqa: E402
 from vlchat.engines.transformers import TransformersEngine  # noqa: E402
 
 QUESTION = "Describe the picture."
 
-
-def endless_copy(target: Path) -> Path:
-    folder = target / "demo-endless"
-    shutil.copytree(MODEL_DIR, folder)
-    config = json.loads((folder / "generation_config.json").read_text())
-    config["eos_token_id"] = None
-    (folder / "generation_config.json").write_text(json.dumps(config))
-    return folder
 
 
 def plain_generate(engine, picture, tokens: int) -> float:

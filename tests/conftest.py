@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import os
 import random
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from vlchat.core.images import load_image
-from vlchat.demo import MODEL_DIR
+from vlchat.demo import endless_copy
 from vlchat.demo.shapes import Scene, draw_scene
 
 # Tests never reach for the network, and never touch the person's own Hugging Face cache.
@@ -67,13 +65,7 @@ def picture(tmp_path):
 @pytest.fixture(scope="session")
 def endless_model(tmp_path_factory) -> Path:
     """The demo model with no end-of-answer token: it talks until stopped (for cancel tests)."""
-    folder = tmp_path_factory.mktemp("endless") / "demo-endless"
-    shutil.copytree(MODEL_DIR, folder)
-    config_path = folder / "generation_config.json"
-    config = json.loads(config_path.read_text())
-    config["eos_token_id"] = None
-    config_path.write_text(json.dumps(config))
-    return folder
+    return endless_copy(tmp_path_factory.mktemp("endless"))
 
 
 def vlchat_command() -> list[str]:

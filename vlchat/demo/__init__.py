@@ -11,3 +11,20 @@ MODEL_DIR = HERE / "model"
 SAMPLES_DIR = HERE / "samples"
 DEMO_NAME = "demo"
 DEMO_LABEL = "demo model"
+
+
+def endless_copy(parent: Path) -> Path:
+    """A copy of the demo model under ``parent`` that never emits its end-of-answer token.
+
+    It talks until stopped, which is what cancel tests and fixed-length benchmarks need.
+    """
+    import json
+    import shutil
+
+    folder = parent / "demo-endless"
+    shutil.copytree(MODEL_DIR, folder)
+    config_path = folder / "generation_config.json"
+    config = json.loads(config_path.read_text())
+    config["eos_token_id"] = None
+    config_path.write_text(json.dumps(config))
+    return folder
