@@ -28,7 +28,8 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--model",
         "-m",
-        help="'demo', a Hugging Face hub id (llava-hf/llava-1.5-7b-hf) or a local model folder (default: demo)",
+        help="a named model (see `vlchat models`), a Hugging Face hub id (llava-hf/llava-1.5-7b-hf) "
+        "or a local model folder (default: demo)",
     )
     group.add_argument(
         "--quant",
@@ -73,7 +74,7 @@ def settings_from(args: argparse.Namespace):
     return load_settings(flags)
 
 
-SUBCOMMANDS = ("ask", "demo", "sessions", "export")
+SUBCOMMANDS = ("ask", "demo", "sessions", "export", "models")
 
 _USAGE = (
     "vlchat [IMAGE...] [options]          open the app on these pictures\n"
@@ -145,6 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--force", action="store_true", help="replace FILE even if it is not an earlier vlchat export")
     _add_sessions_dir(export)
 
+    models = commands.add_parser(
+        "models",
+        help="the named models: hub id, family, 4-bit memory, downloaded or not",
+        description="List the named models and the other image-text-to-text models in the local Hugging Face cache.",
+    )
+    models.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+
     demo = commands.add_parser(
         "demo",
         help="open the app on the bundled demo model and a sample picture",
@@ -167,7 +175,8 @@ def build_app_parser() -> argparse.ArgumentParser:
         epilog="commands:\n  ask       answer one question about pictures, streamed to stdout (vlchat ask --help)\n"
         "  demo      open the app on the bundled demo model and a sample picture\n"
         "  sessions  list saved sessions\n"
-        "  export    write a session as Markdown with its pictures\n\n"
+        "  export    write a session as Markdown with its pictures\n"
+        "  models    list the named models and the ones already downloaded\n\n"
         "Try it with the bundled demo model: vlchat demo",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -212,6 +221,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from vlchat.commands.sessions import run_export
 
             return run_export(args)
+        if args.command == "models":
+            from vlchat.commands.models import run_models
+
+            return run_models(args)
         from vlchat.commands.app import run_app
 
         return run_app(args, demo=args.command == "demo")
