@@ -97,7 +97,7 @@ def resolve(name: str) -> ModelSpec:
     """Turn what a person typed into a ModelSpec, or say clearly why it names no model."""
     name = name.strip()
     if name == DEMO_NAME:
-        return ModelSpec(DEMO_NAME, str(MODEL_DIR), "llava", DEMO_LABEL, is_local=True, quant="none", memory_4bit_gb=0.01)
+        return ModelSpec(DEMO_NAME, str(MODEL_DIR), "llava", DEMO_LABEL, is_local=True, memory_4bit_gb=0.01)
     if name.lower() in NAMED:
         return NAMED[name.lower()].spec()
     expanded = Path(os.path.expanduser(name))

@@ -245,6 +245,13 @@ class TransformersEngine:
                 f"model {self.name} ships its own Python code, which vlchat does not run unless asked",
                 "read that code first; then pass --trust-remote-code to run it",
             )
+        if "torchvision" in text.lower() or "VIDEO_PROCESSOR_MAPPING" in text:
+            # transformers builds the processors of video-capable families (Qwen2-VL, MiniCPM-V 4.6)
+            # only with torchvision installed, even for pictures alone
+            return ModelLoadError(
+                f"the processor of {self.name} needs torchvision, which is not installed",
+                "install it: pip install torchvision (the build that matches your torch)",
+            )
         if "Unrecognized configuration class" in text or "Unrecognized model" in text:
             return ModelLoadError(
                 f"{self.name} is not an image-text-to-text model that transformers can load",
