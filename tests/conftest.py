@@ -88,3 +88,12 @@ def run_vlchat(tmp_path):
         )
 
     return run
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    """Tiny random models of each native family (tests/tiny_families.py), saved as folders once."""
+    from tests import tiny_families
+
+    root = tmp_path_factory.mktemp("tiny-families")
+    return {name: build(root / name.replace("-", "_")) for name, build in tiny_families.BUILDERS.items()}

@@ -18,12 +18,6 @@ pytestmark = pytest.mark.timeout(240)
 SHORT = GenerationParams(max_new_tokens=4)
 
 
-@pytest.fixture(scope="session")
-def tiny_models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny-families")
-    return {name: build(root / name.replace("-", "_")) for name, build in tiny_families.BUILDERS.items()}
-
-
 def image_blocks(ids: list[int], image_id: int) -> list[int]:
     """Lengths of the runs of image tokens in the prompt, in order."""
     runs, length = [], 0

@@ -243,3 +243,35 @@ BUILDERS = {
     "instructblip": build_instructblip,
     "idefics3": build_idefics3,
 }
+
+
+# JoyCaption's shape: Llama 3.1 header template over string contents, with a tokenizer that adds
+# <|begin_of_text|> by itself, as Llama 3's does (the source of a doubled BOS).
+JOY_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+    "{{ m['content'] }}<|eot_id|>{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+
+
+def build_joycaption(folder: Path) -> Path:
+    from tokenizers import processors
+    from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    tokenizer = build_tokenizer(["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"])
+    bos = tokenizer.bos_token_id
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
+    )
+    config = LlavaConfig(
+        vision_config=_clip(), text_config=_llama(), image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_select_strategy="default", vision_feature_layer=-1,
+    )
+    processor = LlavaProcessor(
+        image_processor=CLIPImageProcessorPil(size={"height": IMAGE, "width": IMAGE}, do_center_crop=False,
+                                              crop_size={"height": IMAGE, "width": IMAGE}),
+        tokenizer=tokenizer, patch_size=PATCH, vision_feature_select_strategy="default",
+        num_additional_image_tokens=1, chat_template=JOY_TEMPLATE,
+    )
+    return _save(folder, LlavaForConditionalGeneration(config), processor)
