@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "set": ("temperature|top_p|max_tokens|seed VALUE", "change how answers are sampled"),
     "clear": ("", "start a new conversation"),
     "copy": ("", "copy the last answer to the clipboard (OSC 52: works over SSH)"),
+    "model": ("[NAME]", "switch model, keeping the conversation (no name: pick from a list)"),
     "theme": ("NAME", "switch colour theme (remembered)"),
     "help": ("", "list commands and keys"),
     "quit": ("", "leave vlchat"),
@@ -52,6 +53,8 @@ class VlchatCommands(Provider):
                 for theme in sorted(app.available_themes):
                     if theme.startswith("vlchat-") or theme in app.user_theme_names:
                         yield f"/theme {theme}", f"switch to the {theme} theme", partial(app.run_command_line, f"/theme {theme}")
+            elif name == "model":
+                yield "/model", "pick another model from a list (the conversation stays)", partial(app.run_command_line, "/model")
             elif name == "set":
                 for key in SETTABLE:
                     yield f"/set {key}", f"change {key}", partial(app.fill_prompt, f"/set {key} ")
