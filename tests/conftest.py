@@ -97,3 +97,23 @@ def tiny_models(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("tiny-families")
     return {name: build(root / name.replace("-", "_")) for name, build in tiny_families.BUILDERS.items()}
+
+
+@pytest.fixture(scope="session")
+def endless_engine_for_server(endless_model):
+    from vlchat.engines.transformers import TransformersEngine
+
+    engine = TransformersEngine(str(endless_model), quant="none", device="cpu")
+    engine.load()
+    yield engine
+    engine.unload()
+
+
+@pytest.fixture(scope="session")
+def openai_server(demo_engine, endless_engine_for_server):
+    """A real OpenAI-compatible server on 127.0.0.1 (random port) answering from the demo model."""
+    from tests.openai_server import OpenAITestServer
+
+    server = OpenAITestServer(demo_engine, endless_engine=endless_engine_for_server).start()
+    yield server
+    server.stop()

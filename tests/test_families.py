@@ -48,9 +48,9 @@ def two_turns(engine, picture) -> tuple[Conversation, list[list[int]]]:
 
 
 def load(folder, quant="none"):
-    settings = type("S", (), dict(model=str(folder), quant=quant, device="cpu", dtype="float32",
-                                  trust_remote_code=False))()
-    engine = make_engine(settings)
+    from vlchat.config import Settings
+
+    engine = make_engine(Settings(model=str(folder), quant=quant, device="cpu", dtype="float32"))
     engine.load()
     return engine
 

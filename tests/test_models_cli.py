@@ -36,7 +36,7 @@ def test_models_lists_registry_and_cached_vision_models(run_vlchat, tmp_path):
     _cache_model(hf_home, "Someone/text-only", {"model_type": "llama"})
     result = run_vlchat("models", "--json")
     assert result.returncode == 0, result.stderr
-    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    rows = {row["name"]: row for row in map(json.loads, result.stdout.splitlines())}  # JSON lines
     assert set(NAMED) | {"demo"} <= set(rows)
     assert rows["llava-1.5-7b"]["downloaded"] is True
     assert rows["llava-1.5-13b"]["downloaded"] is False

@@ -102,8 +102,9 @@ def own_code_model(tmp_path_factory):
 
 
 def settings(folder, trust):
-    return type("S", (), dict(model=str(folder), quant="none", device="cpu", dtype="float32",
-                              trust_remote_code=trust))()
+    from vlchat.config import Settings
+
+    return Settings(model=str(folder), quant="none", device="cpu", dtype="float32", trust_remote_code=trust)
 
 
 def test_refused_without_the_flag_before_any_code_runs(own_code_model):

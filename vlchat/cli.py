@@ -29,7 +29,8 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
         "--model",
         "-m",
         help="a named model (see `vlchat models`), a Hugging Face hub id (llava-hf/llava-1.5-7b-hf) "
-        "or a local model folder (default: demo)",
+        "or a local model folder (default: demo); "
+        "with --endpoint, the model's name as the server knows it (default: the server's only model)",
     )
     group.add_argument(
         "--quant",
@@ -43,6 +44,31 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         default=None,
         help="allow a model's own Python code to run (off unless you pass this)",
+    )
+
+
+def _add_server_options(parser: argparse.ArgumentParser, *, pictures: bool = True) -> None:
+    group = parser.add_argument_group("server (a model served by vLLM, Ollama or llama.cpp)")
+    group.add_argument(
+        "--endpoint",
+        metavar="URL",
+        help="URL of an OpenAI-compatible server, e.g. http://localhost:8000/v1 (or VLCHAT_ENDPOINT)",
+    )
+    group.add_argument(
+        "--api-key",
+        metavar="KEY",
+        help="the server's API key; VLCHAT_API_KEY keeps it out of your shell history. Never saved or shown",
+    )
+    if pictures:
+        group.add_argument(
+            "--image-max-side",
+            type=int,
+            metavar="PX",
+            help="shrink pictures to at most PX pixels a side before sending them (default: as they are)",
+        )
+    group.add_argument("--connect-timeout", type=float, metavar="S", help="seconds to wait for a connection (default 10)")
+    group.add_argument(
+        "--token-timeout", type=float, metavar="S", help="seconds to wait for the next piece of the answer (default 120)"
     )
 
 
@@ -80,7 +106,8 @@ _USAGE = (
     "vlchat [IMAGE...] [options]          open the app on these pictures\n"
     "       vlchat demo [options]                the app on the demo model and a sample picture\n"
     "       vlchat ask IMAGE... QUESTION [options]  one answer, streamed to stdout\n"
-    "       vlchat sessions | vlchat export SESSION  saved conversations"
+    "       vlchat sessions | vlchat export SESSION  saved conversations\n"
+    "       vlchat models [--endpoint URL]       the models you can use"
 )
 
 
@@ -125,7 +152,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_sessions_dir(ask)
     _add_model_options(ask)
+    _add_server_options(ask)
     _add_generation_options(ask)
+
+    models = commands.add_parser(
+        "models",
+        help="the named models: hub id, family, 4-bit memory, downloaded or not (with --endpoint: the ones that server serves)",
+        description="List the named models (hub id, family, memory at 4-bit, downloaded or not) and the other "
+        "image-text-to-text models in the local Hugging Face cache; with --endpoint, the models that server serves.",
+    )
+    models.add_argument("--json", action="store_true", help="one JSON record per model")
+    _add_server_options(models, pictures=False)
 
     sessions = commands.add_parser(
         "sessions",
@@ -145,13 +182,6 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("-o", "--output", metavar="FILE", help="where to write (default: the title as FILE.md here)")
     export.add_argument("--force", action="store_true", help="replace FILE even if it is not an earlier vlchat export")
     _add_sessions_dir(export)
-
-    models = commands.add_parser(
-        "models",
-        help="the named models: hub id, family, 4-bit memory, downloaded or not",
-        description="List the named models and the other image-text-to-text models in the local Hugging Face cache.",
-    )
-    models.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
 
     demo = commands.add_parser(
         "demo",
@@ -176,7 +206,7 @@ def build_app_parser() -> argparse.ArgumentParser:
         "  demo      open the app on the bundled demo model and a sample picture\n"
         "  sessions  list saved sessions\n"
         "  export    write a session as Markdown with its pictures\n"
-        "  models    list the named models and the ones already downloaded\n\n"
+        "  models    the named models, downloaded or not (--endpoint URL: the ones a server serves)\n\n"
         "Try it with the bundled demo model: vlchat demo",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -187,6 +217,7 @@ def build_app_parser() -> argparse.ArgumentParser:
     parser.add_argument("images", nargs="*", metavar="IMAGE", help="pictures to talk about (more can be added in the app with /image)")
     _add_sessions_dir(parser, top=True)
     _add_model_options(parser)
+    _add_server_options(parser)
     _add_generation_options(parser)
     _add_app_options(parser)
     return parser
@@ -213,6 +244,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from vlchat.commands.ask import run_ask
 
             return run_ask(args)
+        if args.command == "models":
+            from vlchat.commands.models import run_models
+
+            return run_models(args)
         if args.command == "sessions":
             from vlchat.commands.sessions import run_sessions
 
@@ -221,10 +256,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             from vlchat.commands.sessions import run_export
 
             return run_export(args)
-        if args.command == "models":
-            from vlchat.commands.models import run_models
-
-            return run_models(args)
         from vlchat.commands.app import run_app
 
         return run_app(args, demo=args.command == "demo")

@@ -204,6 +204,7 @@ def _ask(args, settings, engine, pictures, question, session) -> int:
             "model": engine_info.name,
             "model_label": engine_info.label or None,
             "device": engine_info.device,
+            "endpoint": engine_info.endpoint,
             "quantization": engine_info.quantization,
             "images": [p.ref.to_dict() for p in pictures],
             "question": question,

@@ -1,4 +1,5 @@
-"""`vlchat models`: the named models, whether each is downloaded, and other cached vision models."""
+"""`vlchat models`: the named models, whether each is downloaded, and other cached vision models;
+with --endpoint, the ones that server serves."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TextIO
 
 from vlchat.core.text import clean
 
@@ -75,9 +77,7 @@ def local_models_table() -> list[ModelRow]:
     from vlchat.engines.registry import REGISTRY
 
     cache = _scan_cache()
-    rows = [
-        ModelRow(DEMO_NAME, str(MODEL_DIR), "llava", 0.01, (MODEL_DIR / "config.json").is_file(), label=DEMO_LABEL)
-    ]
+    rows = [ModelRow(DEMO_NAME, "bundled", "llava", 0.01, (MODEL_DIR / "config.json").is_file(), label=DEMO_LABEL)]
     for model in REGISTRY:
         size, snapshot = cache.get(model.hub_id.lower(), (None, None))
         rows.append(
@@ -130,17 +130,44 @@ def format_table(rows: list[ModelRow]) -> str:
     return "\n".join(out)
 
 
+def print_table(rows: list[list[str]], header: list[str], out: TextIO) -> None:
+    rows = [[clean(str(cell), keep_newlines=False) for cell in row] for row in rows]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        out.write("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() + "\n")
+
+
 def run_models(args: argparse.Namespace) -> int:
-    rows = local_models_table()
-    if getattr(args, "json", False):
-        json.dump([row.to_dict() for row in rows], sys.stdout, indent=2)
-        sys.stdout.write("\n")
+    from vlchat.cli import settings_from
+
+    settings, _sources = settings_from(args)
+    out = sys.stdout
+    if not settings.endpoint:
+        rows = local_models_table()
+        if args.json:
+            for row in rows:
+                out.write(json.dumps(row.to_dict(), ensure_ascii=False) + "\n")
+            return 0
+        out.write(format_table(rows) + "\n\n")
+        others = [row for row in rows if not row.named]
+        out.write(
+            "Use a name with --model (or /model in the app); any hub id or local folder of an image-text-to-text "
+            "model works too." + ("" if others else " No other vision models were found in the Hugging Face cache.")
+            + "\n(models served elsewhere: vlchat models --endpoint http://localhost:8000/v1)\n"
+        )
         return 0
-    print(format_table(rows))
-    others = [row for row in rows if not row.named]
-    print()
-    print(
-        "Use a name with --model (or /model in the app). Any hub id or local folder of an image-text-to-text "
-        "model works too." + ("" if others else " No other vision models were found in the Hugging Face cache.")
-    )
+
+    from vlchat.engines.openai import OpenAIEngine
+
+    engine = OpenAIEngine.from_settings(settings, None)
+    served = engine.list_models()
+    if args.json:
+        for model in served:
+            record = {**model.to_dict(), "id": clean(model.id, keep_newlines=False), "endpoint": engine.endpoint}
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+    elif not served:
+        print(f"vlchat: the server at {engine.endpoint} serves no models", file=sys.stderr)
+    else:
+        rows = [[m.id, m.owned_by or "", str(m.context_length or "")] for m in served]
+        print_table(rows, ["MODEL", "OWNED BY", "CONTEXT"], out)
     return 0

@@ -42,7 +42,19 @@ def engine_class(spec: "ModelSpec"):
 
 
 def make_engine(settings: "Settings", model: str | None = None) -> "ChatEngine":
-    """The engine the settings ask for (or for ``model`` instead); nothing is loaded yet (call ``load``)."""
+    """The engine the settings ask for (or for ``model`` instead); nothing is loaded yet (call ``load``).
+
+    With an endpoint the model runs on that server (OpenAIEngine). The default model name ("demo")
+    is then used only if the server has a model by that name; otherwise it means "the server's
+    model, if it serves exactly one".
+    """
+    if settings.endpoint:
+        from vlchat.demo import DEMO_NAME
+        from vlchat.engines.openai import OpenAIEngine
+
+        name = model or settings.model
+        return OpenAIEngine.from_settings(settings, name, model_is_default=model is None and name == DEMO_NAME)
+
     from vlchat.engines.registry import resolve
 
     spec = resolve(model or settings.model)
