@@ -30,15 +30,15 @@ def row_text(row, current: str | None) -> Text:
     name = clean(row.name, keep_newlines=False)
     text = Text(no_wrap=True, overflow="ellipsis")
     text.append(("● " if current and name == current else "  ") + f"{name:<18}", style="bold")
-    if row.downloaded:
+    if row.hub_id == "bundled":
+        text.append(" bundled with vlchat" if row.downloaded else " bundled, but its weights are missing", style="green" if row.downloaded else "red")
+    elif row.downloaded:
         size = f"{row.size_bytes / 1e9:.1f} GB on disk" if row.size_bytes else "ready"
         text.append(f" downloaded ({size})", style="green")
     else:
         text.append(f" not downloaded (~{_gb(row.memory_4bit_gb)} at 4-bit)", style="dim")
     family = clean(row.family, keep_newlines=False) + (", own code" if row.remote_code else "")
     text.append(f"  {family}", style="italic")
-    if row.named and row.hub_id != row.name and "/" in row.hub_id and not row.hub_id.startswith("/"):
-        text.append(f"  {clean(row.hub_id, keep_newlines=False)}", style="dim")
     return text
 
 
