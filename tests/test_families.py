@@ -57,7 +57,7 @@ def load(folder, quant="none"):
 
 @pytest.mark.parametrize(
     "family,quant",
-    [("llava", "4bit"), ("llava_next", "4bit"), ("idefics3", "4bit"), ("blip-2", "4bit"), ("instructblip", "none")],
+    [("llava", "4bit"), ("llava_next", "4bit"), ("idefics3", "4bit"), ("blip-2", "4bit"), ("instructblip", "4bit")],
 )
 def test_family_streams_a_two_picture_conversation(tiny_models, picture, family, quant):
     engine = load(tiny_models[family], quant)

@@ -72,3 +72,19 @@ def test_unknown_name_suggests_the_close_one(run_vlchat):
     result = run_vlchat("ask", "--model", "llava-1.5-7", SAMPLES_DIR / "red-circle.png", "hi")
     assert result.returncode == 2
     assert "llava-1.5-7b" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_models_table_never_imports_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, io, contextlib\n"
+        "import vlchat.cli as cli\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    assert cli.main(['models']) == 0\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'textual') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
