@@ -95,25 +95,17 @@ def test_engine_is_chosen_by_the_models_config(tiny_models):
     assert engine_class(resolve("blip2-opt-2.7b")) is Blip2Engine
 
 
-def test_qwen2_vl_streams_or_says_it_needs_torchvision(tmp_path, picture):
-    """transformers 5.23 builds Qwen2-VL's processor only with torchvision (for its video half)."""
-    folder = tiny_families.build_qwen2_vl(tmp_path / "qwen2_vl")
-    try:
-        import torchvision  # noqa: F401
-    except ImportError:
-        from vlchat.engines.base import ModelLoadError
-
-        with pytest.raises(ModelLoadError) as caught:
-            load(folder)
-        message = str(caught.value)
-        assert "torchvision" in message and "pip install torchvision" in message
-        assert "\n" not in message and "Traceback" not in message
-        return
-    engine = load(folder, "4bit")
+def test_qwen2_vl_streams_with_grid_sizes_from_its_processor(tiny_models, picture):
+    """Qwen2-VL: the processor's image_grid_thw reaches the model (with or without torchvision,
+    which transformers 5.23 wants for the processor's video half only)."""
+    engine = load(tiny_models["qwen2_vl"], "4bit")
     try:
         image_id = engine.model.config.image_token_id
         conversation, (first, second) = two_turns(engine, picture)
-        assert len(image_blocks(first, image_id)) == 1 and len(image_blocks(second, image_id)) == 2
-        assert engine.prepare(conversation)["image_grid_thw"].shape[0] == 2  # grid sizes from the processor
+        runs1, runs2 = image_blocks(first, image_id), image_blocks(second, image_id)
+        assert runs1 == [4] and runs2 == [4, 4]  # 32x32 pixels: 4x4 patches of 8, merged 2x2
+        grids = engine.prepare(conversation)["image_grid_thw"].tolist()
+        assert grids == [[1, 4, 4], [1, 4, 4]]
+        assert engine.describe().quantization == "nf4 4-bit"
     finally:
         engine.unload()

@@ -242,6 +242,7 @@ BUILDERS = {
     "blip-2": build_blip2,
     "instructblip": build_instructblip,
     "idefics3": build_idefics3,
+    "qwen2_vl": build_qwen2_vl,
 }
 
 

@@ -158,7 +158,7 @@ class TransformersEngine:
                 # The config first: it is where a model's own code and a model of the wrong kind
                 # show, before anything larger is read.
                 AutoConfig.from_pretrained(source, **kwargs)
-                processor = AutoProcessor.from_pretrained(source, **kwargs)
+                processor = self._load_processor(source, kwargs)
                 model = AutoModelForImageTextToText.from_pretrained(
                     source,
                     dtype=self.dtype,
@@ -174,6 +174,20 @@ class TransformersEngine:
         self.model, self.processor = model, processor
         self._images.clear()
         report(LoadProgress("ready"))
+
+    def _load_processor(self, source: str, kwargs: dict[str, Any]):
+        from transformers import AutoProcessor
+
+        try:
+            return AutoProcessor.from_pretrained(source, **kwargs)
+        except Exception as error:
+            from vlchat.engines.novideo import needs_torchvision, picture_only_processor
+
+            # Qwen2-VL and MiniCPM-V 4.6 processors want torchvision for their video half only
+            processor = picture_only_processor(source, kwargs) if needs_torchvision(error) else None
+            if processor is None:
+                raise
+            return processor
 
     def _quantization_config(self):
         if self.quant == "none":
