@@ -57,7 +57,8 @@ def load(folder, quant="none"):
 
 @pytest.mark.parametrize(
     "family,quant",
-    [("llava", "4bit"), ("llava_next", "4bit"), ("idefics3", "4bit"), ("blip-2", "4bit"), ("instructblip", "4bit")],
+    [("llava", "4bit"), ("llava_next", "4bit"), ("idefics3", "4bit"), ("blip-2", "4bit"), ("instructblip", "4bit"),
+     ("minicpmv4_6", "4bit")],
 )
 def test_family_streams_a_two_picture_conversation(tiny_models, picture, family, quant):
     engine = load(tiny_models[family], quant)
@@ -79,6 +80,8 @@ def test_family_streams_a_two_picture_conversation(tiny_models, picture, family,
                 assert runs1 == [16]  # (32 / 8)^2 patches, CLS dropped
             if family == "idefics3":
                 assert runs1 == [4]  # 16 patches merged 2x2
+            if family == "minicpmv4_6":
+                assert runs1 == [1]  # 16 patches merged 16x
     finally:
         engine.unload()
 

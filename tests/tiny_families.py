@@ -236,14 +236,6 @@ def build_idefics3(folder: Path) -> Path:
     return _save(folder, Idefics3ForConditionalGeneration(config), processor)
 
 
-BUILDERS = {
-    "llava": build_llava,
-    "llava_next": build_llava_next,
-    "blip-2": build_blip2,
-    "instructblip": build_instructblip,
-    "idefics3": build_idefics3,
-    "qwen2_vl": build_qwen2_vl,
-}
 
 
 # JoyCaption's shape: Llama 3.1 header template over string contents, with a tokenizer that adds
@@ -276,3 +268,58 @@ def build_joycaption(folder: Path) -> Path:
         num_additional_image_tokens=1, chat_template=JOY_TEMPLATE,
     )
     return _save(folder, LlavaForConditionalGeneration(config), processor)
+
+
+MINICPM_TOKENS = {
+    "video_token": "<video>",
+    "image_start_token": "<image_start>",
+    "image_end_token": "</image_start>",
+    "slice_start_token": "<slice>",
+    "slice_end_token": "</slice>",
+    "image_id_start_token": "<image_id>",
+    "image_id_end_token": "</image_id>",
+}
+
+
+def build_minicpmv4_6(folder: Path) -> Path:
+    """MiniCPM-V 4.6 (native in transformers 5.23): SigLIP-style tower with window merger, Qwen3.5 text."""
+    from transformers import MiniCPMV4_6Config, MiniCPMV4_6ForConditionalGeneration
+    from transformers.models.minicpmv4_6.image_processing_pil_minicpmv4_6 import MiniCPMV4_6ImageProcessorPil
+
+    tokenizer = build_tokenizer(list(MINICPM_TOKENS.values()), **MINICPM_TOKENS)
+    config = MiniCPMV4_6Config(
+        text_config=dict(
+            model_type="qwen3_5_text", vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+            num_attention_heads=2, num_key_value_heads=2, head_dim=32, layer_types=["full_attention"],
+            max_position_embeddings=1024, bos_token_id=0, eos_token_id=1, pad_token_id=2,
+        ),
+        vision_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=IMAGE, patch_size=PATCH),
+        insert_layer_id=0,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        video_token_id=tokenizer.convert_tokens_to_ids("<video>"),
+    )
+    image_processor = MiniCPMV4_6ImageProcessorPil(
+        patch_size=PATCH, scale_resolution=IMAGE, max_slice_nums=1, slice_mode=False, use_image_id=False,
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    model = MiniCPMV4_6ForConditionalGeneration(config)
+    model.generation_config.max_length = None
+    model.generation_config.suppress_tokens = sorted(set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder))
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    image_processor.save_pretrained(folder)
+    (folder / "chat_template.jinja").write_text(TEMPLATE.replace("@IMG@", "<image>"))
+    (folder / "processor_config.json").write_text('{"processor_class": "MiniCPMV4_6Processor"}')
+    return folder
+
+
+BUILDERS = {
+    "llava": build_llava,
+    "llava_next": build_llava_next,
+    "blip-2": build_blip2,
+    "instructblip": build_instructblip,
+    "idefics3": build_idefics3,
+    "qwen2_vl": build_qwen2_vl,
+    "minicpmv4_6": build_minicpmv4_6,
+}
