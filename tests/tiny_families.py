@@ -95,6 +95,7 @@ def _save(folder: Path, model, processor) -> Path:
 
 
 def build_llava(folder: Path) -> Path:
+    _seed()
     from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
@@ -113,6 +114,7 @@ def build_llava(folder: Path) -> Path:
 
 
 def build_llava_next(folder: Path) -> Path:
+    _seed()
     from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextProcessor
     from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
 
@@ -147,6 +149,7 @@ QUERY_TOKENS = 8
 
 
 def build_blip2(folder: Path) -> Path:
+    _seed()
     from transformers import (Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, Blip2QFormerConfig,
                               Blip2VisionConfig, OPTConfig)
 
@@ -163,6 +166,7 @@ def build_blip2(folder: Path) -> Path:
 
 
 def build_instructblip(folder: Path) -> Path:
+    _seed()
     from transformers import (InstructBlipConfig, InstructBlipForConditionalGeneration, InstructBlipProcessor,
                               InstructBlipQFormerConfig, InstructBlipVisionConfig)
 
@@ -180,6 +184,7 @@ def build_instructblip(folder: Path) -> Path:
 
 
 def build_qwen2_vl(folder: Path) -> Path:
+    _seed()
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
@@ -217,6 +222,7 @@ def build_qwen2_vl(folder: Path) -> Path:
 
 
 def build_idefics3(folder: Path) -> Path:
+    _seed()
     from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3Processor
     from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
 
@@ -248,6 +254,7 @@ JOY_TEMPLATE = (
 
 
 def build_joycaption(folder: Path) -> Path:
+    _seed()
     from tokenizers import processors
     from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
@@ -283,6 +290,7 @@ MINICPM_TOKENS = {
 
 def build_minicpmv4_6(folder: Path) -> Path:
     """MiniCPM-V 4.6 (native in transformers 5.23): SigLIP-style tower with window merger, Qwen3.5 text."""
+    _seed()
     from transformers import MiniCPMV4_6Config, MiniCPMV4_6ForConditionalGeneration
     from transformers.models.minicpmv4_6.image_processing_pil_minicpmv4_6 import MiniCPMV4_6ImageProcessorPil
 
