@@ -146,3 +146,22 @@ def test_streams_with_the_flag_and_the_whole_history(own_code_model, picture):
         assert ran[-1]["prompt"].endswith("user: And this one?\n")
     finally:
         engine.unload()
+
+
+def test_own_code_written_for_another_transformers_is_explained(own_code_model, tmp_path):
+    """MiniCPM-o 2.6's code was written for transformers 4.x; where it does not run, say what to use."""
+    import shutil
+
+    folder = tmp_path / "old-code"
+    shutil.copytree(own_code_model, folder)
+    code = (folder / "modeling_tinychat.py").read_text()
+    (folder / "modeling_tinychat.py").write_text(
+        "from transformers.generation.utils import NameOnlyInTransformers4\n" + code
+    )
+    engine = make_engine(settings(folder, True))
+    with pytest.raises(ModelLoadError) as caught:
+        engine.load()
+    message = str(caught.value)
+    assert "does not run with the installed transformers" in message
+    assert "minicpm-v-4.6" in message and "vLLM" in message
+    assert "\n" not in message
