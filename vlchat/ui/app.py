@@ -285,6 +285,10 @@ class VlchatApp(App):
         if self.switching:
             self.notify(f"Already loading {model_label(self.switching)}: wait for it first.", severity="warning")
             return
+        if not self.loaded and not self.load_error:
+            # the first model's loader cannot be interrupted; two loads racing would swap the wrong one in
+            self.notify("The model is still loading: switch once it is ready.", severity="warning")
+            return
         current = self.info.name if self.info is not None else None
         if self.loaded and not self.load_error and name == current:
             self.notify(f"{model_label(name)} is the model already.")
