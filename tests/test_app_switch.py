@@ -183,3 +183,23 @@ async def test_picker_lists_named_and_cached_models_and_switches(tiny_models, pi
         assert "HF_HUB_OFFLINE" in transcript_text(app)
         assert app.engine is engine
     engine.unload()
+
+
+@run_async
+async def test_after_a_failed_start_model_switches_and_answers_the_kept_question(tiny_models, picture, tmp_path):
+    broken = tmp_path / "broken-start"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model_type": "no-such-family"}')
+    other = str(tiny_models["llava"])
+    app = make_app(settings(model=str(broken), max_new_tokens=4), [picture().ref])
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: app.load_error is not None)
+        app.prompt.text = QUESTION
+        await pilot.press("enter")
+        await pilot.pause(0.1)
+        assert "switch with /model NAME" in transcript_text(app)
+        await switch(pilot, other)
+        await until(pilot, lambda: app.generating is None and app.conversation.messages[-1].role == "assistant")
+        assert app.load_error is None and app.conversation.messages[-1].model == other
+        assert "not loaded" not in status_text(app)
+        app.engine.unload()
