@@ -219,7 +219,9 @@ class PicturePool:
         self.pixels = torch.cat(chunks)
 
 
-def pretrain_vision(model, pool: PicturePool, steps: int, lr: float, batch_size: int = 64, seed: int = 0) -> None:
+def pretrain_vision(
+    model, pool: PicturePool, steps: int, lr: float, batch_size: int = 64, seed: int = 0, whole_picture: bool = True
+) -> None:
     """Stage 1: teach the vision tower to see, patch by patch, before the model learns to talk.
 
     Real LLaVA models start from a CLIP tower pretrained on millions of pictures; ours starts from
@@ -276,7 +278,7 @@ def pretrain_vision(model, pool: PicturePool, steps: int, lr: float, batch_size:
             for out, target in zip(logits, targets)
         )
         pooled = features.mean(1)
-        loss = loss + sum(
+        loss = loss + whole_picture * sum(
             torch.nn.functional.cross_entropy(head(pooled), picture_labels[index, i])
             for i, head in enumerate(picture_heads)
         )
@@ -294,6 +296,34 @@ def pretrain_vision(model, pool: PicturePool, steps: int, lr: float, batch_size:
                 + f"  {time.time() - started:.0f}s",
                 flush=True,
             )
+
+
+def whiten_projector(model, pool: PicturePool, pictures: int = 1000) -> None:
+    """Start the projector as a whitening of the tower's patch features.
+
+    The frozen features have a large shared mean and directions of very different loudness
+    (colour is loud, shape is quiet). A language model fed them raw learnt whichever facts were
+    loudest and stalled on the rest; centred and whitened, every fact starts equally audible.
+    """
+    import torch
+
+    with torch.no_grad():
+        features = torch.cat(
+            [
+                model.model.vision_tower(pixel_values=pool.pixels[i : i + 250]).last_hidden_state[:, 1:]
+                for i in range(0, pictures, 250)
+            ]
+        ).flatten(0, 1).double()
+        mean = features.mean(0)
+        centred = features - mean
+        covariance = centred.T @ centred / (len(centred) - 1)
+        values, vectors = torch.linalg.eigh(covariance)
+        whitening = vectors @ torch.diag(values.clamp_min(1e-4).rsqrt()) @ vectors.T
+        first = model.model.multi_modal_projector.linear_1
+        if first.weight.shape != whitening.shape:
+            raise ValueError("whitening needs the projector's first layer to be square")
+        first.weight.copy_(whitening.float())
+        first.bias.copy_((-whitening @ mean).float())
 
 
 def sample_conversation(rng: random.Random, pool: PicturePool, max_turns: int = 3):
@@ -463,6 +493,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vlchat.demo.train", description=__doc__.splitlines()[0])
     parser.add_argument("--vision-steps", type=int, default=8000, help="stage 1: vision tower pretraining")
     parser.add_argument("--vision-lr", type=float, default=2e-3)
+    parser.add_argument("--picture-heads", type=int, default=0, help="also train whole-picture heads in stage 1")
     parser.add_argument("--steps", type=int, default=1500, help="stage 2: conversations")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=2e-3)
@@ -509,7 +540,8 @@ def main(argv: list[str] | None = None) -> int:
     pool = PicturePool(args.pictures, args.seed + 1, processor.image_processor)
     print(f"drew {args.pictures} training pictures in {time.time() - started:.0f}s", flush=True)
 
-    pretrain_vision(model, pool, args.vision_steps, args.vision_lr, seed=args.seed)
+    pretrain_vision(model, pool, args.vision_steps, args.vision_lr, seed=args.seed, whole_picture=bool(args.picture_heads))
+    whiten_projector(model, pool)
     # Stage 2: conversations. The tower stays frozen, as LLaVA keeps its CLIP tower frozen: the
     # gradients of a language model that does not yet know what to look for would wash out the
     # subtle shape features first (seen here: colours and counts survive, shapes do not).
