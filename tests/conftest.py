@@ -20,6 +20,15 @@ from vlchat.demo.shapes import Scene, draw_scene
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 
+@pytest.fixture(autouse=True)
+def own_data_dir(tmp_path, monkeypatch):
+    """Every app saves its conversations: tests keep them in their own folder, never the person's."""
+    folder = tmp_path / "data"
+    monkeypatch.setenv("XDG_DATA_HOME", str(folder))
+    monkeypatch.delenv("VLCHAT_SESSIONS_DIR", raising=False)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def demo_engine():
     from vlchat.engines.transformers import TransformersEngine

@@ -82,6 +82,11 @@ def transcript_text(app) -> str:
     return "\n".join(parts)
 
 
+def shas(refs) -> list[str]:
+    """Pictures by content: once saved, the app names the copies in the session folder, not the originals."""
+    return [ref.sha256 for ref in refs]
+
+
 def status_text(app) -> str:
     return app.status_text().plain
 
@@ -191,7 +196,7 @@ async def test_image_command_attaches_a_second_picture_that_the_model_sees(demo_
         assert "2/2" in screen_text(app)
         await ask(pilot, QUESTION)
         assert "green" in app.conversation.last("assistant").text.lower()
-        assert app.conversation.messages[-2].images == [green.ref]
+        assert shas(app.conversation.messages[-2].images) == [green.ref.sha256]
         await pilot.press("f7")
         assert "1/2" in screen_text(app)
 
@@ -239,10 +244,10 @@ async def test_edit_puts_the_last_question_back(demo_engine, picture):
         await command(pilot, "/edit")
         assert app.prompt.text == QUESTION
         assert app.conversation.messages == []
-        assert app.pending == [red.ref]
+        assert shas(app.pending) == [red.ref.sha256]
         await pilot.press("enter")
         await until(pilot, lambda: app.conversation.last("assistant") is not None)
-        assert app.conversation.messages[0].images == [red.ref]
+        assert shas(app.conversation.messages[0].images) == [red.ref.sha256]
 
 
 @run_async
@@ -280,7 +285,7 @@ async def test_system_and_clear(demo_engine, picture):
         assert "New conversation" in screen_text(app)
         assert QUESTION not in screen_text(app)
         await ask(pilot, QUESTION)
-        assert app.conversation.messages[0].images == [red.ref]
+        assert shas(app.conversation.messages[0].images) == [red.ref.sha256]
         assert "red" in app.conversation.last("assistant").text.lower()
 
 
@@ -424,7 +429,7 @@ async def test_out_of_memory_while_answering_gives_the_question_back(demo_engine
         await until(pilot, lambda: app.generating is None and "ran out of memory" in transcript_text(app))
         assert app.conversation.messages == []
         assert app.prompt.text == QUESTION
-        assert app.pending == [red.ref]
+        assert shas(app.pending) == [red.ref.sha256]
         assert app.is_running
     monkeypatch.undo()
 
@@ -472,7 +477,7 @@ async def test_newline_key_and_path_completion_in_the_prompt(demo_engine, tmp_pa
         assert app.prompt.text == f"/image {red.ref.path}"
         await pilot.press("enter")
         await settle(pilot)
-        assert app.pending == [red.ref]
+        assert shas(app.pending) == [red.ref.sha256]
 
 
 @run_async

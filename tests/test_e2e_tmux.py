@@ -59,12 +59,20 @@ class Terminal:
         exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
         # COLUMNS/LINES from the environment would override the window size the app sees.
         command = f"env -u COLUMNS -u LINES {exports} {vlchat_script()} {vlchat_args}; echo \"vlchat exited $?\"; sleep 600"
-        subprocess.run(
-            ["tmux", "-L", self.socket, "-f", "/dev/null", "new-session", "-d", "-s", self.session,
-             "-x", str(width), "-y", str(height), command],
-            check=True,
-            timeout=20,
-        )
+        for attempt in range(3):
+            # Right after close() the old server may still be going away: try again briefly.
+            started = subprocess.run(
+                ["tmux", "-L", self.socket, "-f", "/dev/null", "new-session", "-d", "-s", self.session,
+                 "-x", str(width), "-y", str(height), command],
+                capture_output=True,
+                text=True,
+                timeout=20,
+            )
+            if started.returncode == 0:
+                break
+            time.sleep(0.5)
+        else:
+            raise AssertionError(f"tmux could not start: {started.stderr}")
         self.tmux("set-option", "-t", self.session, "history-limit", "5000")
 
     def screen(self) -> str:
@@ -146,3 +154,105 @@ def test_escape_stops_a_long_answer(terminal, shape_picture, endless_model):
     terminal.keys("Enter")
     terminal.wait_for(lambda s: "vlchat exited 0" in s, timeout=30, what="vlchat to exit")
     assert "Traceback" not in terminal.history()
+
+
+def test_two_questions_two_pictures_resume_and_export(terminal, shape_picture, tmp_path, run_vlchat):
+    import json
+
+    sessions = tmp_path / "sessions"
+    second = tmp_path / "other.png"
+    draw_scene(Scene("square", "green", "white", 1), size=256, rng=random.Random(2)).save(second)
+
+    def messages() -> list:
+        files = list(sessions.glob("*/session.json"))
+        return json.loads(files[0].read_text())["conversation"]["messages"] if files else []
+
+    def wait_saved(count: int) -> None:
+        deadline = time.monotonic() + 90
+        while len(messages()) < count:
+            assert time.monotonic() < deadline, f"the session on disk never had {count} messages:\n{terminal.screen()}"
+            time.sleep(0.2)
+
+    common = f"--model demo --image-protocol halfblock --sessions-dir {shlex.quote(str(sessions))}"
+    terminal.start(f"{common} {shlex.quote(str(shape_picture))}")
+    terminal.wait_for(ready, what="the picture and the loaded model")
+    terminal.type("What colour is the shape?")
+    terminal.keys("Enter")
+    wait_saved(2)
+    terminal.type(f"/image {second}")
+    terminal.keys("Enter")
+    terminal.wait_for(lambda s: "2/2" in s, what="the second picture")
+    terminal.type("What shape is it?")
+    terminal.keys("Enter")
+    wait_saved(4)
+    terminal.type("/quit")
+    terminal.keys("Enter")
+    terminal.wait_for(lambda s: "vlchat exited 0" in s, timeout=30, what="vlchat to exit")
+    assert "Traceback" not in terminal.history()
+    answers = [m["text"] for m in messages() if m["role"] == "assistant"]
+
+    shape_picture.unlink()  # the session keeps its own copies
+    terminal.close()
+    terminal.start(f"--resume {common}")
+    screen = terminal.wait_for(lambda s: "What shape is it?" in s and "ctx " in s, what="the resumed session")
+    assert "What colour is the shape?" in screen
+    assert all(answer[:30] in screen for answer in answers)
+    assert "2/2" in screen and "other.png" in screen
+    terminal.type("/quit")
+    terminal.keys("Enter")
+    terminal.wait_for(lambda s: "vlchat exited 0" in s, timeout=30, what="vlchat to exit")
+    assert "Traceback" not in terminal.history()
+
+    out = tmp_path / "export" / "talk.md"
+    result = run_vlchat("export", "--sessions-dir", sessions, "-o", out)
+    assert result.returncode == 0, result.stderr
+    text = out.read_text()
+    assert "What colour is the shape?" in text and "What shape is it?" in text
+    assert all(answer in text for answer in answers)
+    assets = sorted(p.name for p in (tmp_path / "export" / "talk_assets").iterdir())
+    assert len(assets) == 2
+    assert all(f"(talk_assets/{name})" in text for name in assets)
+
+
+def test_kill_9_in_the_middle_of_an_answer_loses_nothing_before_it(terminal, shape_picture, endless_model, tmp_path):
+    import json
+    import signal
+
+    sessions = tmp_path / "sessions"
+    common = (f"--model {shlex.quote(str(endless_model))} --image-protocol halfblock "
+              f"--sessions-dir {shlex.quote(str(sessions))}")
+
+    def messages() -> list:
+        files = list(sessions.glob("*/session.json"))
+        return json.loads(files[0].read_text())["conversation"]["messages"] if files else []
+
+    terminal.start(f"{common} --max-new-tokens 4 {shlex.quote(str(shape_picture))}")
+    terminal.wait_for(ready, what="the picture and the loaded model")
+    terminal.type("Describe the picture.")
+    terminal.keys("Enter")
+    terminal.wait_for(lambda s: "4 tokens" in s, what="the first, short answer")
+    terminal.type("/set max_tokens 100000")
+    terminal.keys("Enter")
+    terminal.type("What colour is the shape?")
+    terminal.keys("Enter")
+    terminal.wait_for(lambda s: "esc Stop" in s, what="the second answer to stream")
+    time.sleep(1.0)
+    assert [m["role"] for m in messages()] == ["user", "assistant", "user"]
+    first_answer = messages()[1]["text"]
+    pane = terminal.tmux("display", "-p", "-t", terminal.session, "#{pane_pid}").strip()
+    children = subprocess.run(["ps", "-o", "pid=", "--ppid", pane], capture_output=True, text=True).stdout.split()
+    for pid in children:
+        os.kill(int(pid), signal.SIGKILL)
+    terminal.wait_for(lambda s: "vlchat exited 137" in s, timeout=30, what="vlchat to be killed")
+
+    data = messages()  # readable, and everything before the answer being written is there
+    assert [m["text"] for m in data[:3]] == ["Describe the picture.", first_answer, "What colour is the shape?"]
+    terminal.close()
+    terminal.start(f"--resume {common} --max-new-tokens 3")
+    terminal.wait_for(
+        lambda s: all(text in s for text in ("Describe the picture.", first_answer[:20], "What colour is the shape?")),
+        what="the resumed session with every turn before the kill",
+    )
+    terminal.type("/quit")
+    terminal.keys("Enter")
+    terminal.wait_for(lambda s: "vlchat exited 0" in s, timeout=30, what="vlchat to exit")

@@ -215,6 +215,14 @@ def build_app_parser() -> argparse.ArgumentParser:
         "--print-config", action="store_true", help="show the effective settings and where each came from"
     )
     parser.add_argument("images", nargs="*", metavar="IMAGE", help="pictures to talk about (more can be added in the app with /image)")
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const="",
+        metavar="NAME|ID|PATH",
+        help="continue a saved session: a title, an id (or its first letters) or a folder; "
+        "no value: the most recent",
+    )
     _add_sessions_dir(parser, top=True)
     _add_model_options(parser)
     _add_server_options(parser)
@@ -223,12 +231,26 @@ def build_app_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _names_subcommand(argv: list[str]) -> bool:
+    """Whether the first word after the options every command shares (`vlchat --sessions-dir DIR
+    sessions`) is a sub-command; anything else opens the app."""
+    i = 0
+    while i < len(argv):
+        if argv[i] == "--sessions-dir":
+            i += 2
+        elif argv[i] == "--print-config" or argv[i].startswith("--sessions-dir="):
+            i += 1
+        else:
+            break
+    return i < len(argv) and argv[i] in SUBCOMMANDS
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from vlchat.core.errors import VlchatError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        if argv and argv[0] in SUBCOMMANDS:
+        if _names_subcommand(argv):
             args = build_parser().parse_args(argv)
         else:
             args = build_app_parser().parse_args(argv)

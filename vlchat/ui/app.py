@@ -6,9 +6,11 @@ every change and posts ``ConversationChanged`` (where sessions' autosave plugs i
 
 Slow work runs in thread workers that only post the messages in ``vlchat.ui.messages``: loading
 the model (group "model"), answering ("generate"), decoding previews ("preview"), reading
-attached pictures ("attach"), counting the context ("context"), and loading a model switched to
-with /model ("switch") while the current one goes on answering; the old one is unloaded ("unload")
-only once the new one is ready, so a failed switch leaves the conversation where it was.
+attached pictures ("attach"), counting the context ("context"), sessions on disk ("save":
+autosave, /save, /load, /delete, /export run one after another in the order they were asked for),
+and loading a model switched to with /model ("switch") while the current one goes on answering;
+the old one is unloaded ("unload") only once the new one is ready, so a failed switch leaves the
+conversation where it was.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import os
 import shlex
 import threading
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -49,8 +51,12 @@ from vlchat.ui.messages import (
     ModelUnloaded,
     PicturesLoaded,
     PreviewDecoded,
+    SessionNote,
+    SessionSaved,
+    SessionSaveFailed,
+    SessionSwitched,
 )
-from vlchat.ui.preview import PREVIEW_MAX_SIDE, PicturePane
+from vlchat.ui.preview import PREVIEW_MAX_SIDE, PicturePane, set_picture_name
 from vlchat.ui.prompt import PromptArea
 from vlchat.ui.terminal import TerminalGraphics
 from vlchat.ui.transcript import AnswerView, Transcript, UserView, model_label
@@ -59,6 +65,26 @@ FRAME_S = 1 / 30  # the transcript is redrawn at most this often while an answer
 POST_S = 1 / 60  # the generation worker posts progress at most this often
 
 NARROW_COLUMNS = 100
+
+
+@dataclass
+class _SessionJob:
+    """One piece of session work for the "save" worker, made on the UI thread from a snapshot.
+
+    ``epoch`` names the conversation it belongs to: /clear, /load and /delete start a new epoch, and
+    the worker closes the old session before it touches the new one, so no write lands in the wrong folder.
+    """
+
+    kind: str  # save | switch | delete | export
+    epoch: int
+    messages: list = field(default_factory=list)
+    pending: list = field(default_factory=list)
+    params: Any = None
+    model: dict = field(default_factory=dict)
+    reason: str = ""
+    title: str | None = None
+    sources: dict = field(default_factory=dict)  # sha256 -> the path a picture was first attached from
+    target: Any = None  # switch: a folder; delete: ("open"|"other", folder, title); export: a path or None
 
 
 def _size(n: int | None) -> str:
@@ -95,6 +121,9 @@ class VlchatApp(App):
         graphics: TerminalGraphics | None = None,
         theme: str | None = None,
         remember_theme: bool = True,
+        store: Any = None,
+        session: Any = None,
+        session_notes: Sequence[str] = (),
     ) -> None:
         super().__init__()
         self.settings = settings
@@ -154,6 +183,23 @@ class VlchatApp(App):
         self.switching: str | None = None  # the model being loaded by /model
         self.switch_stage = ""
         self._ready_engine: tuple[str, Any, Any] | None = None  # loaded, waiting for the answer to end
+        # Sessions. The app keeps its own Conversation; the "save" worker hands the session a copy
+        # of the message list, so the UI thread never waits on the disk and never shares a list.
+        self.store = store
+        self.session: Any = None
+        self.save_error: str | None = None
+        self.saves = 0  # finished saves (tests and the status line read it)
+        self._session_lock = threading.RLock()  # held by whoever is doing session work (disk)
+        self._jobs_lock = threading.Lock()  # only guards the queue: the UI thread never waits on the disk
+        self._jobs: list[_SessionJob] = []
+        self._epoch = 0  # the conversation on screen
+        self._session_epoch = 0  # the conversation self.session holds (written by the save worker)
+        self._switching = False
+        self._session_notes = list(session_notes)
+        self._picture_sources = {ref.sha256: os.path.abspath(ref.path) for ref in self.pending}
+        if session is not None:
+            self.session = session
+            self._adopt(session)
 
     # -- building ------------------------------------------------------------------------------
     def _register_themes(self) -> None:
@@ -195,8 +241,12 @@ class VlchatApp(App):
         self.prompt.focus()
         self.refresh_pictures()
         if self._start_images:
-            self._attach(list(self._start_images))
-        if self.settings.system:
+            self._attach(list(self._start_images), save=False)
+        if self.session is not None:
+            self.transcript.render_conversation(self.conversation)
+            self._session_opened_notes(self.session, self._session_notes)
+            self.refresh_pictures(show_last=True)
+        elif self.settings.system:
             self.transcript.render_conversation(self.conversation)
         if self.loaded:
             self.update_status()
@@ -431,6 +481,11 @@ class VlchatApp(App):
             if self.info.label:
                 name += f" ({clean(self.info.label, keep_newlines=False)})"
         text.append(name, style="bold")
+        # First after the name: at 80 columns the end of the line is cut off.
+        if self.save_error:
+            text.append("  not saved", style="bold red")
+        elif self.session is not None and self.session.read_only:
+            text.append("  read-only", style="bold yellow")
         if self.load_error:
             text.append("  not loaded", style="bold red")
             if self.switching:
@@ -506,7 +561,7 @@ class VlchatApp(App):
         self.preview.picture_decoded(message.sha256, message.image, message.error)
 
     @work(thread=True, group="attach", exit_on_error=False)
-    def _attach(self, paths: list) -> None:
+    def _attach(self, paths: list, save: bool = True) -> None:
         from vlchat.core.images import load_image
 
         refs, errors = [], []
@@ -517,7 +572,7 @@ class VlchatApp(App):
                 errors.append(str(error))
             except Exception as error:
                 errors.append(f"{clean(os.fspath(path), keep_newlines=False)} cannot be read: {type(error).__name__}")
-        self.post_message(PicturesLoaded(refs, errors))
+        self.post_message(PicturesLoaded(refs, errors, save))
 
     def on_pictures_loaded(self, message: PicturesLoaded) -> None:
         for line in message.errors:
@@ -525,11 +580,15 @@ class VlchatApp(App):
             self.notify(clean(line, keep_newlines=False), title="Picture not attached", severity="error", timeout=8)
         if message.refs:
             self.pending.extend(message.refs)
+            for ref in message.refs:
+                self._picture_sources[ref.sha256] = os.path.abspath(ref.path)
             names = ", ".join(clean(Path(r.path).name, keep_newlines=False) for r in message.refs)
             if self.conversation.last("user") is not None:
                 self.transcript.note(f"Attached {names}: it goes with your next question.")
             self.refresh_pictures(show_last=True)
             self._count_context()
+            if message.save:
+                self.request_save("picture")
 
     def action_previous_picture(self) -> None:
         self.preview.step(-1)
@@ -571,6 +630,10 @@ class VlchatApp(App):
         self.handle_input(event.text)
 
     def handle_input(self, text: str) -> None:
+        if self._switching:
+            self.prompt.text = text
+            self.notify("A session is being opened: one moment.", severity="warning")
+            return
         command = slash.parse(text)
         if command is not None:
             self.run_command(*command, original=text)
@@ -740,6 +803,296 @@ class VlchatApp(App):
         """Called after every change to the conversation (autosave of sessions plugs in here)."""
         self.post_message(ConversationChanged(self.conversation, reason))
 
+    # -- sessions: every conversation is a folder on disk ------------------------------------------
+    def on_conversation_changed(self, message: ConversationChanged) -> None:
+        self.request_save(message.reason)
+
+    def _model_record(self) -> dict[str, Any]:
+        record = {key: getattr(self.settings, key) for key in ("model", "quant", "device", "dtype")}
+        if self.info is not None:
+            record["name"] = self.info.name
+        return record
+
+    def _job(self, kind: str, **extra: Any) -> _SessionJob:
+        return _SessionJob(
+            kind,
+            self._epoch,
+            messages=list(self.conversation.messages),
+            pending=list(self.pending),
+            params=replace(self.params),
+            model=self._model_record(),
+            sources=dict(self._picture_sources),
+            **extra,
+        )
+
+    def _queue(self, job: _SessionJob) -> None:
+        if self.store is None:
+            return
+        with self._jobs_lock:
+            last = self._jobs[-1] if self._jobs else None
+            if job.kind == "save" and last is not None and last.kind == "save" and last.epoch == job.epoch:
+                # A newer snapshot of the same conversation replaces one not yet written.
+                job.title = job.title or last.title
+                job.reason = "picture" if "picture" in (job.reason, last.reason) else job.reason
+                self._jobs[-1] = job
+                return
+            self._jobs.append(job)
+        self._session_worker()
+
+    def request_save(self, reason: str = "", title: str | None = None) -> None:
+        """Save the conversation as it is now, in the background (autosave calls this after every change)."""
+        self._queue(self._job("save", reason=reason, title=title))
+
+    @work(thread=True, group="save", exit_on_error=False)
+    def _session_worker(self) -> None:
+        self.run_session_jobs()
+
+    def run_session_jobs(self, timeout: float = -1) -> bool:
+        """Do every queued session job, in order. False if another thread held the lock past ``timeout``."""
+        if not self._session_lock.acquire(timeout=timeout):
+            return False
+        try:
+            while True:
+                with self._jobs_lock:
+                    if not self._jobs:
+                        return True
+                    job = self._jobs.pop(0)
+                try:
+                    getattr(self, f"_do_{job.kind}")(job)
+                except Exception as error:  # a bug or an odd OSError: one line, the conversation stays
+                    line = f"{type(error).__name__}: {clean(str(error), keep_newlines=False)}"
+                    if job.kind in ("switch", "delete"):
+                        self._session_epoch = max(self._session_epoch, job.epoch)
+                        self.post_message(SessionSwitched(self.session, [], [line]))
+                    else:
+                        self.post_message(SessionSaveFailed(line))
+        finally:
+            self._session_lock.release()
+
+    def _enter_epoch(self, epoch: int) -> bool:
+        """Make self.session belong to ``epoch``; False for a job of a conversation already left."""
+        if epoch < self._session_epoch:
+            return False
+        if epoch > self._session_epoch:
+            if self.session is not None:
+                self.session.close()  # the old conversation stays on disk, unlocked
+                self.session = None
+            self._session_epoch = epoch
+        return True
+
+    def _do_save(self, job: _SessionJob) -> bool:
+        from vlchat.core.errors import VlchatError as _Error
+        from vlchat.core.images import ImageError
+        from vlchat.core.sessions import _RefOnly
+
+        if not self._enter_epoch(job.epoch):
+            return True
+        created = False
+        if self.session is None:
+            asked = any(m.role == "user" for m in job.messages)
+            if not asked and not (job.reason == "picture" and job.pending) and not job.title:
+                return True  # nothing worth a session yet (an empty app leaves no folder behind)
+            try:
+                self.session = self.store.create(model=job.model, params=job.params)
+            except _Error as error:
+                self.post_message(SessionSaveFailed(str(error)))
+                return False
+            created = True
+        session = self.session
+        if session.read_only:
+            if job.title:
+                self.post_message(SessionNote("This session is open read-only (it is open elsewhere), so it cannot be renamed here.", True))
+            return True
+        stored: dict[str, ImageRef] = {}
+        inside = str(session.folder) + os.sep
+        for ref in [*(r for m in job.messages for r in m.images), *job.pending]:
+            self._store_picture(session, ref, stored, inside, _RefOnly, ImageError)
+            picture = session.pictures.get(ref.sha256)
+            if picture is not None and os.path.basename(picture.source).startswith(ref.sha256) and ref.sha256 in job.sources:
+                # Copied from another session's folder (after /clear or /load): keep the name it was attached with.
+                picture.source = job.sources[ref.sha256]
+        session.conversation = Conversation(messages=list(job.messages))
+        session.params = job.params
+        session.model = dict(job.model)
+        try:
+            if job.title:
+                session.rename(job.title)
+            else:
+                session.save()
+        except _Error as error:
+            self.post_message(SessionSaveFailed(str(error)))
+            return False
+        if job.title:
+            self.post_message(SessionNote(f"Session renamed to {clean(session.title, keep_newlines=False)!r}; it is saved in {clean(str(session.folder), keep_newlines=False)}"))
+        self.post_message(SessionSaved(session, stored, created))
+        return True
+
+    def _store_picture(self, session, ref, stored, inside, ref_only, image_error) -> None:
+        if ref.sha256 in stored or ref.path.startswith(inside):
+            return
+        try:
+            stored[ref.sha256] = session.attach(ref_only(ref))
+        except image_error as error:
+            self.post_message(SessionSaveFailed(str(error)))
+        except VlchatError as error:
+            self.post_message(SessionSaveFailed(str(error)))
+
+    def _do_switch(self, job: _SessionJob) -> None:
+        from vlchat.core.sessions import SessionError, SessionLockedError
+
+        unsaved = self.session is None and any(m.role == "user" for m in job.messages)
+        if self._session_epoch < job.epoch and (unsaved or (self.session is not None and not self.session.read_only)):
+            # The conversation being left is saved first; if that fails it stays open here.
+            previous = replace(job, kind="save", epoch=self._session_epoch, title=None)
+            if not self._do_save(previous):
+                self._session_epoch = job.epoch
+                self.post_message(SessionSwitched(self.session, [], ["The session was not switched: the open conversation could not be saved, so it stays open."]))
+                return
+        notes: list[str] = []
+        try:
+            try:
+                new = self.store.open(job.target)
+            except SessionLockedError as error:
+                new = self.store.open(job.target, read_only=True)
+                notes.append(f"{error.message}: opened read-only; nothing you add here is saved.")
+        except SessionError as error:
+            self._session_epoch = job.epoch  # keep the conversation that is open
+            self.post_message(SessionSwitched(self.session, [], [str(error)]))
+            return
+        self._enter_epoch(job.epoch)
+        self.session = new
+        self.post_message(SessionSwitched(new, notes))
+
+    def _do_delete(self, job: _SessionJob) -> None:
+        which, folder, title = job.target
+        if which == "open":  # the open session: closed (its lock released) first
+            if not self._enter_epoch(job.epoch):
+                return
+        try:
+            self.store.delete(folder)
+        except VlchatError as error:
+            if which == "open":
+                # Still the open conversation: take its folder (and lock) back and keep saving there.
+                try:
+                    self.session = self.store.open(folder)
+                except VlchatError:
+                    self.session = None
+                self.post_message(SessionSwitched(self.session, [], [f"Not deleted: {error}"]))
+            else:
+                self.post_message(SessionNote(f"Not deleted: {error}", True))
+            return
+        shown = clean(str(title or folder), keep_newlines=False)
+        if which == "open":
+            self.post_message(SessionSwitched(None, [f"Deleted the session {shown!r}. This is a new conversation."]))
+        else:
+            self.post_message(SessionNote(f"Deleted the session in {shown}."))
+
+    def _do_export(self, job: _SessionJob) -> None:
+        from vlchat.core.export import default_name, export_markdown
+
+        if job.epoch != self._session_epoch or self.session is None:
+            self.post_message(SessionNote("Nothing to export yet: ask a question first.", True))
+            return
+        session = self.session
+        target = Path(os.path.expanduser(job.target)) if job.target else Path.cwd() / default_name(session)
+        try:
+            result = export_markdown(session, target)
+        except VlchatError as error:
+            self.post_message(SessionNote(f"Not exported: {error}", True))
+            return
+        count = len(result.pictures)
+        where = f" and {count} picture{'s' if count != 1 else ''} in {result.assets_dir}" if count else ""
+        missing = f" ({len(result.missing)} missing from the session)" if result.missing else ""
+        self.post_message(SessionNote(clean(f"Exported to {result.path.resolve()}{where}{missing}", keep_newlines=False)))
+
+    def on_session_saved(self, message: SessionSaved) -> None:
+        self.saves += 1
+        was_failing, self.save_error = self.save_error, None
+        if message.session is not self.session:
+            return
+        if message.stored:
+            # From now on the conversation names the copies inside the session folder.
+            for msg in self.conversation.messages:
+                if any(r.sha256 in message.stored for r in msg.images):
+                    msg.images = [message.stored.get(r.sha256, r) for r in msg.images]
+            self.pending = [message.stored.get(r.sha256, r) for r in self.pending]
+            self._name_pictures(message.session)
+            self.refresh_pictures()
+        if was_failing:
+            self.transcript.note("Saved again.")
+        self.update_status()
+
+    def on_session_save_failed(self, message: SessionSaveFailed) -> None:
+        line = clean(message.error, keep_newlines=False)
+        if line != self.save_error:
+            self.transcript.note(f"Not saved: {line} The conversation is still open here.", "error")
+        self.save_error = line
+        self.notify(line, title="Not saved", severity="error", timeout=10)
+        self.update_status()
+
+    def on_session_note(self, message: SessionNote) -> None:
+        line = clean(message.text, keep_newlines=False)
+        self.transcript.note(line, "error" if message.error else "info")
+        self.notify(line, severity="error" if message.error else "information", timeout=8 if message.error else 5)
+
+    def on_session_switched(self, message: SessionSwitched) -> None:
+        self._switching = False
+        for line in message.errors:
+            self.transcript.note(clean(line, keep_newlines=False), "error")
+            self.notify(clean(line, keep_newlines=False), severity="error", timeout=8)
+        if message.errors:
+            return
+        if message.session is None:
+            self.conversation = Conversation()
+            if self.settings.system:
+                self.conversation.set_system(self.settings.system)
+            self.pending = []
+        else:
+            self._adopt(message.session)
+        self.save_error = None
+        self.last_timings = None
+        self.transcript.render_conversation(self.conversation)
+        if message.session is not None:
+            self._session_opened_notes(message.session, message.notes)
+        else:
+            for line in message.notes:
+                self.transcript.note(clean(line, keep_newlines=False))
+        self.refresh_pictures(show_last=True)
+        self.update_status()
+        self._count_context()
+
+    def _adopt(self, session: Any) -> None:
+        """Show ``session``'s conversation (no disk access: it was read by whoever opened it)."""
+        self.conversation = Conversation(messages=list(session.conversation.messages))
+        self.pending = session.pending_pictures()
+        self._name_pictures(session)
+
+    def _name_pictures(self, session: Any) -> None:
+        for sha, picture in session.pictures.items():
+            if not os.path.basename(picture.source).startswith(sha):
+                set_picture_name(sha, picture.name)
+                self._picture_sources[sha] = picture.source
+
+    def _session_opened_notes(self, session: Any, notes: Sequence[str]) -> None:
+        title = clean(session.title, keep_newlines=False)
+        turns = f"{session.turns} turn{'s' if session.turns != 1 else ''}"
+        self.transcript.note(f"Session {title!r} ({turns}), from {clean(str(session.folder), keep_newlines=False)}.")
+        for picture in session.missing_pictures():
+            self.transcript.note(f"The picture {picture.name} is missing from the session folder; the conversation goes on without it.", "error")
+        for line in [*session.problems, *notes]:
+            self.transcript.note(clean(line, keep_newlines=False), "error")
+        if session.read_only:
+            self.notify("This session is open read-only: nothing is saved.", severity="warning", timeout=8)
+
+    def _flush_sessions(self) -> None:
+        """At exit: write what is queued (a save takes milliseconds) and release the session's lock."""
+        if self.store is None:
+            return
+        if self.run_session_jobs(timeout=10):
+            with self._session_lock:
+                if self.session is not None:
+                    self.session.close()
+
     # -- commands --------------------------------------------------------------------------------
     def fill_prompt(self, text: str) -> None:
         self.prompt.text = text
@@ -758,7 +1111,7 @@ class VlchatApp(App):
             self.notify(f"Unknown command /{shown}. Type /help for the list.", severity="error")
             self.transcript.note(f"Unknown command /{shown}. Type /help for the list of commands.", "error")
             return
-        busy = name in ("regenerate", "edit", "clear")
+        busy = name in ("regenerate", "edit", "clear", "load", "sessions", "delete")
         if busy and self.generating is not None:
             self.notify(f"/{name} waits until the answer is done: press Esc to stop it first.", severity="warning")
             return
@@ -846,12 +1199,111 @@ class VlchatApp(App):
             self.conversation.set_system(self.settings.system)
         self.pending = [shown] if shown else []
         self.last_timings = None
+        self._epoch += 1  # the old session stays on disk; the next question starts a new one
         self.transcript.render_conversation(self.conversation)
         self.transcript.note("New conversation." + (" The picture on screen goes with your next question." if shown else ""))
         self.refresh_pictures(show_last=True)
         self.conversation_changed("clear")
         self.update_status()
         self._count_context()
+
+    def command_save(self, args: str) -> None:
+        if self.store is None:
+            self.notify("Sessions are off in this app.", severity="warning")
+            return
+        title = " ".join(args.split()) or None
+        if title is None and not self.conversation.last("user") and not self.pending:
+            self.notify("Nothing to save yet: ask a question or attach a picture first.", severity="warning")
+            return
+        if title is None:
+            self.request_save("save")
+            where = f" in {clean(str(self.session.folder), keep_newlines=False)}" if self.session is not None else ""
+            self.notify(f"Saved{where}. Every change is saved by itself; /save TITLE renames the session.")
+            return
+        self.request_save("rename", title=title)
+
+    def command_load(self, _args: str) -> None:
+        if self.store is None:
+            self.notify("Sessions are off in this app.", severity="warning")
+            return
+        from vlchat.ui.sessions import SessionPicker
+
+        current = self.session.id if self.session is not None else None
+        self.push_screen(SessionPicker(self.store, current), self._picked)
+
+    command_sessions = command_load
+
+    def _picked(self, folder: Path | None) -> None:
+        if folder is None:
+            return
+        if self.session is not None and Path(folder) == self.session.folder:
+            self.notify("That session is the one open.")
+            return
+        if self.generating is not None:
+            self.notify("Wait for the answer (or press Esc) before opening another session.", severity="warning")
+            return
+        self.open_session(folder)
+
+    def open_session(self, folder: Any) -> None:
+        """Switch to another session: the open one is saved and closed first (in the "save" worker)."""
+        job = self._job("switch", target=folder)
+        self._epoch += 1
+        job.epoch = self._epoch
+        self._switching = True
+        self._queue(job)
+
+    def command_delete(self, args: str) -> None:
+        if self.store is None:
+            self.notify("Sessions are off in this app.", severity="warning")
+            return
+        from vlchat.ui.sessions import ConfirmScreen
+
+        name = args.strip()
+        if name:
+            try:
+                folder = self.store.find(name)
+            except VlchatError as error:
+                self.notify(str(error), severity="error")
+                self.transcript.note(str(error), "error")
+                return
+        elif self.session is not None:
+            folder = self.session.folder
+        else:
+            self.notify("Nothing saved to delete yet. /delete NAME deletes another session.", severity="warning")
+            return
+        is_open = self.session is not None and Path(folder) == self.session.folder
+        title = clean(self.session.title, keep_newlines=False) if is_open else clean(name, keep_newlines=False)
+        question = f"Delete the session {title!r} and its pictures from disk?\n{clean(str(folder), keep_newlines=False)}"
+        if is_open:
+            question += "\nThis is the open conversation; a new empty one takes its place."
+
+        def answered(yes: bool | None) -> None:
+            if not yes:
+                self.notify("Nothing deleted.")
+                return
+            if is_open:
+                if self.generating is not None:
+                    self.notify("Wait for the answer (or press Esc) before deleting this session.", severity="warning")
+                    return
+                self._epoch += 1
+                self._switching = True
+                self._queue(_SessionJob("delete", self._epoch, target=("open", folder, title)))
+            else:
+                self._queue(_SessionJob("delete", self._epoch, target=("other", folder, title)))
+
+        self.push_screen(ConfirmScreen(question), answered)
+
+    def command_export(self, args: str) -> None:
+        if self.store is None:
+            self.notify("Sessions are off in this app.", severity="warning")
+            return
+        try:
+            parts = shlex.split(args)
+        except ValueError as error:
+            self.notify(f"/export: {error}. Quote paths with spaces.", severity="error")
+            return
+        self.request_save("export")
+        self._queue(self._job("export", target=parts[0] if parts else None))
 
     def command_copy(self, _args: str) -> None:
         self.action_copy()
@@ -910,6 +1362,7 @@ class VlchatApp(App):
     def on_unmount(self) -> None:
         # A generation thread must not outlive the app; the engine stops within one step.
         self._cancel.set()
+        self._flush_sessions()
 
 
 def initial_theme(settings: Settings, sources: dict[str, str] | None) -> str:
@@ -932,9 +1385,19 @@ def make_app(
     graphics: TerminalGraphics | None = None,
     sources: dict[str, str] | None = None,
     remember_theme: bool = True,
+    store: Any = None,
+    session: Any = None,
+    session_notes: Sequence[str] = (),
 ) -> VlchatApp:
     """The app for these settings and pictures. ``engine`` (already loaded or not) replaces the one
-    the settings name: tests share one loaded real engine this way."""
+    the settings name: tests share one loaded real engine this way.
+
+    Conversations are saved as sessions in ``store`` (default: the settings' sessions folder);
+    ``session`` (opened, locked or read-only) is the conversation to continue (--resume)."""
+    if store is None:
+        from vlchat.core.sessions import SessionStore, store_root
+
+        store = SessionStore(session.folder.parent if session is not None else store_root(settings))
     if engine is None:
         from vlchat.engines import make_engine
 
@@ -947,4 +1410,7 @@ def make_app(
         graphics=graphics,
         theme=initial_theme(settings, sources),
         remember_theme=remember_theme,
+        store=store,
+        session=session,
+        session_notes=session_notes,
     )

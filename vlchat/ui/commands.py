@@ -13,7 +13,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "edit": ("", "put the last question back in the prompt to change it"),
     "system": ("TEXT", "set the system prompt (no text removes it)"),
     "set": ("temperature|top_p|max_tokens|seed VALUE", "change how answers are sampled"),
-    "clear": ("", "start a new conversation"),
+    "clear": ("", "start a new conversation (the old one stays saved)"),
+    "save": ("[TITLE]", "save now; with a title, rename the session"),
+    "load": ("", "open a saved session (a list with search)"),
+    "sessions": ("", "the saved sessions (same list as /load)"),
+    "delete": ("[NAME]", "delete the open session (or the one named) from disk, after asking"),
+    "export": ("[PATH]", "write the session as Markdown with its pictures beside it"),
     "copy": ("", "copy the last answer to the clipboard (OSC 52: works over SSH)"),
     "model": ("[NAME]", "switch model, keeping the conversation (no name: pick from a list)"),
     "theme": ("NAME", "switch colour theme (remembered)"),
@@ -58,6 +63,9 @@ class VlchatCommands(Provider):
             elif name == "set":
                 for key in SETTABLE:
                     yield f"/set {key}", f"change {key}", partial(app.fill_prompt, f"/set {key} ")
+            elif args.startswith("["):  # optional argument: run as is, or finish it in the prompt
+                yield f"/{name}", doc, partial(app.run_command_line, f"/{name}")
+                yield f"/{name} {args}", doc, partial(app.fill_prompt, f"/{name} ")
             elif args and name != "system":
                 yield f"/{name} {args}", doc, partial(app.fill_prompt, f"/{name} ")
             elif name == "system":

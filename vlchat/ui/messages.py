@@ -112,9 +112,10 @@ class ModelsListed(Message):
 class PicturesLoaded(Message):
     """Pictures named with /image (or at start): the ones that loaded, and one line per failure."""
 
-    def __init__(self, refs: list, errors: list[str]) -> None:
+    def __init__(self, refs: list, errors: list[str], save: bool = True) -> None:
         super().__init__()
         self.refs, self.errors = refs, errors
+        self.save = save  # False for the pictures given at start: they are saved with the first question
 
 
 class PreviewDecoded(Message):
@@ -138,3 +139,36 @@ class ConversationChanged(Message):
     def __init__(self, conversation: Any, reason: str) -> None:
         super().__init__()
         self.conversation, self.reason = conversation, reason
+
+
+class SessionSaved(Message):
+    """The session is on disk as of this save. ``stored`` maps sha256 -> the picture's reference
+    inside the session folder, for pictures that were copied in by this save."""
+
+    def __init__(self, session: Any, stored: dict[str, Any], created: bool) -> None:
+        super().__init__()
+        self.session, self.stored, self.created = session, stored, created
+
+
+class SessionSaveFailed(Message):
+    """Saving failed (one line); the conversation in memory is untouched."""
+
+    def __init__(self, error: str) -> None:
+        super().__init__()
+        self.error = error
+
+
+class SessionSwitched(Message):
+    """Another session (or none: a new conversation) is now the open one; ``notes`` say what to tell."""
+
+    def __init__(self, session: Any, notes: list[str], errors: list[str] | None = None) -> None:
+        super().__init__()
+        self.session, self.notes, self.errors = session, notes, errors or []
+
+
+class SessionNote(Message):
+    """The outcome of a session command (/save, /export, /delete), to show in the transcript."""
+
+    def __init__(self, text: str, error: bool = False) -> None:
+        super().__init__()
+        self.text, self.error = text, error

@@ -23,8 +23,20 @@ from vlchat.core.text import clean
 PREVIEW_MAX_SIDE = 768
 
 
+# Pictures inside a session folder are stored under their sha256; people know them by the name
+# they had when attached. Keyed by content, so one table serves every session safely.
+_NAMES: dict[str, str] = {}
+
+
+def set_picture_name(sha256: str, name: str) -> None:
+    _NAMES[sha256] = clean(name, keep_newlines=False)
+
+
 def picture_label(ref: ImageRef) -> str:
-    return clean(Path(ref.path).name, keep_newlines=False)
+    stem = Path(ref.path).name
+    if stem.startswith(ref.sha256) and ref.sha256 in _NAMES:
+        return _NAMES[ref.sha256]
+    return clean(stem, keep_newlines=False)
 
 
 def text_card(ref: ImageRef, note: str = "") -> Text:
