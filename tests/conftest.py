@@ -92,6 +92,15 @@ def run_vlchat(tmp_path):
 
 
 @pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    """Tiny random models of each native family (tests/tiny_families.py), saved as folders once."""
+    from tests import tiny_families
+
+    root = tmp_path_factory.mktemp("tiny-families")
+    return {name: build(root / name.replace("-", "_")) for name, build in tiny_families.BUILDERS.items()}
+
+
+@pytest.fixture(scope="session")
 def endless_engine_for_server(endless_model):
     from vlchat.engines.transformers import TransformersEngine
 

@@ -28,7 +28,8 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--model",
         "-m",
-        help="'demo', a Hugging Face hub id (llava-hf/llava-1.5-7b-hf) or a local model folder (default: demo); "
+        help="a named model (see `vlchat models`), a Hugging Face hub id (llava-hf/llava-1.5-7b-hf) "
+        "or a local model folder (default: demo); "
         "with --endpoint, the model's name as the server knows it (default: the server's only model)",
     )
     group.add_argument(
@@ -156,8 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = commands.add_parser(
         "models",
-        help="list the models you can use (with --endpoint: the ones that server serves)",
-        description="List the models you can use; with --endpoint, the models that server serves.",
+        help="the named models: hub id, family, 4-bit memory, downloaded or not (with --endpoint: the ones that server serves)",
+        description="List the named models (hub id, family, memory at 4-bit, downloaded or not) and the other "
+        "image-text-to-text models in the local Hugging Face cache; with --endpoint, the models that server serves.",
     )
     models.add_argument("--json", action="store_true", help="one JSON record per model")
     _add_server_options(models, pictures=False)
@@ -204,7 +206,7 @@ def build_app_parser() -> argparse.ArgumentParser:
         "  demo      open the app on the bundled demo model and a sample picture\n"
         "  sessions  list saved sessions\n"
         "  export    write a session as Markdown with its pictures\n"
-        "  models    list the models you can use (--endpoint URL: the ones a server serves)\n\n"
+        "  models    the named models, downloaded or not (--endpoint URL: the ones a server serves)\n\n"
         "Try it with the bundled demo model: vlchat demo",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -74,7 +74,7 @@ def run_app(args: argparse.Namespace, *, demo: bool = False) -> int:
         sys.stderr.flush()
         os._exit(code)
     try:
-        engine.unload()
+        app.engine.unload()  # the one in use: /model may have switched it
     except Exception:
         pass
     return code

@@ -141,8 +141,10 @@ def _ask(args, settings, engine, pictures, question, session) -> int:
             conversation.set_system(settings.system)
         conversation.add_user(question, [p.ref for p in pictures])
 
-    label = getattr(getattr(engine, "spec", None), "label", "")
-    if label:
+    spec = getattr(engine, "spec", None)
+    label = getattr(spec, "label", "")
+    # named models have labels too; only the demo model needs the warning
+    if label and getattr(spec, "name", None) == "demo":
         print(f"vlchat: using the {label} (it knows only colours and shapes); "
               "choose a real one with --model", file=err)
 
@@ -196,6 +198,9 @@ def _ask(args, settings, engine, pictures, question, session) -> int:
         return 130
 
     engine_info = engine.describe()
+    notice = getattr(stream.stats, "notice", None)
+    if notice and not args.json:
+        print(f"vlchat: note: {clean(notice, keep_newlines=False)}", file=err)
     text = stream.text
     timings = stream.stats.timings()
     keep_answer(False)
@@ -215,6 +220,7 @@ def _ask(args, settings, engine, pictures, question, session) -> int:
             "total_s": timings.total_s,
             "tokens_per_s": timings.tokens_per_s,
             "stopped": stream.stats.stopped,
+            "notice": notice,
         }
         if session is not None:
             record["session"] = {"id": session.id, "title": session.title, "path": str(session.folder)}

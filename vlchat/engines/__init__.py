@@ -7,10 +7,42 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from vlchat.config import Settings
     from vlchat.engines.base import ChatEngine
+    from vlchat.engines.registry import ModelSpec
 
 
-def make_engine(settings: "Settings") -> "ChatEngine":
-    """The engine the settings ask for; nothing is loaded yet (call ``load``).
+def engine_class(spec: "ModelSpec"):
+    """The engine for a model: by its registry family, else by the model_type in its config.json.
+
+    A hub model not downloaded yet has no config to read; its family is then what the registry
+    says, or the generic engine, which handles every model with a chat template.
+    """
+    from vlchat.engines.remote import read_config, uses_chat_api
+
+    family = spec.family
+    config = read_config(spec.source) if (spec.is_local or family == "auto" or spec.remote_code) else None
+    if family == "auto" and config:
+        family = str(config.get("model_type", "auto"))
+    if spec.remote_code or (config and uses_chat_api(config)):
+        from vlchat.engines.remote import RemoteCodeEngine
+
+        return RemoteCodeEngine
+    from vlchat.engines.blip2 import FAMILIES as BLIP_FAMILIES
+
+    if family in BLIP_FAMILIES:
+        from vlchat.engines.blip2 import Blip2Engine
+
+        return Blip2Engine
+    if family == "joycaption":
+        from vlchat.engines.joycaption import JoyCaptionEngine
+
+        return JoyCaptionEngine
+    from vlchat.engines.transformers import TransformersEngine
+
+    return TransformersEngine
+
+
+def make_engine(settings: "Settings", model: str | None = None) -> "ChatEngine":
+    """The engine the settings ask for (or for ``model`` instead); nothing is loaded yet (call ``load``).
 
     With an endpoint the model runs on that server (OpenAIEngine). The default model name ("demo")
     is then used only if the server has a model by that name; otherwise it means "the server's
@@ -20,14 +52,21 @@ def make_engine(settings: "Settings") -> "ChatEngine":
         from vlchat.demo import DEMO_NAME
         from vlchat.engines.openai import OpenAIEngine
 
-        return OpenAIEngine.from_settings(settings, settings.model, model_is_default=settings.model == DEMO_NAME)
+        name = model or settings.model
+        return OpenAIEngine.from_settings(settings, name, model_is_default=model is None and name == DEMO_NAME)
 
-    from vlchat.engines.transformers import TransformersEngine
+    from vlchat.engines.registry import resolve
 
-    return TransformersEngine(
-        settings.model,
-        quant=settings.quant,
+    spec = resolve(model or settings.model)
+    cls = engine_class(spec)
+    quant = settings.quant
+    if quant == "auto" and spec.quant != "auto":
+        quant = spec.quant if spec.quant != "4bit" else "auto"  # 4-bit needs CUDA; auto picks it there
+    return cls(
+        spec.name,
+        quant=quant,
         device=settings.device,
         dtype=settings.dtype,
         trust_remote_code=settings.trust_remote_code,
+        spec=spec,
     )

@@ -89,6 +89,9 @@ class StreamStats:
     first_token_at: float | None = None
     finished_at: float | None = None
     prompt_tokens: int | None = None
+    # Something the person should know about this answer (older turns left out to fit, say);
+    # the app shows it under the answer.
+    notice: str | None = None
 
     def timings(self) -> Timings:
         end = self.finished_at or time.perf_counter()

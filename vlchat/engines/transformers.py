@@ -179,7 +179,7 @@ class TransformersEngine:
                 # The config first: it is where a model's own code and a model of the wrong kind
                 # show, before anything larger is read.
                 AutoConfig.from_pretrained(source, **kwargs)
-                processor = AutoProcessor.from_pretrained(source, **kwargs)
+                processor = self._load_processor(source, kwargs)
                 model = AutoModelForImageTextToText.from_pretrained(
                     source,
                     dtype=self.dtype,
@@ -195,6 +195,20 @@ class TransformersEngine:
         self.model, self.processor = model, processor
         self._images.clear()
         report(LoadProgress("ready"))
+
+    def _load_processor(self, source: str, kwargs: dict[str, Any]):
+        from transformers import AutoProcessor
+
+        try:
+            return AutoProcessor.from_pretrained(source, **kwargs)
+        except Exception as error:
+            from vlchat.engines.novideo import needs_torchvision, picture_only_processor
+
+            # Qwen2-VL and MiniCPM-V 4.6 processors want torchvision for their video half only
+            processor = picture_only_processor(source, kwargs) if needs_torchvision(error) else None
+            if processor is None:
+                raise
+            return processor
 
     def _quantization_config(self):
         if self.quant == "none":
@@ -269,6 +283,13 @@ class TransformersEngine:
             return ModelLoadError(
                 f"model {self.name} ships its own Python code, which vlchat does not run unless asked",
                 "read that code first; then pass --trust-remote-code to run it",
+            )
+        if "torchvision" in text.lower() or "VIDEO_PROCESSOR_MAPPING" in text:
+            # transformers builds the processors of video-capable families (Qwen2-VL, MiniCPM-V 4.6)
+            # only with torchvision installed, even for pictures alone
+            return ModelLoadError(
+                f"the processor of {self.name} needs torchvision, which is not installed",
+                "install it: pip install torchvision (the build that matches your torch)",
             )
         if "Unrecognized configuration class" in text or "Unrecognized model" in text:
             return ModelLoadError(

@@ -6,8 +6,11 @@ every change and posts ``ConversationChanged`` (where sessions' autosave plugs i
 
 Slow work runs in thread workers that only post the messages in ``vlchat.ui.messages``: loading
 the model (group "model"), answering ("generate"), decoding previews ("preview"), reading
-attached pictures ("attach"), counting the context ("context") and sessions on disk ("save":
-autosave, /save, /load, /delete, /export run one after another in the order they were asked for).
+attached pictures ("attach"), counting the context ("context"), sessions on disk ("save":
+autosave, /save, /load, /delete, /export run one after another in the order they were asked for),
+and loading a model switched to with /model ("switch") while the current one goes on answering;
+the old one is unloaded ("unload") only once the new one is ready, so a failed switch leaves the
+conversation where it was.
 """
 
 from __future__ import annotations
@@ -42,6 +45,10 @@ from vlchat.ui.messages import (
     ModelLoaded,
     ModelLoadFailed,
     ModelLoadProgress,
+    ModelSwitched,
+    ModelSwitchFailed,
+    ModelSwitchProgress,
+    ModelUnloaded,
     PicturesLoaded,
     PreviewDecoded,
     SessionNote,
@@ -173,6 +180,9 @@ class VlchatApp(App):
             self.theme = theme_files.DEFAULT_THEME if theme_files.DEFAULT_THEME in self.available_themes else "textual-dark"
         self._load_started: float | None = None
         self._load_ticker: Any = None
+        self.switching: str | None = None  # the model being loaded by /model
+        self.switch_stage = ""
+        self._ready_engine: tuple[str, Any, Any] | None = None  # loaded, waiting for the answer to end
         # Sessions. The app keeps its own Conversation; the "save" worker hands the session a copy
         # of the message list, so the UI thread never waits on the disk and never shares a list.
         self.store = store
@@ -318,6 +328,150 @@ class VlchatApp(App):
         self.transcript.note(f"The model could not be loaded: {self.load_error}", "error")
         self.notify(self.load_error, title="Model not loaded", severity="error", timeout=10)
 
+    # -- switching models (/model) ------------------------------------------------------------------
+    def switch_model(self, name: str) -> None:
+        """Load ``name`` in the background; the current model answers until it is ready."""
+        name = name.strip()
+        if self.switching:
+            self.notify(f"Already loading {model_label(self.switching)}: wait for it first.", severity="warning")
+            return
+        if not self.loaded and not self.load_error:
+            # the first model's loader cannot be interrupted; two loads racing would swap the wrong one in
+            self.notify("The model is still loading: switch once it is ready.", severity="warning")
+            return
+        current = self.info.name if self.info is not None else None
+        if self.loaded and not self.load_error and name == current:
+            self.notify(f"{model_label(name)} is the model already.")
+            return
+        self.switching = name
+        self.switch_stage = "starting"
+        self.transcript.note(
+            f"Loading {model_label(name)}… the current model keeps answering until it is ready."
+        )
+        self.update_status()
+        self._load_switch(name)
+
+    @work(thread=True, exclusive=True, group="switch", exit_on_error=False)
+    def _load_switch(self, name: str) -> None:
+        from vlchat.engines import make_engine
+
+        engine = None
+
+        def progress(step) -> None:
+            self.post_message(ModelSwitchProgress(name, step.stage))
+
+        try:
+            engine = make_engine(self.settings, name)
+            engine.load(progress)
+            info = engine.describe()
+        except Exception as error:
+            if isinstance(error, VlchatError):
+                line = str(error)
+            elif isinstance(error, MemoryError):
+                line = "not enough memory to load it. Try --quant 4bit or a smaller model."
+            else:
+                line = f"could not load it: {type(error).__name__}: {error}"
+            if engine is not None:
+                try:
+                    engine.unload()  # whatever got as far as memory goes again
+                except Exception:
+                    pass
+            del engine
+            self.post_message(ModelSwitchFailed(name, line))
+            return
+        self.post_message(ModelSwitched(name, engine, info))
+
+    def on_model_switch_progress(self, message: ModelSwitchProgress) -> None:
+        if message.name == self.switching:
+            self.switch_stage = clean(message.stage, keep_newlines=False)
+            self.update_status()
+
+    def on_model_switch_failed(self, message: ModelSwitchFailed) -> None:
+        self.switching = None
+        line = f"Could not switch to {model_label(message.name)}: {clean(message.error, keep_newlines=False)}"
+        still = model_label(self.info.name) if self.info is not None else None
+        if still and not self.load_error:
+            line += f" Still talking to {still}."
+        self.transcript.note(line, "error")
+        self.notify(line, title="Model not switched", severity="error", timeout=10)
+        self.update_status()
+
+    def on_model_switched(self, message: ModelSwitched) -> None:
+        if self.generating is not None:
+            # the old model is mid-answer on its own thread: swap once that answer is done
+            self._ready_engine = (message.name, message.engine, message.info)
+            self.switch_stage = "ready, after this answer"
+            self.update_status()
+            return
+        self._swap_in(message.name, message.engine, message.info)
+
+    def _swap_in(self, name: str, engine: Any, info: Any) -> None:
+        self._ready_engine = None
+        self.switching = None
+        old = self.engine
+        old_name = self.info.name if self.info is not None else self.settings.model
+        self.engine = engine
+        self.info = info
+        self.loaded = True
+        self.load_error = None
+        self.context_tokens = self.picture_tokens = None
+        self.last_timings = None
+        self._loading_done()
+        self.settings = replace(self.settings, model=name)
+        label = model_label(info.name) + (f" ({clean(info.label, keep_newlines=False)})" if info.label else "")
+        self.transcript.note(f"Now talking to {label}; the conversation goes on in its format.")
+        self.update_status()
+        self.conversation_changed("model")
+        if old is not None and old is not engine:
+            self._unload(old, old_name)
+        waiting = self.conversation.messages and self.conversation.messages[-1].role == "user"
+        if waiting and self.generating is None:
+            self.start_answer()
+        else:
+            self._count_context()
+
+    @work(thread=True, group="unload", exit_on_error=False)
+    def _unload(self, engine: Any, name: str) -> None:
+        before = None
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                before = torch.cuda.memory_allocated()
+        except Exception:
+            pass
+        # The context counter may still be reading the old engine: let it finish first.
+        with self._prepare_lock:
+            try:
+                engine.unload()
+            except Exception:
+                pass
+        del engine
+        freed = None
+        if before is not None:
+            import torch
+
+            freed = before - torch.cuda.memory_allocated()
+        self.post_message(ModelUnloaded(name, freed))
+
+    def on_model_unloaded(self, message: ModelUnloaded) -> None:
+        if message.freed_bytes:
+            self.notify(f"{model_label(message.name)} unloaded: {_size(message.freed_bytes)} of GPU memory freed.")
+
+    def command_model(self, args: str) -> None:
+        name = args.strip()
+        if name:
+            self.switch_model(name)
+            return
+        from vlchat.ui.models_screen import ModelPicker
+
+        def chosen(result: str | None) -> None:
+            if result:
+                self.switch_model(result)
+
+        current = self.info.name if self.info is not None else self.settings.model
+        self.push_screen(ModelPicker(current), chosen)
+
     # -- status line ----------------------------------------------------------------------------
     def status_text(self) -> Text:
         text = Text(no_wrap=True, overflow="ellipsis")
@@ -334,6 +488,8 @@ class VlchatApp(App):
             text.append("  read-only", style="bold yellow")
         if self.load_error:
             text.append("  not loaded", style="bold red")
+            if self.switching:
+                text.append(f"  loading {model_label(self.switching)}: {self.switch_stage}…", style="italic")
             return text
         if not self.loaded or self.info is None:
             waited = f" {time.monotonic() - self._load_started:.0f} s" if self._load_started else ""
@@ -362,6 +518,8 @@ class VlchatApp(App):
         text.append("  " + " · ".join(clean(str(f), keep_newlines=False) for f in fields))
         if self.generating is not None:
             text.append("  answering… Esc stops", style="italic")
+        if self.switching:
+            text.append(f"  loading {model_label(self.switching)}: {self.switch_stage}…", style="italic")
         return text
 
     def update_status(self) -> None:
@@ -495,7 +653,7 @@ class VlchatApp(App):
         self.conversation_changed("question")
         if self.load_error:
             self.transcript.note(
-                f"No model to answer: {self.load_error} Your question is kept; restart with another --model.",
+                f"No model to answer: {self.load_error} Your question is kept; switch with /model NAME (or restart with another --model).",
                 "error",
             )
         elif not self.loaded:
@@ -556,6 +714,7 @@ class VlchatApp(App):
                 stats.prompt_tokens,
                 stats.stopped or cancel.is_set(),
                 error,
+                getattr(stats, "notice", None),
             )
         )
 
@@ -603,12 +762,17 @@ class VlchatApp(App):
                 await view.remove()
             if message.error:
                 self._give_back_question()
+        if message.notice:
+            self.transcript.note(clean(message.notice, keep_newlines=False))
         if message.error:
             line = clean(message.error, keep_newlines=False)
             self.transcript.note(line, "error")
             self.notify(line, title="Answer failed", severity="error", timeout=10)
         self.transcript.follow()
         self.update_status()
+        if self._ready_engine is not None:
+            self._swap_in(*self._ready_engine)
+            return
         self._count_context()
 
     def _give_back_question(self) -> None:

@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "delete": ("[NAME]", "delete the open session (or the one named) from disk, after asking"),
     "export": ("[PATH]", "write the session as Markdown with its pictures beside it"),
     "copy": ("", "copy the last answer to the clipboard (OSC 52: works over SSH)"),
+    "model": ("[NAME]", "switch model, keeping the conversation (no name: pick from a list)"),
     "theme": ("NAME", "switch colour theme (remembered)"),
     "help": ("", "list commands and keys"),
     "quit": ("", "leave vlchat"),
@@ -57,6 +58,8 @@ class VlchatCommands(Provider):
                 for theme in sorted(app.available_themes):
                     if theme.startswith("vlchat-") or theme in app.user_theme_names:
                         yield f"/theme {theme}", f"switch to the {theme} theme", partial(app.run_command_line, f"/theme {theme}")
+            elif name == "model":
+                yield "/model", "pick another model from a list (the conversation stays)", partial(app.run_command_line, "/model")
             elif name == "set":
                 for key in SETTABLE:
                     yield f"/set {key}", f"change {key}", partial(app.fill_prompt, f"/set {key} ")

@@ -57,11 +57,56 @@ class AnswerFinished(Message):
         prompt_tokens: int | None,
         stopped: bool = False,
         error: str | None = None,
+        notice: str | None = None,
     ) -> None:
         super().__init__()
         self.answer_id, self.text, self.tokens = answer_id, text, tokens
         self.timings, self.prompt_tokens = timings, prompt_tokens
         self.stopped, self.error = stopped, error
+        self.notice = notice  # from the engine: e.g. older turns left out to fit its window
+
+
+class ModelSwitchProgress(Message):
+    """A step of loading the model being switched to (the current one keeps answering meanwhile)."""
+
+    def __init__(self, name: str, stage: str) -> None:
+        super().__init__()
+        self.name, self.stage = name, stage
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, ModelSwitchProgress)
+
+
+class ModelSwitched(Message):
+    """The new model is loaded: the app swaps it in and unloads the old one."""
+
+    def __init__(self, name: str, engine: Any, info: Any) -> None:
+        super().__init__()
+        self.name, self.engine, self.info = name, engine, info
+
+
+class ModelSwitchFailed(Message):
+    """The new model could not be loaded; the current one stays."""
+
+    def __init__(self, name: str, error: str) -> None:
+        super().__init__()
+        self.name, self.error = name, error
+
+
+class ModelUnloaded(Message):
+    """The old model's memory is released (``freed_bytes`` of device memory, when measurable)."""
+
+    def __init__(self, name: str, freed_bytes: int | None) -> None:
+        super().__init__()
+        self.name, self.freed_bytes = name, freed_bytes
+
+
+class ModelsListed(Message):
+    """Rows for the model picker (named models and the vision models in the local HF cache)."""
+
+    def __init__(self, rows: list) -> None:
+        super().__init__()
+        self.rows = rows
 
 
 class PicturesLoaded(Message):

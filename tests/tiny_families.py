@@ -1,0 +1,333 @@
+"""Tiny random models of each native family, saved as folders the engine loads like hub downloads.
+
+Sizes are the smallest the architectures allow, with hidden sizes multiples of 64 so bitsandbytes
+can quantize the linear layers to 4-bit on the CPU. Weights are random: tests check the plumbing
+(image tokens in the prompt, a stream of tokens), never the words.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+VOCAB = 384
+IMAGE = 32  # picture side the vision towers see
+PATCH = 8
+
+# A chat template of the common shape: pictures where they were added, string or list content.
+TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}{{ m['role'] }}: "
+    "{% if m['content'] is string %}{{ m['content'] }}{% else %}"
+    "{% for c in m['content'] %}{% if c['type'] == 'image' %}@IMG@{% else %}{{ c['text'] }}{% endif %}{% endfor %}"
+    "{% endif %}\n{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}"
+)
+
+
+def _seed():
+    import torch
+
+    torch.manual_seed(0)
+
+
+def build_tokenizer(special: list[str], image_token: str = "<image>", **extra_special):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    base = ["<s>", "</s>", "<pad>", "<unk>", image_token, *special]
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB - 32,
+        special_tokens=base,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    corpus = ["What colour is the shape?", "The shape is red.", "Describe the picture.", "And this one?"] * 20
+    tok.train_from_iterator(corpus, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        extra_special_tokens={"image_token": image_token, **extra_special},
+        model_max_length=1024,
+    )
+
+
+def _llama(**kw):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=2,
+        **kw,
+    )
+
+
+def _clip():
+    from transformers import CLIPVisionConfig
+
+    return CLIPVisionConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2,
+        image_size=IMAGE, patch_size=PATCH, projection_dim=64,
+    )
+
+
+def _save(folder: Path, model, processor) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    model.generation_config.max_length = None
+    # Random weights pick any token; keeping special ones out means every step shows as text.
+    tokenizer = processor.tokenizer
+    special = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)
+    model.generation_config.suppress_tokens = sorted(special)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def build_llava(folder: Path) -> Path:
+    _seed()
+    from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    tokenizer = build_tokenizer([])
+    config = LlavaConfig(
+        vision_config=_clip(), text_config=_llama(), image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        projector_hidden_act="gelu", vision_feature_select_strategy="default", vision_feature_layer=-1,
+    )
+    processor = LlavaProcessor(
+        image_processor=CLIPImageProcessorPil(size={"height": IMAGE, "width": IMAGE}, do_center_crop=False,
+                                              crop_size={"height": IMAGE, "width": IMAGE}),
+        tokenizer=tokenizer, patch_size=PATCH, vision_feature_select_strategy="default",
+        num_additional_image_tokens=1, chat_template=TEMPLATE.replace("@IMG@", "<image>"),
+    )
+    return _save(folder, LlavaForConditionalGeneration(config), processor)
+
+
+def build_llava_next(folder: Path) -> Path:
+    _seed()
+    from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextProcessor
+    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+
+    tokenizer = build_tokenizer([])
+    pinpoints = [[IMAGE, IMAGE], [IMAGE, 2 * IMAGE], [2 * IMAGE, IMAGE]]
+    config = LlavaNextConfig(
+        vision_config=_clip(), text_config=_llama(), image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        image_grid_pinpoints=pinpoints, vision_feature_select_strategy="default", vision_feature_layer=-1,
+    )
+    processor = LlavaNextProcessor(
+        image_processor=LlavaNextImageProcessorPil(
+            size={"shortest_edge": IMAGE}, crop_size={"height": IMAGE, "width": IMAGE}, image_grid_pinpoints=pinpoints
+        ),
+        tokenizer=tokenizer, patch_size=PATCH, vision_feature_select_strategy="default",
+        num_additional_image_tokens=1, chat_template=TEMPLATE.replace("@IMG@", "<image>"),
+    )
+    return _save(folder, LlavaNextForConditionalGeneration(config), processor)
+
+
+def _blip_vision(config_cls):
+    return config_cls(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2,
+                      image_size=IMAGE, patch_size=PATCH)
+
+
+def _blip_image_processor():
+    from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
+
+    return BlipImageProcessorPil(size={"height": IMAGE, "width": IMAGE})
+
+
+QUERY_TOKENS = 8
+
+
+def build_blip2(folder: Path) -> Path:
+    _seed()
+    from transformers import (Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, Blip2QFormerConfig,
+                              Blip2VisionConfig, OPTConfig)
+
+    tokenizer = build_tokenizer([])
+    text = OPTConfig(vocab_size=VOCAB, hidden_size=64, ffn_dim=128, num_hidden_layers=1, num_attention_heads=2,
+                     max_position_embeddings=512, word_embed_proj_dim=64, bos_token_id=0, eos_token_id=1,
+                     pad_token_id=2)
+    qformer = Blip2QFormerConfig(hidden_size=64, num_hidden_layers=1, num_attention_heads=2, intermediate_size=128,
+                                 encoder_hidden_size=64, vocab_size=VOCAB)
+    config = Blip2Config(vision_config=_blip_vision(Blip2VisionConfig), qformer_config=qformer, text_config=text,
+                         num_query_tokens=QUERY_TOKENS, image_token_index=tokenizer.convert_tokens_to_ids("<image>"))
+    processor = Blip2Processor(_blip_image_processor(), tokenizer, num_query_tokens=QUERY_TOKENS)
+    return _save(folder, Blip2ForConditionalGeneration(config), processor)
+
+
+def build_instructblip(folder: Path) -> Path:
+    _seed()
+    from transformers import (InstructBlipConfig, InstructBlipForConditionalGeneration, InstructBlipProcessor,
+                              InstructBlipQFormerConfig, InstructBlipVisionConfig)
+
+    tokenizer = build_tokenizer([])
+    qformer = InstructBlipQFormerConfig(hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                        intermediate_size=128, encoder_hidden_size=64, vocab_size=VOCAB,
+                                        max_position_embeddings=512)
+    config = InstructBlipConfig(
+        vision_config=_blip_vision(InstructBlipVisionConfig), qformer_config=qformer, text_config=_llama(),
+        num_query_tokens=QUERY_TOKENS, image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+    )
+    processor = InstructBlipProcessor(_blip_image_processor(), tokenizer, build_tokenizer([]),
+                                      num_query_tokens=QUERY_TOKENS)
+    return _save(folder, InstructBlipForConditionalGeneration(config), processor)
+
+
+def build_qwen2_vl(folder: Path) -> Path:
+    _seed()
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    tokenizer = build_tokenizer(["<|vision_start|>", "<|vision_end|>", "<|video_pad|>"], image_token="<|image_pad|>")
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")}
+    config = Qwen2VLConfig(
+        text_config=dict(
+            vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2,
+            num_key_value_heads=2, max_position_embeddings=1024, bos_token_id=0, eos_token_id=1, pad_token_id=2,
+            rope_parameters={"rope_type": "default", "mrope_section": [4, 6, 6], "rope_theta": 10000.0},
+        ),
+        vision_config=dict(depth=1, embed_dim=64, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=PATCH,
+                           spatial_merge_size=2, temporal_patch_size=2, in_channels=3),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+    )
+    image_processor = Qwen2VLImageProcessorPil(
+        patch_size=PATCH, merge_size=2, temporal_patch_size=2,
+        size={"shortest_edge": IMAGE * IMAGE, "longest_edge": IMAGE * IMAGE},
+    )
+    # Saved part by part: transformers 5.23 builds a Qwen2VLProcessor only with torchvision at hand
+    # (for its video half), and the folder must exist either way to test what the engine says.
+    folder.mkdir(parents=True, exist_ok=True)
+    model = Qwen2VLForConditionalGeneration(config)
+    model.generation_config.max_length = None
+    model.generation_config.suppress_tokens = sorted(set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder))
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    image_processor.save_pretrained(folder)
+    (folder / "chat_template.jinja").write_text(
+        TEMPLATE.replace("@IMG@", "<|vision_start|><|image_pad|><|vision_end|>")
+    )
+    (folder / "processor_config.json").write_text('{"processor_class": "Qwen2VLProcessor"}')
+    return folder
+
+
+def build_idefics3(folder: Path) -> Path:
+    _seed()
+    from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3Processor
+    from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
+
+    extra = ["<fake_token_around_image>", "<end_of_utterance>", "<global-img>"]
+    extra += [f"<row_{i + 1}_col_{j + 1}>" for i in range(6) for j in range(6)]
+    tokenizer = build_tokenizer(extra)
+    config = Idefics3Config(
+        vision_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=IMAGE, patch_size=PATCH),
+        text_config=_llama(), scale_factor=2, image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+    )
+    image_processor = Idefics3ImageProcessorPil(
+        do_image_splitting=False, size={"longest_edge": IMAGE}, max_image_size={"longest_edge": IMAGE},
+    )
+    processor = Idefics3Processor(image_processor, tokenizer, image_seq_len=(IMAGE // PATCH) ** 2 // 4,
+                                  chat_template=TEMPLATE.replace("@IMG@", "<image>"))
+    return _save(folder, Idefics3ForConditionalGeneration(config), processor)
+
+
+
+
+# JoyCaption's shape: Llama 3.1 header template over string contents, with a tokenizer that adds
+# <|begin_of_text|> by itself, as Llama 3's does (the source of a doubled BOS).
+JOY_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+    "{{ m['content'] }}<|eot_id|>{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+
+
+def build_joycaption(folder: Path) -> Path:
+    _seed()
+    from tokenizers import processors
+    from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    tokenizer = build_tokenizer(["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"])
+    bos = tokenizer.bos_token_id
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
+    )
+    config = LlavaConfig(
+        vision_config=_clip(), text_config=_llama(), image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_select_strategy="default", vision_feature_layer=-1,
+    )
+    processor = LlavaProcessor(
+        image_processor=CLIPImageProcessorPil(size={"height": IMAGE, "width": IMAGE}, do_center_crop=False,
+                                              crop_size={"height": IMAGE, "width": IMAGE}),
+        tokenizer=tokenizer, patch_size=PATCH, vision_feature_select_strategy="default",
+        num_additional_image_tokens=1, chat_template=JOY_TEMPLATE,
+    )
+    return _save(folder, LlavaForConditionalGeneration(config), processor)
+
+
+MINICPM_TOKENS = {
+    "video_token": "<video>",
+    "image_start_token": "<image_start>",
+    "image_end_token": "</image_start>",
+    "slice_start_token": "<slice>",
+    "slice_end_token": "</slice>",
+    "image_id_start_token": "<image_id>",
+    "image_id_end_token": "</image_id>",
+}
+
+
+def build_minicpmv4_6(folder: Path) -> Path:
+    """MiniCPM-V 4.6 (native in transformers 5.23): SigLIP-style tower with window merger, Qwen3.5 text."""
+    _seed()
+    from transformers import MiniCPMV4_6Config, MiniCPMV4_6ForConditionalGeneration
+    from transformers.models.minicpmv4_6.image_processing_pil_minicpmv4_6 import MiniCPMV4_6ImageProcessorPil
+
+    tokenizer = build_tokenizer(list(MINICPM_TOKENS.values()), **MINICPM_TOKENS)
+    config = MiniCPMV4_6Config(
+        text_config=dict(
+            model_type="qwen3_5_text", vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+            num_attention_heads=2, num_key_value_heads=2, head_dim=32, layer_types=["full_attention"],
+            max_position_embeddings=1024, bos_token_id=0, eos_token_id=1, pad_token_id=2,
+        ),
+        vision_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=IMAGE, patch_size=PATCH),
+        insert_layer_id=0,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        video_token_id=tokenizer.convert_tokens_to_ids("<video>"),
+    )
+    image_processor = MiniCPMV4_6ImageProcessorPil(
+        patch_size=PATCH, scale_resolution=IMAGE, max_slice_nums=1, slice_mode=False, use_image_id=False,
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    model = MiniCPMV4_6ForConditionalGeneration(config)
+    model.generation_config.max_length = None
+    model.generation_config.suppress_tokens = sorted(set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder))
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    image_processor.save_pretrained(folder)
+    (folder / "chat_template.jinja").write_text(TEMPLATE.replace("@IMG@", "<image>"))
+    (folder / "processor_config.json").write_text('{"processor_class": "MiniCPMV4_6Processor"}')
+    return folder
+
+
+BUILDERS = {
+    "llava": build_llava,
+    "llava_next": build_llava_next,
+    "blip-2": build_blip2,
+    "instructblip": build_instructblip,
+    "idefics3": build_idefics3,
+    "qwen2_vl": build_qwen2_vl,
+    "minicpmv4_6": build_minicpmv4_6,
+}

@@ -1,0 +1,73 @@
+"""JoyCaption (a LLaVA-architecture captioner on Llama 3.1): system prompt and string-content template.
+
+JoyCaption's own example renders the conversation with plain string contents and a system prompt
+("You are a helpful image captioner."), then hands the text and the pictures to the processor. Its
+template already opens with <|begin_of_text|>, so the text is tokenized without adding special
+tokens again: a second BOS measurably worsens its captions. Pictures go in as the processor's image
+token at the start of the turn they were added in, unless the template puts one there itself.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vlchat.core.conversation import Conversation
+from vlchat.engines.base import GenerationError
+from vlchat.engines.transformers import TransformersEngine
+
+SYSTEM_PROMPT = "You are a helpful image captioner."
+
+
+class JoyCaptionEngine(TransformersEngine):
+    def _image_token(self) -> str:
+        return getattr(self.processor, "image_token", None) or "<image>"
+
+    def _template_adds_image(self) -> bool:
+        """Some JoyCaption template revisions put the image token in the first user turn themselves."""
+        probe = [{"role": "system", "content": "s"}, {"role": "user", "content": "q"}]
+        text = self.processor.apply_chat_template(probe, tokenize=False, add_generation_prompt=True)
+        return self._image_token() in text
+
+    def render(self, conversation: Conversation) -> tuple[str, list[Any]]:
+        """The prompt text and the pictures in the order their tokens appear in it."""
+        token = self._image_token()
+        template_adds = self._template_adds_image()
+        messages: list[dict[str, str]] = []
+        pictures: list[Any] = []
+        if conversation.system is None:
+            messages.append({"role": "system", "content": SYSTEM_PROMPT})
+        first_user = True
+        for message in conversation.messages:
+            text = message.text
+            if message.role == "user" and message.images:
+                refs = message.images
+                if template_adds and first_user:
+                    # the template's one token stands for this turn's first picture
+                    extra = refs[1:]
+                else:
+                    extra = refs
+                text = token * len(extra) + ("\n" if extra else "") + text
+                pictures.extend(self._picture(ref) for ref in refs)
+            elif message.role == "user" and template_adds and first_user:
+                raise GenerationError(
+                    f"{self.name} wants its picture in the first question",
+                    "start the conversation with a picture (/image PATH, then ask)",
+                )
+            if message.role == "user":
+                first_user = False
+            messages.append({"role": message.role, "content": text})
+        prompt = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return prompt, pictures
+
+    def prepare(self, conversation: Conversation) -> dict[str, Any]:
+        self._require_loaded()
+        if not conversation.messages or conversation.messages[-1].role != "user":
+            raise GenerationError("there is no question to answer", "add a user message first")
+        prompt, pictures = self.render(conversation)
+        inputs = self.processor(
+            text=[prompt], images=pictures or None, return_tensors="pt", add_special_tokens=False
+        )
+        inputs = inputs.to(self.model.device)
+        if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+        return inputs
