@@ -19,4 +19,5 @@ def make_engine(settings: "Settings") -> "ChatEngine":
         device=settings.device,
         dtype=settings.dtype,
         trust_remote_code=settings.trust_remote_code,
+        kv_cache_reuse=settings.kv_cache_reuse,
     )

@@ -86,6 +86,7 @@ class StreamStats:
     first_token_at: float | None = None
     finished_at: float | None = None
     prompt_tokens: int | None = None
+    cached_tokens: int = 0  # prompt tokens taken from the previous turn's cache, not computed again
 
     def timings(self) -> Timings:
         end = self.finished_at or time.perf_counter()
