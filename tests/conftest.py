@@ -20,6 +20,15 @@ from vlchat.demo.shapes import Scene, draw_scene
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 
+@pytest.fixture(autouse=True)
+def own_data_dir(tmp_path, monkeypatch):
+    """Every app saves its conversations: tests keep them in their own folder, never the person's."""
+    folder = tmp_path / "data"
+    monkeypatch.setenv("XDG_DATA_HOME", str(folder))
+    monkeypatch.delenv("VLCHAT_SESSIONS_DIR", raising=False)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def demo_engine():
     from vlchat.engines.transformers import TransformersEngine
@@ -88,3 +97,23 @@ def run_vlchat(tmp_path):
         )
 
     return run
+
+
+@pytest.fixture(scope="session")
+def endless_engine_for_server(endless_model):
+    from vlchat.engines.transformers import TransformersEngine
+
+    engine = TransformersEngine(str(endless_model), quant="none", device="cpu")
+    engine.load()
+    yield engine
+    engine.unload()
+
+
+@pytest.fixture(scope="session")
+def openai_server(demo_engine, endless_engine_for_server):
+    """A real OpenAI-compatible server on 127.0.0.1 (random port) answering from the demo model."""
+    from tests.openai_server import OpenAITestServer
+
+    server = OpenAITestServer(demo_engine, endless_engine=endless_engine_for_server).start()
+    yield server
+    server.stop()

@@ -28,7 +28,8 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--model",
         "-m",
-        help="'demo', a Hugging Face hub id (llava-hf/llava-1.5-7b-hf) or a local model folder (default: demo)",
+        help="'demo', a Hugging Face hub id (llava-hf/llava-1.5-7b-hf) or a local model folder (default: demo); "
+        "with --endpoint, the model's name as the server knows it (default: the server's only model)",
     )
     group.add_argument(
         "--quant",
@@ -45,6 +46,31 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_server_options(parser: argparse.ArgumentParser, *, pictures: bool = True) -> None:
+    group = parser.add_argument_group("server (a model served by vLLM, Ollama or llama.cpp)")
+    group.add_argument(
+        "--endpoint",
+        metavar="URL",
+        help="URL of an OpenAI-compatible server, e.g. http://localhost:8000/v1 (or VLCHAT_ENDPOINT)",
+    )
+    group.add_argument(
+        "--api-key",
+        metavar="KEY",
+        help="the server's API key; VLCHAT_API_KEY keeps it out of your shell history. Never saved or shown",
+    )
+    if pictures:
+        group.add_argument(
+            "--image-max-side",
+            type=int,
+            metavar="PX",
+            help="shrink pictures to at most PX pixels a side before sending them (default: as they are)",
+        )
+    group.add_argument("--connect-timeout", type=float, metavar="S", help="seconds to wait for a connection (default 10)")
+    group.add_argument(
+        "--token-timeout", type=float, metavar="S", help="seconds to wait for the next piece of the answer (default 120)"
+    )
+
+
 def _add_generation_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("generation")
     group.add_argument("--max-new-tokens", type=int, metavar="N", help="longest answer (default 512)")
@@ -52,6 +78,17 @@ def _add_generation_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--top-p", type=float, metavar="P", help="nucleus sampling (default 1: off)")
     group.add_argument("--seed", type=int, help="make sampled answers repeatable")
     group.add_argument("--system", metavar="TEXT", help="a system prompt")
+
+
+def _add_sessions_dir(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
+    # On the top parser and on each sub-command, so it works before or after the command name;
+    # the sub-command's copy only speaks when given (SUPPRESS), never undoing the top one.
+    parser.add_argument(
+        "--sessions-dir",
+        metavar="DIR",
+        default=None if top else argparse.SUPPRESS,
+        help="where sessions are kept (default: the user data folder; also $VLCHAT_SESSIONS_DIR)",
+    )
 
 
 def settings_from(args: argparse.Namespace):
@@ -62,17 +99,42 @@ def settings_from(args: argparse.Namespace):
     return load_settings(flags)
 
 
+SUBCOMMANDS = ("ask", "demo", "sessions", "export", "models")
+
+_USAGE = (
+    "vlchat [IMAGE...] [options]          open the app on these pictures\n"
+    "       vlchat demo [options]                the app on the demo model and a sample picture\n"
+    "       vlchat ask IMAGE... QUESTION [options]  one answer, streamed to stdout\n"
+    "       vlchat sessions | vlchat export SESSION  saved conversations\n"
+    "       vlchat models [--endpoint URL]       the models you can use"
+)
+
+
+def _add_app_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("app")
+    group.add_argument("--theme", metavar="NAME", help="colour theme: vlchat-dark (default), vlchat-light, vlchat-contrast or your own")
+    group.add_argument(
+        "--image-protocol",
+        choices=("auto", "kitty", "sixel", "halfblock", "text", "none"),
+        help="how pictures are drawn (default auto: kitty or sixel when the terminal has them, else half-blocks)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The sub-commands' parser (`vlchat ask ...`, `vlchat demo ...`)."""
     parser = _Parser(
         prog="vlchat",
+        usage=_USAGE,
         description="Conversations about pictures with local vision-language models, in the terminal.",
-        epilog="Try it with the bundled demo model: vlchat ask vlchat/demo/samples/red-circle.png 'What colour is the shape?'",
+        epilog="Try it with the bundled demo model: vlchat demo",
     )
     parser.add_argument("--version", action="version", version=f"vlchat {__version__}")
     parser.add_argument(
         "--print-config", action="store_true", help="show the effective settings and where each came from"
     )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    _add_sessions_dir(parser, top=True)
+    # prog given: otherwise argparse builds the sub-commands' names from the multi-line usage.
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser, prog="vlchat")
 
     ask = commands.add_parser(
         "ask",
@@ -81,18 +143,116 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ask.add_argument("items", nargs="+", metavar="IMAGE... QUESTION", help="pictures, then the question (last)")
     ask.add_argument("--json", action="store_true", help="print one JSON record instead of streaming text")
+    ask.add_argument(
+        "--session",
+        metavar="NAME|ID|PATH|new",
+        help="keep the conversation in a session: 'new' starts one, else continue the one named "
+        "(each ask adds a turn and saves it)",
+    )
+    _add_sessions_dir(ask)
     _add_model_options(ask)
+    _add_server_options(ask)
     _add_generation_options(ask)
+
+    models = commands.add_parser(
+        "models",
+        help="list the models you can use (with --endpoint: the ones that server serves)",
+        description="List the models you can use; with --endpoint, the models that server serves.",
+    )
+    models.add_argument("--json", action="store_true", help="one JSON record per model")
+    _add_server_options(models, pictures=False)
+
+    sessions = commands.add_parser(
+        "sessions",
+        help="list saved sessions: title, updated, turns, pictures, model, id",
+        description="List the saved sessions, most recent first.",
+    )
+    sessions.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    _add_sessions_dir(sessions)
+
+    export = commands.add_parser(
+        "export",
+        help="write a session as a Markdown transcript, with its pictures beside it",
+        description="Write a session as Markdown (FILE) with its pictures in FILE's stem + '_assets/'.",
+    )
+    export.add_argument("session", nargs="?", metavar="SESSION",
+                        help="title, id (or its first letters) or folder; default: the most recent")
+    export.add_argument("-o", "--output", metavar="FILE", help="where to write (default: the title as FILE.md here)")
+    export.add_argument("--force", action="store_true", help="replace FILE even if it is not an earlier vlchat export")
+    _add_sessions_dir(export)
+
+    demo = commands.add_parser(
+        "demo",
+        help="open the app on the bundled demo model and a sample picture",
+        description="Open the app with the bundled demo model (it knows colours and shapes) and a sample picture.",
+    )
+    demo.add_argument("images", nargs="*", metavar="IMAGE", help="pictures instead of the bundled sample")
+    _add_generation_options(demo)
+    _add_app_options(demo)
     return parser
+
+
+def build_app_parser() -> argparse.ArgumentParser:
+    """`vlchat [IMAGE...]`: argparse cannot mix a positional list with sub-commands, so the command
+    line is sent here unless its first word names a sub-command."""
+    parser = _Parser(
+        prog="vlchat",
+        usage=_USAGE,
+        description="Conversations about pictures with local vision-language models, in the terminal.\n"
+        "With pictures (or none), opens the app.",
+        epilog="commands:\n  ask       answer one question about pictures, streamed to stdout (vlchat ask --help)\n"
+        "  demo      open the app on the bundled demo model and a sample picture\n"
+        "  sessions  list saved sessions\n"
+        "  export    write a session as Markdown with its pictures\n"
+        "  models    list the models you can use (--endpoint URL: the ones a server serves)\n\n"
+        "Try it with the bundled demo model: vlchat demo",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"vlchat {__version__}")
+    parser.add_argument(
+        "--print-config", action="store_true", help="show the effective settings and where each came from"
+    )
+    parser.add_argument("images", nargs="*", metavar="IMAGE", help="pictures to talk about (more can be added in the app with /image)")
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const="",
+        metavar="NAME|ID|PATH",
+        help="continue a saved session: a title, an id (or its first letters) or a folder; "
+        "no value: the most recent",
+    )
+    _add_sessions_dir(parser, top=True)
+    _add_model_options(parser)
+    _add_server_options(parser)
+    _add_generation_options(parser)
+    _add_app_options(parser)
+    return parser
+
+
+def _names_subcommand(argv: list[str]) -> bool:
+    """Whether the first word after the options every command shares (`vlchat --sessions-dir DIR
+    sessions`) is a sub-command; anything else opens the app."""
+    i = 0
+    while i < len(argv):
+        if argv[i] == "--sessions-dir":
+            i += 2
+        elif argv[i] == "--print-config" or argv[i].startswith("--sessions-dir="):
+            i += 1
+        else:
+            break
+    return i < len(argv) and argv[i] in SUBCOMMANDS
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     from vlchat.core.errors import VlchatError
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        if _names_subcommand(argv):
+            args = build_parser().parse_args(argv)
+        else:
+            args = build_app_parser().parse_args(argv)
+            args.command = None
         if args.print_config:
             from vlchat.config import config_file, describe_settings
 
@@ -100,14 +260,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"# config file: {config_file()}")
             print(describe_settings(settings, sources))
             return EXIT_OK
-        if args.command is None:
-            parser.print_help()
-            return EXIT_OK
         if args.command == "ask":
             from vlchat.commands.ask import run_ask
 
             return run_ask(args)
-        raise UsageError(f"unknown command {args.command!r}")
+        if args.command == "models":
+            from vlchat.commands.models import run_models
+
+            return run_models(args)
+        if args.command == "sessions":
+            from vlchat.commands.sessions import run_sessions
+
+            return run_sessions(args)
+        if args.command == "export":
+            from vlchat.commands.sessions import run_export
+
+            return run_export(args)
+        from vlchat.commands.app import run_app
+
+        return run_app(args, demo=args.command == "demo")
     except UsageError as error:
         print(f"vlchat: error: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -115,6 +286,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"vlchat: error: {error}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
+        if os.environ.get("VLCHAT_DEBUG"):
+            import traceback
+
+            traceback.print_exc()
         print("\nvlchat: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:

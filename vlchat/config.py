@@ -51,7 +51,20 @@ class Settings:
         default="auto", metadata={"doc": "how pictures are drawn: auto, kitty, sixel, halfblock, text or none"}
     )
     sessions_dir: str | None = field(default=None, metadata={"doc": "where sessions are kept"})
-    endpoint: str | None = field(default=None, metadata={"doc": "URL of an OpenAI-compatible server"})
+    endpoint: str | None = field(
+        default=None, metadata={"doc": "URL of an OpenAI-compatible server (vLLM, Ollama, llama.cpp), e.g. http://localhost:8000/v1"}
+    )
+    # repr=False and "secret": the key never shows in a repr, a config dump or an error message.
+    api_key: str | None = field(
+        default=None, repr=False, metadata={"doc": "API key for the server at endpoint (never shown or saved)", "secret": True}
+    )
+    image_max_side: int | None = field(
+        default=None, metadata={"doc": "shrink pictures sent to a server to at most this many pixels a side; unset keeps them as they are"}
+    )
+    connect_timeout: float = field(default=10.0, metadata={"doc": "seconds to wait for a server to accept the connection"})
+    token_timeout: float = field(
+        default=120.0, metadata={"doc": "seconds to wait for a server's next piece of the answer (the first includes reading the pictures)"}
+    )
     kv_cache_reuse: bool = field(default=True, metadata={"doc": "reuse the model's cache across turns"})
     bindings: dict[str, str] = field(
         default_factory=dict, metadata={"doc": "key binding id -> keys, e.g. stop = \"escape,ctrl+c\""}
@@ -59,6 +72,17 @@ class Settings:
 
 
 SETTING_NAMES = tuple(f.name for f in fields(Settings))
+SECRET_SETTINGS = frozenset(f.name for f in fields(Settings) if f.metadata.get("secret"))
+HIDDEN = "(set, hidden)"
+
+
+def public_dict(settings: Settings) -> dict[str, Any]:
+    """The settings as a dict that is safe to write anywhere: secrets are only said to be set."""
+    data = {}
+    for f in fields(Settings):
+        value = getattr(settings, f.name)
+        data[f.name] = HIDDEN if f.name in SECRET_SETTINGS and value is not None else value
+    return data
 _TYPES = {f.name: f.type for f in fields(Settings)}
 
 
@@ -97,8 +121,9 @@ def _coerce(name: str, value: Any, where: str) -> Any:
             raise ValueError
         return str(value)
     except (TypeError, ValueError):
+        shown = "a value that is hidden" if name in SECRET_SETTINGS else clean(repr(value), keep_newlines=False)
         raise InputError(
-            f"setting {name} from {where} is {clean(repr(value), keep_newlines=False)}, not {expected}",
+            f"setting {name} from {where} is {shown}, not {expected}",
             f"fix it in {where}",
         ) from None
 
@@ -160,6 +185,11 @@ def describe_settings(settings: Settings, sources: Mapping[str, str]) -> str:
     lines = []
     for f in fields(Settings):
         value = getattr(settings, f.name)
-        shown = "(not set)" if value is None else repr(value) if not isinstance(value, dict) else value or "{}"
+        if value is None:
+            shown = "(not set)"
+        elif f.name in SECRET_SETTINGS:
+            shown = HIDDEN
+        else:
+            shown = repr(value) if not isinstance(value, dict) else value or "{}"
         lines.append(f"{f.name} = {shown}    # {sources[f.name]}; {f.metadata['doc']}")
     return "\n".join(lines)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
 import threading
 from pathlib import Path
-from typing import TextIO
+from typing import Iterator, TextIO
 
 from vlchat.core.conversation import Conversation, GenerationParams
 from vlchat.core.errors import InputError
@@ -38,25 +40,106 @@ def write_stream(stream: TokenStream, out: TextIO | None) -> str:
     return stream.text
 
 
-def run_ask(args: argparse.Namespace) -> int:
-    from vlchat.engines.base import LoadProgress
-    from vlchat.engines import make_engine
+# Settings a session remembers; a resumed session keeps them unless this command line (or the
+# config file, or VLCHAT_*) says otherwise.
+_MODEL_KEYS = ("model", "quant", "device", "dtype")
+_PARAM_KEYS = ("max_new_tokens", "temperature", "top_p", "seed")
 
+
+def open_session(args: argparse.Namespace, settings, sources):
+    """The session --session names (locked; 'new' makes one), with its remembered settings applied."""
+    from vlchat.core.sessions import SessionStore, store_root
+
+    store = SessionStore(store_root(settings))
+    if args.session.strip().lower() == "new":
+        return store.create()
+    session = store.open(args.session)
+    if not sources.get("system", "").startswith("flag"):
+        settings.system = None  # the config's system prompt is for new conversations; keep this one's
+    for key in _MODEL_KEYS:
+        if sources.get(key) == "default" and session.model.get(key) is not None:
+            setattr(settings, key, session.model[key])
+    for key in _PARAM_KEYS:
+        if sources.get(key) == "default":
+            setattr(settings, key, getattr(session.params, key))
+    return session
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Ignore Ctrl-C while the answer is being saved: a second press must not lose the first answer.
+
+    The save takes milliseconds; a Ctrl-C that arrived while it ran is dropped, not delivered later
+    into the middle of something else.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def run_ask(args: argparse.Namespace) -> int:
     from vlchat.cli import settings_from
 
-    settings, _sources = settings_from(args)
+    from vlchat.engines import make_engine
+
+    settings, sources = settings_from(args)
     image_paths, question = split_items(args.items)
-    params = GenerationParams(
+    # Options, pictures and the model name are checked before a session is made or changed and
+    # before the (slow) model load, so a typo fails at once and changes nothing.
+    _params(settings)
+    pictures = [load_image(path) for path in image_paths]
+    wanted = (getattr(args, "session", None) or "").strip()
+    session = None
+    if wanted and wanted.lower() != "new":
+        session = open_session(args, settings, sources)
+    try:
+        engine = make_engine(settings)
+        if wanted.lower() == "new":
+            session = open_session(args, settings, sources)
+        return _ask(args, settings, engine, pictures, question, session)
+    finally:
+        if session is not None:
+            session.close()
+
+
+def _params(settings) -> GenerationParams:
+    return GenerationParams(
         max_new_tokens=settings.max_new_tokens,
         temperature=settings.temperature,
         top_p=settings.top_p,
         seed=settings.seed,
     ).validate()
-    # Pictures are checked before the (slow) model load, so a typo fails at once.
-    pictures = [load_image(path) for path in image_paths]
 
-    engine = make_engine(settings)
+
+def _ask(args, settings, engine, pictures, question, session) -> int:
+    from vlchat.engines.base import LoadProgress
+
+    params = _params(settings)
     err = sys.stderr
+
+    if session is not None:
+        conversation = session.conversation
+        if settings.system and settings.system != conversation.system:
+            conversation.set_system(settings.system)
+        refs = [session.attach(p) for p in pictures]
+        conversation.add_user(question, refs)
+        session.model = {key: getattr(settings, key) for key in _MODEL_KEYS}
+        session.params = params
+        # Saved before the model runs: whatever happens to this process from here on, the
+        # question and its pictures are on disk.
+        session.save()
+        print(clean(f"vlchat: session {session.id} ({session.title}) in {session.folder}", keep_newlines=False), file=err)
+    else:
+        conversation = Conversation()
+        if settings.system:
+            conversation.set_system(settings.system)
+        conversation.add_user(question, [p.ref for p in pictures])
+
     label = getattr(getattr(engine, "spec", None), "label", "")
     if label:
         print(f"vlchat: using the {label} (it knows only colours and shapes); "
@@ -70,38 +153,58 @@ def run_ask(args: argparse.Namespace) -> int:
     if err.isatty():
         print("\r\x1b[K", end="", file=err, flush=True)
 
-    conversation = Conversation()
-    if settings.system:
-        conversation.set_system(settings.system)
-    conversation.add_user(question, [p.ref for p in pictures])
     cancel = threading.Event()
     stream = engine.stream(conversation, params, cancel)
     out = sys.stdout
+
+    def keep_answer(stopped: bool) -> None:
+        if session is None:
+            return
+        stats = stream.stats
+        with interrupts_deferred():
+            conversation.add_assistant(
+                stream.text.strip(),
+                model=engine.name,
+                params=params,
+                stopped=stopped or stats.stopped,
+                tokens=stats.tokens,
+                timings=stats.timings(),
+            )
+            session.save()
+
+    # Ctrl-C while answering sets the engine's cancel event instead of raising somewhere inside
+    # torch: the model stops within one decoding step and the stream ends cleanly.
+    previous = signal.signal(signal.SIGINT, lambda _signum, _frame: cancel.set())
     try:
         write_stream(stream, None if args.json else out)
     except EngineError:
         if stream.text and not args.json:
             out.write("\n")  # the partial answer stays on screen; the error line follows it
             out.flush()
+        if stream.text:
+            keep_answer(True)
         raise
-    except KeyboardInterrupt:
-        cancel.set()
-        stream.close()  # stops the model itself, not only the printing
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if cancel.is_set():
         if not args.json:
             out.write("\n")
             out.flush()
-        print("vlchat: stopped", file=err)
+        keep_answer(True)
+        print("vlchat: stopped" + (" (the partial answer is saved in the session)" if session else ""), file=err)
         return 130
 
     engine_info = engine.describe()
     text = stream.text
     timings = stream.stats.timings()
+    keep_answer(False)
     if args.json:
         record = {
             "answer": text.strip(),
             "model": engine_info.name,
             "model_label": engine_info.label or None,
             "device": engine_info.device,
+            "endpoint": engine_info.endpoint,
             "quantization": engine_info.quantization,
             "images": [p.ref.to_dict() for p in pictures],
             "question": question,
@@ -112,6 +215,8 @@ def run_ask(args: argparse.Namespace) -> int:
             "tokens_per_s": timings.tokens_per_s,
             "stopped": stream.stats.stopped,
         }
+        if session is not None:
+            record["session"] = {"id": session.id, "title": session.title, "path": str(session.folder)}
         out.write(json.dumps(record, ensure_ascii=False) + "\n")
     elif not text.endswith("\n"):
         out.write("\n")

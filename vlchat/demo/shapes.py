@@ -22,7 +22,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "white": (245, 245, 245),
     "black": (15, 15, 15),
 }
-SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "star", "cross")
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross")
 PLURALS = {s: s + "s" for s in SHAPES}
 NUMBER_WORDS = {1: "one", 2: "two", 3: "three"}
 
@@ -76,31 +76,40 @@ def _polygon(shape: str, cx: float, cy: float, r: float, turn: float) -> list[tu
     raise ValueError(shape)
 
 
+GRID = 4  # shapes sit in the cells of a 4x4 grid: one cell is one 16x16 patch of the demo model's 64x64 view
+
+
 def draw_scene(scene: Scene, size: int = 256, rng: random.Random | None = None) -> Image.Image:
-    """Draw ``scene`` on a ``size`` x ``size`` canvas; positions and sizes vary with ``rng``."""
+    """Draw ``scene`` on a ``size`` x ``size`` canvas; cells, sizes and offsets vary with ``rng``.
+
+    Each shape fills most of one grid cell. A vision transformer this small learns shapes far more
+    surely when a shape lies within one of its patches than when it straddles four.
+    """
+    return draw_scene_cells(scene, size, rng)[0]
+
+
+def draw_scene_cells(
+    scene: Scene, size: int = 256, rng: random.Random | None = None
+) -> tuple[Image.Image, list[int]]:
+    """``draw_scene``, also returning the grid cells (row-major) that hold a shape."""
     rng = rng or random.Random(0)
     scale = 4  # draw large and shrink: smooth edges like a real picture's
     canvas = size * scale
+    cell = canvas / GRID
     image = Image.new("RGB", (canvas, canvas), _jitter(COLOURS[scene.background], rng, 12))
     draw = ImageDraw.Draw(image)
     fill = _jitter(COLOURS[scene.colour], rng, 12)
-    if scene.count == 1:
-        radii = [rng.uniform(0.17, 0.33) * canvas]
-    else:
-        radii = [rng.uniform(0.11, 0.16) * canvas for _ in range(scene.count)]
-    placed: list[tuple[float, float, float]] = []
-    for r in radii:
-        for _ in range(200):
-            cx = rng.uniform(r + 2, canvas - r - 2)
-            cy = rng.uniform(r + 2, canvas - r - 2)
-            if all(math.hypot(cx - x, cy - y) > r + pr + canvas * 0.03 for x, y, pr in placed):
-                break
-        placed.append((cx, cy, r))
+    cells = rng.sample(range(GRID * GRID), scene.count)
+    for index in cells:
+        r = rng.uniform(0.36, 0.45) * cell
+        slack = 0.5 * cell - r
+        cx = (index % GRID + 0.5) * cell + rng.uniform(-slack, slack) * 0.6
+        cy = (index // GRID + 0.5) * cell + rng.uniform(-slack, slack) * 0.6
         if scene.shape == "circle":
             draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
         else:
             draw.polygon(_polygon(scene.shape, cx, cy, r, 0.0), fill=fill)
-    return image.resize((size, size), Image.LANCZOS)
+    return image.resize((size, size), Image.LANCZOS), sorted(cells)
 
 
 # -- questions and answers ----------------------------------------------------------------------

@@ -72,6 +72,9 @@ class EngineInfo:
     memory_bytes: int | None
     context_length: int | None
     label: str = ""  # e.g. "demo model": shown wherever the model's name is shown
+    # The server a remote engine talks to (never with a key or password in it): what a session
+    # records so it can be resumed against the same server. None for a local model.
+    endpoint: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)

@@ -143,7 +143,7 @@ class TransformersEngine:
         report(LoadProgress("starting torch"))
         quiet_libraries()
         import torch  # noqa: F401  (imported here, not at module level: `vlchat --help` stays fast)
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+        from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
         quant_req, device_req, dtype_req = self.requested
         self.device = pick_device(device_req)
@@ -159,6 +159,9 @@ class TransformersEngine:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
+                # The config first: it is where a model's own code and a model of the wrong kind
+                # show, before anything larger is read.
+                AutoConfig.from_pretrained(source, **kwargs)
                 processor = AutoProcessor.from_pretrained(source, **kwargs)
                 model = AutoModelForImageTextToText.from_pretrained(
                     source,

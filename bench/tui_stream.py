@@ -1,0 +1,191 @@
+"""The app's streaming cost and responsiveness, measured on the headless app.
+
+(a) A long answer (the demo model with its end-of-answer token off, so exactly --tokens tokens)
+    streamed through the app (worker, coalesced messages, Markdown stream, 30 frames/s) against a
+    plain `model.generate` of the same tokens from the same prompt. Runs alternate; medians are
+    compared. Goal: ratio at most 1.05.
+(b) While an answer streams, a key is pressed every --key-interval seconds; the delay from the
+    press to the character being in the prompt is measured. Goal: largest delay under 50 ms.
+
+    python bench/tui_stream.py [--tokens 1000] [--runs 3] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from vlchat.config import Settings  # noqa: E402
+from vlchat.core.conversation import Conversation, GenerationParams  # noqa: E402
+from vlchat.core.images import load_image  # noqa: E402
+from vlchat.demo import MODEL_DIR, SAMPLES_DIR  # noqa: E402
+from vlchat.engines.transformers import TransformersEngine  # noqa: E402
+
+QUESTION = "Describe the picture."
+
+
+def endless_copy(target: Path) -> Path:
+    folder = target / "demo-endless"
+    shutil.copytree(MODEL_DIR, folder)
+    config = json.loads((folder / "generation_config.json").read_text())
+    config["eos_token_id"] = None
+    (folder / "generation_config.json").write_text(json.dumps(config))
+    return folder
+
+
+def plain_generate(engine, picture, tokens: int) -> float:
+    """Seconds for model.generate of exactly ``tokens`` tokens, run on a thread of its own as the
+    engine runs it (torch's CPU threading differs between the main thread and others, by an order
+    of magnitude on a busy machine, so the main thread would not be a fair baseline)."""
+    import threading
+
+    result: list[float] = []
+    worker = threading.Thread(target=lambda: result.append(_plain_generate(engine, picture, tokens)))
+    worker.start()
+    worker.join()
+    return result[0]
+
+
+def _plain_generate(engine, picture, tokens: int) -> float:
+    import torch
+
+    conversation = Conversation()
+    conversation.add_user(QUESTION, [picture])
+    inputs = engine.prepare(conversation)
+    kwargs = engine.generation_kwargs(inputs, GenerationParams(max_new_tokens=tokens))
+    started = time.perf_counter()
+    with torch.inference_mode():
+        out = engine.model.generate(**kwargs)
+    elapsed = time.perf_counter() - started
+    assert out.shape[-1] - inputs["input_ids"].shape[-1] == tokens
+    return elapsed
+
+
+def engine_stream(engine, picture, tokens: int) -> float:
+    """Seconds for the engine's own stream of the same tokens, read on a thread (no app): the part
+    of the cost that belongs to streaming itself, shared with `vlchat ask`."""
+    import threading
+
+    conversation = Conversation()
+    conversation.add_user(QUESTION, [picture])
+    result: list[float] = []
+
+    def run() -> None:
+        started = time.perf_counter()
+        stream = engine.stream(conversation, GenerationParams(max_new_tokens=tokens))
+        for _ in stream:
+            pass
+        assert stream.stats.tokens == tokens
+        result.append(time.perf_counter() - started)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    worker.join()
+    return result[0]
+
+
+async def through_app(engine, picture, tokens: int, key_interval: float | None) -> dict:
+    from vlchat.ui.app import make_app
+
+    settings = Settings(model="demo", device="cpu", quant="none", max_new_tokens=tokens, image_protocol="halfblock")
+    app = make_app(settings, [picture], engine=engine, engine_loaded=True, remember_theme=False)
+    delays: list[float] = []
+    async with app.run_test(size=(120, 40)) as pilot:
+        await app.workers.wait_for_complete()
+        await pilot.pause(0.2)
+        app.prompt.text = QUESTION
+        started = time.perf_counter()
+        await pilot.press("enter")
+        while app.generating is None and app.conversation.last("assistant") is None:
+            await asyncio.sleep(0.001)
+        while app.generating is not None:
+            if key_interval is None:
+                await asyncio.sleep(0.002)
+                continue
+            await asyncio.sleep(key_interval)
+            if app.generating is None:
+                break
+            before = len(app.prompt.text)
+            pressed = time.perf_counter()
+            press = asyncio.create_task(pilot.press("x"))
+            while len(app.prompt.text) == before:
+                await asyncio.sleep(0.0005)
+            delays.append(time.perf_counter() - pressed)
+            await press
+        elapsed = time.perf_counter() - started
+        await pilot.pause(0.05)
+        answer = app.conversation.last("assistant")
+        assert answer is not None and answer.tokens == tokens, (answer and answer.tokens, tokens)
+        frames = app.frames
+    return {"seconds": elapsed, "frames": frames, "key_delays": delays}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=1000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--key-interval", type=float, default=0.1)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("VLCHAT_CONFIG_DIR", tempfile.mkdtemp(prefix="vlchat-bench-"))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        engine = TransformersEngine(str(endless_copy(Path(tmp))), quant="none", device="cpu")
+        engine.load()
+        picture = load_image(SAMPLES_DIR / "red-circle.png").ref
+        plain_generate(engine, picture, 16)  # warm up
+        plain_s, stream_s, app_s, frames = [], [], [], []
+        for _ in range(args.runs):
+            plain_s.append(plain_generate(engine, picture, args.tokens))
+            stream_s.append(engine_stream(engine, picture, args.tokens))
+            run = asyncio.run(through_app(engine, picture, args.tokens, None))
+            app_s.append(run["seconds"])
+            frames.append(run["frames"])
+        keys = asyncio.run(through_app(engine, picture, args.tokens, args.key_interval))
+
+    plain, app = statistics.median(plain_s), statistics.median(app_s)
+    streamed = statistics.median(stream_s)
+    ratio = app / plain
+    delays = keys["key_delays"]
+    worst = max(delays) if delays else float("nan")
+    result = {
+        "tokens": args.tokens,
+        "runs": args.runs,
+        "plain_generate_s": plain,
+        "engine_stream_s": streamed,
+        "app_s": app,
+        "ratio_app_to_stream": app / streamed,
+        "ratio": ratio,
+        "frames_per_s": statistics.median(f / s for f, s in zip(frames, app_s)),
+        "key_presses": len(delays),
+        "key_delay_median_ms": statistics.median(delays) * 1000 if delays else None,
+        "key_delay_max_ms": worst * 1000,
+    }
+    print(f"{'tokens':<34}{args.tokens}")
+    print(f"{'plain generate (median)':<34}{plain:.3f} s  ({args.tokens / plain:.0f} tok/s)")
+    print(f"{'engine stream, no app (median)':<34}{streamed:.3f} s  ({args.tokens / streamed:.0f} tok/s)")
+    print(f"{'through the app (median)':<34}{app:.3f} s  ({args.tokens / app:.0f} tok/s)")
+    print(f"{'ratio app / plain (goal <= 1.05)':<34}{ratio:.3f}  {'ok' if ratio <= 1.05 else 'OVER GOAL'}")
+    print(f"{'ratio app / engine stream':<34}{app / streamed:.3f}  (the app's own share)")
+    print(f"{'transcript redraws per second':<34}{result['frames_per_s']:.1f}  (cap 30)")
+    if delays:
+        print(f"{'key press -> effect, median':<34}{result['key_delay_median_ms']:.1f} ms over {len(delays)} presses")
+        print(f"{'key press -> effect, largest':<34}{worst * 1000:.1f} ms  {'ok' if worst < 0.05 else 'OVER GOAL'} (goal < 50 ms)")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

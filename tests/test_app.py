@@ -1,0 +1,502 @@
+"""The app through Textual's Pilot, against the real engine on the demo model.
+
+One loaded demo engine (and one loaded endless copy, for stopping) is shared by every test; each
+test gets a fresh app and a fresh config folder. What is asserted is what a person would see:
+the screen's text, the status line, notifications, and the conversation the app keeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import functools
+import threading
+
+import pytest
+
+from vlchat.config import Settings
+from vlchat.ui.app import make_app
+
+pytestmark = pytest.mark.timeout(120)
+
+QUESTION = "What colour is the shape?"
+
+
+def run_async(test):
+    """Run an async test on its own event loop (no asyncio pytest plugin needed)."""
+
+    @functools.wraps(test)
+    def wrapper(*args, **kwargs):
+        return asyncio.run(test(*args, **kwargs))
+
+    return wrapper
+
+
+@pytest.fixture(autouse=True)
+def own_config(tmp_path, monkeypatch):
+    folder = tmp_path / "config"
+    monkeypatch.setenv("VLCHAT_CONFIG_DIR", str(folder))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def endless_engine(endless_model):
+    from vlchat.engines.transformers import TransformersEngine
+
+    engine = TransformersEngine(str(endless_model), quant="none", device="cpu")
+    engine.load()
+    yield engine
+    engine.unload()
+
+
+def settings(**overrides) -> Settings:
+    values = dict(model="demo", device="cpu", quant="none", max_new_tokens=24, image_protocol="halfblock")
+    values.update(overrides)
+    return Settings(**values)
+
+
+def app_for(engine, pictures=(), **overrides):
+    return make_app(
+        settings(**overrides),
+        [p.ref for p in pictures],
+        engine=engine,
+        engine_loaded=True,
+        sources={"theme": "flag --theme"} if "theme" in overrides else None,
+    )
+
+
+def screen_text(app) -> str:
+    return "\n".join(strip.text for strip in app.screen._compositor.render_strips())
+
+
+def transcript_text(app) -> str:
+    """The transcript as the person reads it, before line wrapping."""
+    from textual.widgets import Markdown, Static
+
+    parts = []
+    for widget in app.transcript.walk_children():
+        if isinstance(widget, Markdown):
+            parts.append(widget.source)
+        elif isinstance(widget, Static):
+            parts.append(str(widget.content))
+    return "\n".join(parts)
+
+
+def shas(refs) -> list[str]:
+    """Pictures by content: once saved, the app names the copies in the session folder, not the originals."""
+    return [ref.sha256 for ref in refs]
+
+
+def status_text(app) -> str:
+    return app.status_text().plain
+
+
+def notifications(app) -> str:
+    return "\n".join(n.message for n in app._notifications)
+
+
+async def until(pilot, condition, timeout: float = 60.0, step: float = 0.05) -> None:
+    loops = int(timeout / step)
+    for _ in range(loops):
+        if condition():
+            return
+        await pilot.pause(step)
+    raise AssertionError("timed out waiting for the app")
+
+
+async def settle(pilot) -> None:
+    await pilot.app.workers.wait_for_complete()
+    await pilot.pause(0.05)
+
+
+async def ask(pilot, text: str) -> None:
+    app = pilot.app
+    before = len([m for m in app.conversation.messages if m.role == "assistant"])
+    app.prompt.text = text
+    await pilot.press("enter")
+    await until(pilot, lambda: app.generating is None and len([m for m in app.conversation.messages if m.role == "assistant"]) > before)
+    await settle(pilot)
+
+
+async def command(pilot, line: str) -> None:
+    pilot.app.prompt.text = line
+    await pilot.press("enter")
+    await settle(pilot)
+
+
+# -- asking ----------------------------------------------------------------------------------------
+@run_async
+async def test_typed_question_is_answered_with_the_right_colour(demo_engine, picture):
+    app = app_for(demo_engine, [picture("circle", "red", "blue")])
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        assert "1/1" in screen_text(app)
+        await pilot.press(*QUESTION)
+        await pilot.press("enter")
+        await until(pilot, lambda: app.conversation.last("assistant") is not None)
+        await settle(pilot)
+        screen = screen_text(app)
+        assert QUESTION in screen
+        assert "red" in screen.lower()
+        answer = app.conversation.last("assistant")
+        assert "red" in answer.text.lower() and not answer.stopped
+        assert answer.model == "demo" and answer.tokens and answer.timings.first_token_s is not None
+        assert answer.params.max_new_tokens == 24
+        status = status_text(app)
+        assert "first token" in status and "tok/s" in status and "ctx " in status
+        assert "cpu" in status and "demo model" in status
+
+
+@run_async
+async def test_first_frame_comes_before_the_model_and_an_early_question_is_answered(picture):
+    from vlchat.engines.transformers import TransformersEngine
+
+    engine = TransformersEngine("demo", quant="none", device="cpu")
+    # The real load, held back until the test has seen the screen without a model: in this
+    # process torch is already imported and the demo model would otherwise load at once.
+    gate = threading.Event()
+    real_load = engine.load
+
+    def held_load(progress=None):
+        gate.wait(30)
+        real_load(progress)
+
+    engine.load = held_load
+    app = make_app(settings(), [picture("square", "red", "white").ref], engine=engine)
+    try:
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.pause(0.3)
+            assert not app.loaded
+            assert "loading" in status_text(app)
+            assert "1/1" in screen_text(app)
+            app.prompt.text = QUESTION
+            await pilot.press("enter")
+            await pilot.pause(0.05)
+            assert "still loading" in transcript_text(app)
+            assert app.generating is None
+            gate.set()
+            await until(pilot, lambda: app.conversation.last("assistant") is not None)
+            await settle(pilot)
+            assert "red" in app.conversation.last("assistant").text.lower()
+            assert "loading" not in status_text(app)
+    finally:
+        gate.set()
+        engine.unload()
+
+
+@run_async
+async def test_image_command_attaches_a_second_picture_that_the_model_sees(demo_engine, picture):
+    red = picture("circle", "red", "blue")
+    green = picture("triangle", "green", "white")
+    app = app_for(demo_engine, [red])
+    async with app.run_test(size=(120, 40)) as pilot:
+        await ask(pilot, QUESTION)
+        assert "red" in app.conversation.last("assistant").text.lower()
+        await command(pilot, f"/image {green.ref.path}")
+        assert "2/2" in screen_text(app)
+        await ask(pilot, QUESTION)
+        assert "green" in app.conversation.last("assistant").text.lower()
+        assert shas(app.conversation.messages[-2].images) == [green.ref.sha256]
+        await pilot.press("f7")
+        assert "1/2" in screen_text(app)
+
+
+@run_async
+async def test_escape_stops_the_model_and_keeps_the_partial_answer(endless_engine, picture):
+    app = app_for(endless_engine, [picture("circle", "red", "blue")], max_new_tokens=100_000)
+    async with app.run_test(size=(120, 40)) as pilot:
+        app.prompt.text = QUESTION
+        await pilot.press("enter")
+        await until(pilot, lambda: app._answer_view is not None and app._answer_view.shown, timeout=30)
+        await pilot.pause(0.3)
+        await pilot.press("escape")
+        await until(pilot, lambda: app.generating is None, timeout=10)
+        await settle(pilot)
+        answer = app.conversation.last("assistant")
+        assert answer.stopped and answer.text and answer.tokens < 100_000
+        assert "stopped" in screen_text(app)
+        assert not [t for t in threading.enumerate() if t.name == "vlchat-generate"]
+        # The frames were coalesced: far fewer redraws than tokens.
+        assert app.frames < answer.tokens
+
+
+@run_async
+async def test_regenerate_replaces_the_last_answer(demo_engine, picture):
+    app = app_for(demo_engine, [picture("star", "yellow", "black")])
+    async with app.run_test(size=(120, 40)) as pilot:
+        await ask(pilot, "What shape is it?")
+        first = app.conversation.last("assistant")
+        await command(pilot, "/regenerate")
+        await until(pilot, lambda: app.generating is None and app.conversation.messages[-1].role == "assistant")
+        await settle(pilot)
+        roles = [m.role for m in app.conversation.messages]
+        assert roles == ["user", "assistant"]
+        assert app.conversation.last("assistant") is not first
+        assert "star" in app.conversation.last("assistant").text.lower()
+
+
+@run_async
+async def test_edit_puts_the_last_question_back(demo_engine, picture):
+    red = picture("circle", "red", "blue")
+    app = app_for(demo_engine, [red])
+    async with app.run_test(size=(120, 40)) as pilot:
+        await ask(pilot, QUESTION)
+        await command(pilot, "/edit")
+        assert app.prompt.text == QUESTION
+        assert app.conversation.messages == []
+        assert shas(app.pending) == [red.ref.sha256]
+        await pilot.press("enter")
+        await until(pilot, lambda: app.conversation.last("assistant") is not None)
+        assert shas(app.conversation.messages[0].images) == [red.ref.sha256]
+
+
+@run_async
+async def test_set_changes_sampling_and_refuses_bad_values(demo_engine, picture):
+    app = app_for(demo_engine, [picture("circle", "red", "blue")])
+    async with app.run_test(size=(120, 40)) as pilot:
+        await command(pilot, "/set temperature 0.7")
+        await command(pilot, "/set seed 3")
+        await command(pilot, "/set max_tokens 12")
+        assert (app.params.temperature, app.params.seed, app.params.max_new_tokens) == (0.7, 3, 12)
+        assert "temp 0.7" in status_text(app)
+        await command(pilot, "/set temperature hot")
+        await command(pilot, "/set temperature 9")
+        await command(pilot, "/set colour blue")
+        assert app.params.temperature == 0.7
+        screen = transcript_text(app)
+        assert "temperature must be a number" in screen
+        assert "between 0 and 5" in screen
+        assert "/set needs a name" in screen
+        await ask(pilot, QUESTION)
+        assert app.conversation.last("assistant").params.temperature == 0.7
+        assert app.conversation.last("assistant").params.seed == 3
+
+
+@run_async
+async def test_system_and_clear(demo_engine, picture):
+    red = picture("circle", "red", "blue")
+    app = app_for(demo_engine, [red])
+    async with app.run_test(size=(120, 40)) as pilot:
+        await command(pilot, "/system Answer briefly.")
+        assert app.conversation.system == "Answer briefly."
+        await ask(pilot, QUESTION)
+        await command(pilot, "/clear")
+        assert app.conversation.messages == []
+        assert "New conversation" in screen_text(app)
+        assert QUESTION not in screen_text(app)
+        await ask(pilot, QUESTION)
+        assert shas(app.conversation.messages[0].images) == [red.ref.sha256]
+        assert "red" in app.conversation.last("assistant").text.lower()
+
+
+@run_async
+async def test_copy_sends_the_answer_through_osc_52(demo_engine, picture):
+    app = app_for(demo_engine, [picture("circle", "red", "blue")])
+    async with app.run_test(size=(120, 40)) as pilot:
+        written: list[str] = []
+        original = app._driver.write
+        app._driver.write = lambda data: (written.append(data), original(data))[1]
+        await command(pilot, "/copy")
+        assert "No answer to copy" in notifications(app)
+        await ask(pilot, QUESTION)
+        await command(pilot, "/copy")
+        answer = app.conversation.last("assistant").text
+        expected = "\x1b]52;c;" + base64.b64encode(answer.encode()).decode() + "\a"
+        assert expected in "".join(written)
+        assert app.clipboard == answer
+
+
+@run_async
+async def test_theme_switches_and_is_remembered(demo_engine, own_config):
+    app = app_for(demo_engine)
+    async with app.run_test(size=(100, 30)) as pilot:
+        assert app.theme == "vlchat-dark"
+        await command(pilot, "/theme vlchat-light")
+        assert app.theme == "vlchat-light"
+        await command(pilot, "/theme no-such-theme")
+        assert app.theme == "vlchat-light"
+        assert "No theme called 'no-such-theme'" in transcript_text(app)
+    assert (own_config / "state.json").is_file()
+    again = app_for(demo_engine)
+    async with again.run_test(size=(100, 30)):
+        assert again.theme == "vlchat-light"
+    forced = app_for(demo_engine, theme="vlchat-contrast")
+    async with forced.run_test(size=(100, 30)):
+        assert forced.theme == "vlchat-contrast"
+
+
+@run_async
+async def test_a_users_own_theme_file_is_offered_and_a_broken_one_reported(demo_engine, own_config):
+    themes = own_config / "themes"
+    themes.mkdir(parents=True)
+    (themes / "mine.toml").write_text('name = "mine"\nprimary = "#ff8800"\ndark = true\n')
+    (themes / "broken.toml").write_text('name = "broken"\nprimary = "not-a-colour"\n')
+    app = app_for(demo_engine, theme="mine")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause(0.05)
+        assert app.theme == "mine"
+        assert "broken.toml" in notifications(app) and "is not a colour" in notifications(app)
+
+
+@run_async
+async def test_command_palette_runs_commands(demo_engine):
+    app = app_for(demo_engine)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("ctrl+p")
+        await pilot.press(*"theme vlchat-contrast")
+        await pilot.pause(0.3)
+        await pilot.press("enter")
+        await pilot.pause(0.1)
+        assert app.theme == "vlchat-contrast"
+        await pilot.press("ctrl+p")
+        await pilot.press(*"/image")
+        await pilot.pause(0.3)
+        await pilot.press("enter")
+        await pilot.pause(0.1)
+        assert app.prompt.text == "/image "
+
+
+# -- when things go wrong --------------------------------------------------------------------------
+@run_async
+async def test_unknown_command_and_bad_pictures_are_reported_in_the_app(demo_engine, picture, tmp_path):
+    red = picture("circle", "red", "blue")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a picture")
+    app = app_for(demo_engine, [red])
+    async with app.run_test(size=(120, 40)) as pilot:
+        await ask(pilot, QUESTION)
+        before = app.conversation.to_dict()
+        await command(pilot, "/frobnicate now")
+        await command(pilot, f"/image {notes}")
+        await command(pilot, f"/image {tmp_path / 'missing.png'}")
+        await command(pilot, "/image")
+        screen = transcript_text(app)
+        assert "Unknown command /frobnicate" in screen
+        assert "notes.txt is a text file, not a picture" in screen
+        assert "missing.png does not exist" in screen
+        assert "/image needs a path" in notifications(app)
+        assert app.conversation.to_dict() == before
+        assert app.pending == []
+        assert app.is_running
+
+
+@run_async
+async def test_file_names_with_control_characters_are_shown_clean(demo_engine, picture, tmp_path):
+    red = picture("circle", "red", "blue")
+    odd = tmp_path / "evil\x1b[2Jname.png"
+    odd.write_bytes(open(red.ref.path, "rb").read())
+    app = app_for(demo_engine)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await command(pilot, f"/image '{odd}'")
+        await ask(pilot, QUESTION)
+        screen = screen_text(app)
+        assert "evil[2Jname.png" in screen
+        assert "\x1b" not in screen and "\x1b" not in transcript_text(app)
+
+
+@run_async
+async def test_model_load_failure_keeps_the_app_and_the_question(tmp_path, picture):
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model_type": "not-a-real-model"}')
+    app = make_app(settings(model=str(broken)), [picture("circle", "red", "blue").ref])
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: app.load_error is not None)
+        await pilot.pause(0.05)
+        assert "not loaded" in status_text(app)
+        assert "could not be loaded" in transcript_text(app)
+        app.prompt.text = QUESTION
+        await pilot.press("enter")
+        await pilot.pause(0.05)
+        assert app.conversation.messages[-1].text == QUESTION
+        assert "No model to answer" in transcript_text(app)
+        assert app.is_running
+
+
+@run_async
+async def test_out_of_memory_while_answering_gives_the_question_back(demo_engine, picture, monkeypatch):
+    import torch
+
+    def out_of_memory(*_args, **_kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(demo_engine.model, "generate", out_of_memory)
+    red = picture("circle", "red", "blue")
+    app = app_for(demo_engine, [red])
+    async with app.run_test(size=(120, 40)) as pilot:
+        app.prompt.text = QUESTION
+        await pilot.press("enter")
+        await until(pilot, lambda: app.generating is None and "ran out of memory" in transcript_text(app))
+        assert app.conversation.messages == []
+        assert app.prompt.text == QUESTION
+        assert shas(app.pending) == [red.ref.sha256]
+        assert app.is_running
+    monkeypatch.undo()
+
+
+# -- keys, layout, completion ----------------------------------------------------------------------
+@run_async
+async def test_bindings_can_be_remapped_by_id(demo_engine, picture):
+    app = app_for(demo_engine, [picture("circle", "red", "blue")], bindings={"toggle_preview": "f3", "nonsense": "f4"})
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        assert app.preview.display and "1/1" in screen_text(app)
+        await pilot.press("f3")
+        await pilot.pause(0.05)
+        assert "1/1" not in screen_text(app)
+        assert "no key binding has the id 'nonsense'" in notifications(app)
+
+
+@run_async
+async def test_narrow_terminal_puts_the_picture_above_and_can_hide_it(demo_engine, picture):
+    app = app_for(demo_engine, [picture("circle", "red", "blue")])
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        assert app.has_class("-narrow")
+        assert app.preview.region.width == 80 and app.preview.region.height < 12
+        assert app.prompt.region.height >= 3
+        await pilot.press("f2")
+        await pilot.pause(0.05)
+        assert not app.preview.region.height
+
+
+@run_async
+async def test_newline_key_and_path_completion_in_the_prompt(demo_engine, tmp_path, picture):
+    red = picture("circle", "red", "blue")
+    app = app_for(demo_engine)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("a", "ctrl+j", "b")
+        assert app.prompt.text == "a\nb"
+        app.prompt.clear()
+        partial = red.ref.path[: -len("-on-blue.png")]
+        app.prompt.text = f"/image {partial}"
+        app.prompt.move_cursor(app.prompt.document.end)
+        await pilot.pause(0.05)
+        assert app.prompt.suggestion == "-on-blue.png"
+        await pilot.press("tab")
+        assert app.prompt.text == f"/image {red.ref.path}"
+        await pilot.press("enter")
+        await settle(pilot)
+        assert shas(app.pending) == [red.ref.sha256]
+
+
+@run_async
+async def test_every_change_to_the_conversation_is_announced_for_autosave(demo_engine, picture):
+    from vlchat.ui.app import VlchatApp
+    from vlchat.ui.messages import ConversationChanged
+
+    class Recording(VlchatApp):
+        reasons: list[str] = []
+
+        def on_conversation_changed(self, message: ConversationChanged) -> None:
+            self.reasons.append(message.reason)
+            assert message.conversation is self.conversation
+
+    app = Recording(settings(), demo_engine, images=[picture("circle", "red", "blue").ref], engine_loaded=True)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await ask(pilot, QUESTION)
+        await command(pilot, "/system Be brief.")
+        await command(pilot, "/edit")
+        await command(pilot, "/clear")
+        await pilot.pause(0.05)
+    assert app.reasons == ["question", "answer", "system", "edit", "clear"]

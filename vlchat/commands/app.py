@@ -1,0 +1,106 @@
+"""`vlchat [IMAGE...]` and `vlchat demo`: open the app."""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import os
+import sys
+import threading
+
+from vlchat.core.errors import InputError
+from vlchat.core.text import clean
+
+
+def _check_pictures(paths: list[str]):
+    from vlchat.core.images import ImageNotFoundError, load_image
+
+    refs = []
+    for path in paths:
+        try:
+            refs.append(load_image(path).ref)
+        except ImageNotFoundError as error:
+            # `vlchat aks photo.jpg` reads as a picture called "aks": say what was probably meant.
+            close = difflib.get_close_matches(path, ["ask", "demo"], n=1, cutoff=0.6)
+            if close and os.path.sep not in path:
+                raise InputError(f"{clean(path, keep_newlines=False)} is neither a picture nor a command", f"if you meant the command, it is spelled `vlchat {close[0]}`") from None
+            raise error
+    return refs
+
+
+def run_app(args: argparse.Namespace, *, demo: bool = False) -> int:
+    from vlchat.cli import settings_from
+
+    if demo:
+        args.model = "demo"
+    settings, sources = settings_from(args)
+    images = list(args.images)
+    if demo and not images:
+        from vlchat.demo import SAMPLES_DIR
+
+        images = [str(SAMPLES_DIR / "red-circle.png")]
+    # A typo'd picture fails here, at once, as one line, before the screen is taken over.
+    refs = _check_pictures(images)
+    session, notes = None, []
+    if getattr(args, "resume", None) is not None:
+        # A missing or damaged session is one line and exit 2, before the screen is taken over.
+        session, notes = _resume(args.resume, settings, sources)
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise InputError(
+            "the vlchat app needs a terminal, and stdin or stdout is not one",
+            "in scripts use `vlchat ask IMAGE... QUESTION`",
+        )
+
+    from vlchat.ui.terminal import detect
+
+    graphics = detect(settings.image_protocol)
+
+    from vlchat.engines import make_engine
+    from vlchat.ui.app import make_app
+
+    engine = make_engine(settings)
+    try:
+        app = make_app(settings, refs, engine=engine, graphics=graphics, sources=sources, session=session, session_notes=notes)
+        app.run()
+    finally:
+        if session is not None:
+            session.close()
+    code = app.return_code or 0
+    busy = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon and t.is_alive()]
+    if busy:
+        # Quitting while the model is still loading: the loader thread cannot be interrupted, and
+        # Python would wait for it at exit. The screen is restored and nothing is left to save.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    try:
+        engine.unload()
+    except Exception:
+        pass
+    return code
+
+
+_MODEL_KEYS = ("model", "quant", "device", "dtype")
+_PARAM_KEYS = ("max_new_tokens", "temperature", "top_p", "seed")
+
+
+def _resume(name: str, settings, sources):
+    """The session --resume names, locked (or read-only when it is open elsewhere), with the model
+    and sampling it used, unless flags, the environment or the config file say otherwise."""
+    from vlchat.core.sessions import SessionLockedError, SessionStore, store_root
+
+    store = SessionStore(store_root(settings))
+    notes = []
+    try:
+        session = store.open(name or None)
+    except SessionLockedError as error:
+        session = store.open(name or None, read_only=True)
+        notes.append(f"{error.message}: opened read-only, so nothing you add here is saved "
+                     "(quit the other vlchat to continue it here)")
+    for key in _MODEL_KEYS:
+        if sources.get(key, "default") == "default" and session.model.get(key) is not None:
+            setattr(settings, key, session.model[key])
+    for key in _PARAM_KEYS:
+        if sources.get(key, "default") == "default":
+            setattr(settings, key, getattr(session.params, key))
+    return session, notes

@@ -1,0 +1,78 @@
+"""`vlchat sessions` (the table of saved sessions) and `vlchat export SESSION` (a Markdown transcript)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from vlchat.core.sessions import SessionInfo, SessionStore, parse_iso, store_root
+from vlchat.core.text import clean
+
+
+def store_from(args: argparse.Namespace) -> SessionStore:
+    from vlchat.cli import settings_from
+
+    settings, _sources = settings_from(args)
+    return SessionStore(store_root(settings))
+
+
+def _local(iso: str) -> str:
+    return parse_iso(iso).astimezone().strftime("%Y-%m-%d %H:%M")
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def table(infos: list[SessionInfo]) -> str:
+    """Title, updated (local time), turns, pictures, model, id: one row per session, newest first."""
+    headers = ("TITLE", "UPDATED", "TURNS", "PICTURES", "MODEL", "ID")
+    rows = [
+        (_cut(i.title, 48), _local(i.updated), str(i.turns), str(i.pictures), _cut(i.model, 32), i.id)
+        for i in infos
+    ]
+    widths = [max(len(h), *(len(r[n]) for r in rows)) for n, h in enumerate(headers)]
+    right = {2, 3}  # numbers line up on the right
+
+    def line(cells: tuple[str, ...]) -> str:
+        return "  ".join(c.rjust(w) if n in right else c.ljust(w) for n, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    return "\n".join([line(headers), *map(line, rows)])
+
+
+def run_sessions(args: argparse.Namespace) -> int:
+    store = store_from(args)
+    infos = store.list()
+    good = [i for i in infos if not i.error]
+    if args.json:
+        print(json.dumps([i.to_dict() for i in infos], ensure_ascii=False, indent=1))
+    elif good:
+        print(table(good))
+    elif infos:
+        print(f"no readable sessions in {clean(str(store.root), keep_newlines=False)} (see the warnings)")
+    else:
+        print(f"no sessions yet in {clean(str(store.root), keep_newlines=False)} "
+              "(start one with: vlchat ask --session new PICTURE \"QUESTION\")")
+    for info in infos:
+        if info.error:
+            print(f"vlchat: warning: {info.error}", file=sys.stderr)
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from vlchat.core.export import default_name, export_markdown
+
+    store = store_from(args)
+    # Read-only: exporting works while the session is open in the app, and never changes it.
+    with store.open(args.session, read_only=True) as session:
+        for problem in session.problems:
+            print(f"vlchat: warning: {problem}", file=sys.stderr)
+        target = Path(args.output) if args.output else Path(default_name(session))
+        result = export_markdown(session, target, force=args.force)
+    pictures = len(result.pictures)
+    where = f" and {pictures} picture{'s' if pictures != 1 else ''} in {result.assets_dir}" if pictures else ""
+    print(clean(f"wrote {result.path}{where}", keep_newlines=False))
+    return 0

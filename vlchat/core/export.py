@@ -1,0 +1,229 @@
+"""Markdown transcripts of a session, with their pictures copied into an assets folder beside the file.
+
+The transcript reads well in a pager (`less`, `cat`) and renders on GitHub: a title, a short header
+(session id, model(s), date, parameters), then one section per turn with the question, its pictures
+(linked by relative path), and each answer under a heading that names the model that wrote it.
+Answers are kept verbatim (their Markdown and code blocks too), only stripped of control characters.
+
+The output depends on the session alone (no "exported at" time), so exporting twice gives the same
+bytes. A file that is not a previous vlchat export is never overwritten unless ``force`` is given.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote
+
+from vlchat.core.conversation import GenerationParams, Message
+from vlchat.core.errors import InputError
+from vlchat.core.sessions import Session, atomic_write, parse_iso
+from vlchat.core.text import clean
+
+MARKER = "<!-- vlchat export of session "
+_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
+
+
+class ExportError(InputError):
+    """The transcript cannot be written where asked."""
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    assets_dir: Path
+    pictures: list[Path] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+
+def default_name(session: Session) -> str:
+    """A file name from the title: lowercase words joined by hyphens, e.g. what-colour-is-the-shape.md."""
+    slug = re.sub(r"[^a-z0-9]+", "-", session.title.lower()).strip("-")[:50].rstrip("-")
+    return f"{slug or 'session-' + session.id}.md"
+
+
+def assets_dir_for(path: Path) -> Path:
+    return path.with_name(f"{path.stem}_assets")
+
+
+def _safe_stem(name: str) -> str:
+    stem = os.path.splitext(name)[0]
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-.")[:40] or "picture"
+
+
+def _when(iso: str) -> str:
+    return parse_iso(iso).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _params(params: GenerationParams) -> str:
+    seed = "none" if params.seed is None else str(params.seed)
+    return (
+        f"max_new_tokens {params.max_new_tokens}, temperature {params.temperature:g}, "
+        f"top_p {params.top_p:g}, seed {seed}"
+    )
+
+
+def _text(text: str) -> str:
+    """Answer text as written, without control characters, and with any code fence it left open closed.
+
+    A stopped answer often ends inside a code block; left open, the fence would swallow the rest of
+    the transcript on GitHub.
+    """
+    text = clean(text).strip("\n")
+    open_fence: str | None = None
+    for line in text.split("\n"):
+        match = _FENCE.match(line)
+        if not match:
+            continue
+        fence = match.group(1)
+        if open_fence is None:
+            open_fence = fence
+        elif fence[0] == open_fence[0] and len(fence) >= len(open_fence) and not line.strip()[len(fence):].strip():
+            open_fence = None
+    if open_fence is not None:
+        text += "\n" + open_fence
+    return text
+
+
+def _alt(name: str) -> str:
+    return re.sub(r"([\[\]\\])", r"\\\1", name)
+
+
+def plan_assets(session: Session) -> dict[str, str]:
+    """sha256 -> file name in the assets folder, numbered in the order the pictures first appear."""
+    names: dict[str, str] = {}
+    order = [ref.sha256 for ref in session.conversation.images()] + list(session.pictures)
+    for sha in order:
+        if sha in names or sha not in session.pictures:
+            continue
+        picture = session.pictures[sha]
+        ext = picture.file.rsplit(".", 1)[-1]
+        names[sha] = f"{len(names) + 1:02d}-{_safe_stem(picture.name)}.{ext}"
+    return names
+
+
+def render(session: Session, assets_link: str, asset_names: dict[str, str], missing: set[str]) -> str:
+    """The transcript as Markdown text; ``assets_link`` is the assets folder as seen from the file."""
+    lines: list[str] = [f"# {clean(session.title, keep_newlines=False)}", ""]
+    models = list(dict.fromkeys(m.model for m in session.conversation.messages if m.role == "assistant" and m.model))
+    if not models and session.model.get("name"):
+        models = [str(session.model["name"])]
+    models = [clean(m, keep_newlines=False) for m in models]
+    lines.append(f"- **Session:** `{session.id}`")
+    if models:
+        lines.append(f"- **{'Models' if len(models) > 1 else 'Model'}:** {', '.join(models)}")
+    date = _when(session.created)
+    if _when(session.updated) != date:
+        date += f" (last updated {_when(session.updated)})"
+    lines.append(f"- **Date:** {date}")
+    lines.append(f"- **Parameters:** {_params(session.params)}")
+    lines.append(f"- **Turns:** {session.turns}, **pictures:** {len(session.pictures)}")
+    if session.conversation.system:
+        lines += ["", "**System prompt:**", ""]
+        lines += [f"> {line}" if line else ">" for line in _text(session.conversation.system).split("\n")]
+
+    turn = 0
+    answered = True
+    messages = [m for m in session.conversation.messages if m.role != "system"]
+    for index, message in enumerate(messages):
+        if message.role == "user":
+            turn += 1
+            lines += ["", "---", "", f"## Turn {turn}", "", "### User", ""]
+            for ref in message.images:
+                picture = session.pictures.get(ref.sha256)
+                name = picture.name if picture else ref.sha256[:12]
+                if ref.sha256 in missing or ref.sha256 not in asset_names:
+                    lines += [f"*(picture missing from the session: {name})*", ""]
+                else:
+                    target = quote(f"{assets_link}/{asset_names[ref.sha256]}", safe="/")
+                    lines += [f"![{_alt(name)}]({target})", ""]
+            lines.append(_text(message.text))
+            nxt = messages[index + 1] if index + 1 < len(messages) else None
+            answered = nxt is not None and nxt.role == "assistant"
+            if not answered:
+                lines += ["", "*(no answer was saved for this question)*"]
+        else:
+            lines += ["", _assistant_heading(message), ""]
+            if message.params and message.params != session.params:
+                lines += [f"*Parameters: {_params(message.params)}*", ""]
+            lines.append(_text(message.text) or "*(empty answer)*")
+            if message.stopped:
+                lines += ["", "*(stopped before the end of the answer)*"]
+    pending = [sha for sha in asset_names if sha not in {r.sha256 for r in session.conversation.images()}]
+    if pending:
+        lines += ["", "---", "", "## Pictures attached but not asked about yet", ""]
+        for sha in pending:
+            name = session.pictures[sha].name
+            if sha in missing:
+                lines += [f"*(picture missing from the session: {name})*", ""]
+            else:
+                lines += [f"![{_alt(name)}]({quote(f'{assets_link}/{asset_names[sha]}', safe='/')})", ""]
+        lines.pop()
+    lines += ["", "---", "", f"{MARKER}{session.id}: exporting again replaces this file -->", ""]
+    return "\n".join(lines)
+
+
+def _assistant_heading(message: Message) -> str:
+    model = clean(message.model or "unknown model", keep_newlines=False)
+    return f"### Assistant ({model})"
+
+
+def _is_previous_export(path: Path) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(max(0, os.path.getsize(path) - 512))
+            tail = handle.read()
+    except OSError:
+        return False
+    return MARKER.encode() in tail
+
+
+def export_markdown(session: Session, path: str | os.PathLike, *, force: bool = False) -> ExportResult:
+    """Write the transcript to ``path`` and its pictures to ``<stem>_assets/`` beside it."""
+    path = Path(path)
+    if path.suffix.lower() not in (".md", ".markdown"):
+        path = path.with_name(path.name + ".md") if path.suffix == "" else path
+    assets = assets_dir_for(path)
+    shown = clean(str(path), keep_newlines=False)
+    if path.is_dir():
+        raise ExportError(f"{shown} is a folder", "give a file name such as transcript.md, or a path inside the folder")
+    ours = path.exists() and _is_previous_export(path)
+    if not force:
+        if path.exists() and not ours:
+            raise ExportError(f"{shown} already exists and is not a vlchat export, so it is not overwritten",
+                              "choose another name with -o, or add --force to replace it")
+        if assets.exists() and not ours:
+            raise ExportError(f"{clean(str(assets), keep_newlines=False)} already exists, so it is not overwritten",
+                              "choose another name with -o, or add --force to replace it")
+    if assets.exists() and not assets.is_dir():
+        raise ExportError(f"{clean(str(assets), keep_newlines=False)} is a file, not a folder", "move it away or choose another name with -o")
+
+    asset_names = plan_assets(session)
+    missing = {sha for sha in asset_names if session.picture_path(sha) is None}
+    result = ExportResult(path=path, assets_dir=assets)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if len(missing) < len(asset_names):
+            assets.mkdir(exist_ok=True)
+        for sha, name in asset_names.items():
+            if sha in missing:
+                result.missing.append(session.pictures[sha].name)
+                continue
+            source = session.picture_path(sha)
+            target = assets / name
+            data = source.read_bytes()  # type: ignore[union-attr]
+            if not (target.is_file() and not target.is_symlink() and target.read_bytes() == data):
+                if target.is_symlink():
+                    target.unlink()
+                atomic_write(target, data, mode=0o644)
+            result.pictures.append(target)
+        link = os.path.relpath(assets, path.parent).replace(os.sep, "/")
+        atomic_write(path, render(session, link, asset_names, missing).encode("utf-8"), mode=0o644)
+    except OSError as error:
+        raise ExportError(
+            f"could not write the transcript to {shown}: {clean(error.strerror or str(error), keep_newlines=False)}",
+            "choose another place with -o",
+        ) from None
+    return result

@@ -1,0 +1,1 @@
+"""Everything Textual: the app (make_app), its widgets, stylesheet and messages."""

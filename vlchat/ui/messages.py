@@ -1,0 +1,129 @@
+"""Every message the app's workers post, in one place.
+
+Workers (model loading, generation, picture decoding, context counting) never touch widgets; they
+report back only with these, and the app's handlers update the screen.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from textual.message import Message
+
+from vlchat.core.conversation import Timings
+
+
+class ModelLoadProgress(Message):
+    def __init__(self, stage: str, done: int | None = None, total: int | None = None) -> None:
+        super().__init__()
+        self.stage, self.done, self.total = stage, done, total
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, ModelLoadProgress)
+
+
+class ModelLoaded(Message):
+    def __init__(self, info: Any) -> None:
+        super().__init__()
+        self.info = info
+
+
+class ModelLoadFailed(Message):
+    def __init__(self, error: str) -> None:
+        super().__init__()
+        self.error = error
+
+
+class AnswerProgress(Message):
+    """The answer so far. Newer progress of the same answer supersedes older still in the queue."""
+
+    def __init__(self, answer_id: int, text: str, tokens: int) -> None:
+        super().__init__()
+        self.answer_id, self.text, self.tokens = answer_id, text, tokens
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, AnswerProgress) and message.answer_id == self.answer_id
+
+
+class AnswerFinished(Message):
+    """The answer ended: complete, stopped (Esc), or failed with ``error`` (partial text kept)."""
+
+    def __init__(
+        self,
+        answer_id: int,
+        text: str,
+        tokens: int,
+        timings: Timings | None,
+        prompt_tokens: int | None,
+        stopped: bool = False,
+        error: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.answer_id, self.text, self.tokens = answer_id, text, tokens
+        self.timings, self.prompt_tokens = timings, prompt_tokens
+        self.stopped, self.error = stopped, error
+
+
+class PicturesLoaded(Message):
+    """Pictures named with /image (or at start): the ones that loaded, and one line per failure."""
+
+    def __init__(self, refs: list, errors: list[str], save: bool = True) -> None:
+        super().__init__()
+        self.refs, self.errors = refs, errors
+        self.save = save  # False for the pictures given at start: they are saved with the first question
+
+
+class PreviewDecoded(Message):
+    def __init__(self, sha256: str, image: Any, error: str | None = None) -> None:
+        super().__init__()
+        self.sha256, self.image, self.error = sha256, image, error
+
+
+class ContextCounted(Message):
+    def __init__(self, tokens: int | None, picture_tokens: int | None) -> None:
+        super().__init__()
+        self.tokens, self.picture_tokens = tokens, picture_tokens
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, ContextCounted)
+
+
+class ConversationChanged(Message):
+    """Posted after every change to the conversation: where autosave plugs in."""
+
+    def __init__(self, conversation: Any, reason: str) -> None:
+        super().__init__()
+        self.conversation, self.reason = conversation, reason
+
+
+class SessionSaved(Message):
+    """The session is on disk as of this save. ``stored`` maps sha256 -> the picture's reference
+    inside the session folder, for pictures that were copied in by this save."""
+
+    def __init__(self, session: Any, stored: dict[str, Any], created: bool) -> None:
+        super().__init__()
+        self.session, self.stored, self.created = session, stored, created
+
+
+class SessionSaveFailed(Message):
+    """Saving failed (one line); the conversation in memory is untouched."""
+
+    def __init__(self, error: str) -> None:
+        super().__init__()
+        self.error = error
+
+
+class SessionSwitched(Message):
+    """Another session (or none: a new conversation) is now the open one; ``notes`` say what to tell."""
+
+    def __init__(self, session: Any, notes: list[str], errors: list[str] | None = None) -> None:
+        super().__init__()
+        self.session, self.notes, self.errors = session, notes, errors or []
+
+
+class SessionNote(Message):
+    """The outcome of a session command (/save, /export, /delete), to show in the transcript."""
+
+    def __init__(self, text: str, error: bool = False) -> None:
+        super().__init__()
+        self.text, self.error = text, error
