@@ -69,4 +69,5 @@ def make_engine(settings: "Settings", model: str | None = None) -> "ChatEngine":
         dtype=settings.dtype,
         trust_remote_code=settings.trust_remote_code,
         spec=spec,
+        kv_cache_reuse=settings.kv_cache_reuse,
     )

@@ -92,6 +92,7 @@ class StreamStats:
     # Something the person should know about this answer (older turns left out to fit, say);
     # the app shows it under the answer.
     notice: str | None = None
+    cached_tokens: int = 0  # prompt tokens taken from the previous turn's cache, not computed again
 
     def timings(self) -> Timings:
         end = self.finished_at or time.perf_counter()

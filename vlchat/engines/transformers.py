@@ -141,6 +141,7 @@ class TransformersEngine:
         trust_remote_code: bool = False,
         image_dirs: Sequence[str | os.PathLike] = (),
         spec: ModelSpec | None = None,
+        kv_cache_reuse: bool = True,
     ):
         self.spec = spec or resolve(model)
         self.name = self.spec.name
@@ -153,6 +154,9 @@ class TransformersEngine:
         self.quant = "none"
         self.dtype: Any = None
         self._images: OrderedDict[str, Any] = OrderedDict()
+        self.kv_cache_reuse = kv_cache_reuse
+        # The key/value cache of the last turn and the token ids it holds, for prefix reuse.
+        self._kept: tuple[list[int], Any] | None = None
 
     # -- loading -------------------------------------------------------------------------------
     def load(self, progress: ProgressCallback | None = None) -> None:
@@ -387,6 +391,8 @@ class TransformersEngine:
         cancel = cancel or threading.Event()
         abandon = threading.Event()  # the reader went away: stop the model too
         stats = StreamStats(prompt_tokens=int(inputs["input_ids"].shape[-1]))
+        stats.cached_tokens = self._reuse_prefix(kwargs)
+        kwargs["return_dict_in_generate"] = True
 
         class Cancelled(StoppingCriteria):
             def __call__(self, input_ids, scores, **_kw):
@@ -412,8 +418,11 @@ class TransformersEngine:
                 if params.seed is not None:
                     torch.manual_seed(params.seed)
                 with torch.inference_mode():
-                    model.generate(**kwargs)
+                    out = model.generate(**kwargs)
+                if self.kv_cache_reuse and out.past_key_values is not None:
+                    self._kept = (out.sequences[0].tolist(), out.past_key_values)
             except BaseException as error:  # handed to the reader, never lost in this thread
+                self._kept = None
                 failure.append(error)
                 streamer.end()
 
@@ -440,6 +449,79 @@ class TransformersEngine:
                 raise self._generation_error(failure[0]) from failure[0]
 
         return TokenStream(pieces(), stats)
+
+    def _reuse_prefix(self, kwargs: dict[str, Any]) -> int:
+        """Let generation start from the kept cache where the new prompt repeats what it holds.
+
+        The longest common prefix of token ids with the last turn (its prompt and its answer) is
+        kept; the cache is cropped to it and generate() runs only the new tokens. A picture whose
+        tokens lie wholly inside the prefix is not encoded again; the cut never falls inside a
+        picture's tokens. Returns how many tokens were reused (0: a full prefill).
+        """
+        kept, self._kept = self._kept, None  # this generation will change the cache: never reuse it twice
+        if not self.kv_cache_reuse or kept is None:
+            return 0
+        ids = kwargs["input_ids"]
+        if ids.shape[0] != 1:
+            return 0
+        new_ids = ids[0].tolist()
+        kept_ids, cache = kept
+        limit = min(len(kept_ids), cache.get_seq_length(), len(new_ids) - 1)  # at least one token to run
+        n = 0
+        while n < limit and kept_ids[n] == new_ids[n]:
+            n += 1
+        n = self._cut_outside_pictures(new_ids, n, kwargs)
+        if n <= 0:
+            return 0
+        cache.crop(n)
+        kwargs["past_key_values"] = cache
+        return n
+
+    def _cut_outside_pictures(self, ids: list[int], n: int, kwargs: dict[str, Any]) -> int:
+        """Move the cut before any picture it would split, and drop the pixels of pictures before it.
+
+        Pixel values are dropped picture by picture only where the processor gives one row per
+        picture; otherwise a cut after a picture falls back to before the first picture.
+        """
+        token = getattr(self.model.config, "image_token_id", None)
+        if token is None:
+            token = getattr(self.model.config, "image_token_index", None)
+        pixels = kwargs.get("pixel_values")
+        if token is None or pixels is None:
+            return n if pixels is None else 0
+        runs = []  # (start, end) of each picture's run of image tokens
+        start = None
+        for i, t in enumerate(ids):
+            if t == token and start is None:
+                start = i
+            elif t != token and start is not None:
+                runs.append((start, i))
+                start = None
+        if start is not None:
+            runs.append((start, len(ids)))
+        for run_start, run_end in runs:
+            if run_start < n < run_end:
+                n = run_start
+        before = sum(1 for _s, e in runs if e <= n)
+        if before == 0:
+            return n
+        per_picture = pixels.shape[0] == len(runs) and all(
+            getattr(kwargs.get(key), "shape", (len(runs),))[0] == len(runs) for key in ("image_sizes",)
+        )
+        if not per_picture:
+            return min(n, runs[0][0])
+        for key in ("pixel_values", "image_sizes"):
+            if key in kwargs and kwargs[key] is not None:
+                rest = kwargs[key][before:]
+                kwargs[key] = rest if rest.shape[0] else None
+        if kwargs.get("pixel_values") is None:
+            kwargs.pop("pixel_values", None)
+            kwargs.pop("image_sizes", None)
+        return n
+
+    def drop_cache(self) -> None:
+        """Forget the kept cache (its memory is needed, or the model is going away)."""
+        self._kept = None
 
     def _generation_error(self, error: BaseException) -> EngineError:
         import torch
@@ -500,6 +582,7 @@ class TransformersEngine:
         )
 
     def unload(self) -> None:
+        self._kept = None
         self.model = None
         self.processor = None
         self._images.clear()

@@ -1,0 +1,134 @@
+"""Prefix reuse of the key/value cache across turns: same answers, less work, safe fallbacks."""
+
+from __future__ import annotations
+
+import pytest
+
+from vlchat.core.conversation import Conversation, GenerationParams
+
+pytestmark = pytest.mark.timeout(300)
+
+GREEDY = GenerationParams(max_new_tokens=24)
+
+# A multi-turn conversation with several pictures: (question, picture or None)
+TURNS = [
+    ("What colour is the shape?", ("circle", "red", "blue", 1)),
+    ("What shape is it?", None),
+    ("How many shapes are there?", ("star", "yellow", "purple", 3)),
+    ("What colour is the background?", None),
+    ("Describe the picture.", ("cross", "green", "white", 2)),
+    ("What colour is the shape?", None),
+    ("What shape is it?", ("triangle", "orange", "black", 1)),
+]
+
+
+@pytest.fixture(scope="module")
+def engines():
+    from vlchat.engines.transformers import TransformersEngine
+
+    reuse = TransformersEngine("demo", quant="none", device="cpu", kv_cache_reuse=True)
+    fresh = TransformersEngine("demo", quant="none", device="cpu", kv_cache_reuse=False)
+    reuse.load()
+    fresh.load()
+    yield reuse, fresh
+    reuse.unload()
+    fresh.unload()
+
+
+def answer(engine, conversation):
+    stream = engine.stream(conversation, GREEDY)
+    text = "".join(stream)
+    return text, stream.stats
+
+
+def test_greedy_answers_are_identical_with_and_without_reuse(engines, picture):
+    reuse, fresh = engines
+    with_reuse, without = Conversation(), Conversation()
+    cached = []
+    for question, scene in TURNS:
+        refs = [picture(*scene).ref] if scene else []
+        with_reuse.add_user(question, refs)
+        without.add_user(question, refs)
+        a, stats = answer(reuse, with_reuse)
+        b, fresh_stats = answer(fresh, without)
+        assert a == b, (question, a, b)
+        assert fresh_stats.cached_tokens == 0
+        cached.append(stats.cached_tokens)
+        with_reuse.add_assistant(a, model="demo")
+        without.add_assistant(b, model="demo")
+    assert cached[0] == 0  # nothing to reuse on the first turn
+    # every later turn reuses at least the whole of the previous turn's prompt
+    assert all(c > 0 for c in cached[1:]), cached
+    assert "orange" not in with_reuse.messages[-1].text and "triangle" in with_reuse.messages[-1].text
+
+
+def test_reuse_covers_the_history_and_only_new_tokens_run(engines, picture):
+    reuse, _ = engines
+    c = Conversation()
+    c.add_user("What colour is the shape?", [picture("square", "blue", "yellow").ref])
+    first, stats1 = answer(reuse, c)
+    c.add_assistant(first, model="demo")
+    c.add_user("What shape is it?")
+    second, stats2 = answer(reuse, c)
+    assert "square" in second
+    new_tokens = stats2.prompt_tokens - stats2.cached_tokens
+    # Only the new question (and the template around it) is run again: the picture is not.
+    assert stats2.cached_tokens >= stats1.prompt_tokens
+    assert 0 < new_tokens < 20, (stats2.prompt_tokens, stats2.cached_tokens)
+
+
+def test_changed_history_falls_back_to_a_full_prefill(engines, picture):
+    reuse, fresh = engines
+    c = Conversation()
+    c.add_user("What colour is the shape?", [picture("circle", "red", "green").ref])
+    text, _ = answer(reuse, c)
+    c.add_assistant(text, model="demo")
+    c.add_user("What shape is it?")
+    answer(reuse, c)
+    # A new system prompt changes the very start: nothing but the first token or so can be reused.
+    c.set_system("Answer briefly.")
+    text_reuse, stats = answer(reuse, c)
+    text_fresh, _ = answer(fresh, c)
+    assert stats.cached_tokens <= 2 and text_reuse == text_fresh
+
+
+def test_regenerate_reuses_the_prompt_only(engines, picture):
+    reuse, fresh = engines
+    c = Conversation()
+    c.add_user("Describe the picture.", [picture("star", "white", "black", 2).ref])
+    first, stats1 = answer(reuse, c)
+    again, stats2 = answer(reuse, c)  # same prompt again: /regenerate
+    assert again == first
+    assert stats2.cached_tokens == stats1.prompt_tokens - 1  # all but the last token, which must run
+
+
+def test_a_picture_added_in_a_later_turn_is_seen(engines, picture):
+    reuse, _ = engines
+    c = Conversation()
+    c.add_user("What colour is the shape?", [picture("circle", "red", "blue").ref])
+    text, _ = answer(reuse, c)
+    c.add_assistant(text, model="demo")
+    c.add_user("What colour is the shape?", [picture("circle", "green", "blue").ref])
+    second, stats = answer(reuse, c)
+    assert "green" in second and stats.cached_tokens > 0
+
+
+def test_reuse_can_be_turned_off_by_setting():
+    from vlchat.config import load_settings
+    from vlchat.engines import make_engine
+
+    settings, _ = load_settings({}, env={"VLCHAT_KV_CACHE_REUSE": "false"})
+    assert make_engine(settings).kv_cache_reuse is False
+
+
+def test_unload_drops_the_cache(picture):
+    from vlchat.engines.transformers import TransformersEngine
+
+    engine = TransformersEngine("demo", quant="none", device="cpu")
+    engine.load()
+    c = Conversation()
+    c.add_user("What colour is the shape?", [picture().ref])
+    answer(engine, c)
+    assert engine._kept is not None
+    engine.unload()
+    assert engine._kept is None and engine.model is None
