@@ -132,3 +132,18 @@ def test_unload_drops_the_cache(picture):
     assert engine._kept is not None
     engine.unload()
     assert engine._kept is None and engine.model is None
+
+
+def test_a_different_picture_in_the_same_place_is_encoded_again(engines, picture):
+    """Every picture has the same placeholder tokens: reuse must compare the pictures themselves."""
+    reuse, fresh = engines
+    first = Conversation()
+    first.add_user("What colour is the shape?", [picture("circle", "red", "blue").ref])
+    answer(reuse, first)
+    second = Conversation()
+    second.add_user("What colour is the shape?", [picture("circle", "green", "blue").ref])
+    text, stats = answer(reuse, second)
+    assert "green" in text and text == answer(fresh, second)[0]
+    image_id = reuse.model.config.image_token_id
+    start = reuse.prepare(second)["input_ids"][0].tolist().index(image_id)
+    assert stats.cached_tokens <= start

@@ -156,7 +156,8 @@ class TransformersEngine:
         self._images: OrderedDict[str, Any] = OrderedDict()
         self.kv_cache_reuse = kv_cache_reuse
         # The key/value cache of the last turn and the token ids it holds, for prefix reuse.
-        self._kept: tuple[list[int], Any] | None = None
+        # Pictures are compared by content: their tokens are the same placeholder id whatever the picture.
+        self._kept: tuple[list[int], Any, list[str]] | None = None
 
     # -- loading -------------------------------------------------------------------------------
     def load(self, progress: ProgressCallback | None = None) -> None:
@@ -391,7 +392,8 @@ class TransformersEngine:
         cancel = cancel or threading.Event()
         abandon = threading.Event()  # the reader went away: stop the model too
         stats = StreamStats(prompt_tokens=int(inputs["input_ids"].shape[-1]))
-        stats.cached_tokens = self._reuse_prefix(kwargs)
+        pictures = [ref.sha256 for message in conversation.messages for ref in message.images]
+        stats.cached_tokens = self._reuse_prefix(kwargs, pictures)
         kwargs["return_dict_in_generate"] = True
 
         class Cancelled(StoppingCriteria):
@@ -420,7 +422,7 @@ class TransformersEngine:
                 with torch.inference_mode():
                     out = model.generate(**kwargs)
                 if self.kv_cache_reuse and out.past_key_values is not None:
-                    self._kept = (out.sequences[0].tolist(), out.past_key_values)
+                    self._kept = (out.sequences[0].tolist(), out.past_key_values, pictures)
             except BaseException as error:  # handed to the reader, never lost in this thread
                 self._kept = None
                 failure.append(error)
@@ -450,7 +452,7 @@ class TransformersEngine:
 
         return TokenStream(pieces(), stats)
 
-    def _reuse_prefix(self, kwargs: dict[str, Any]) -> int:
+    def _reuse_prefix(self, kwargs: dict[str, Any], pictures: list[str]) -> int:
         """Let generation start from the kept cache where the new prompt repeats what it holds.
 
         The longest common prefix of token ids with the last turn (its prompt and its answer) is
@@ -465,20 +467,26 @@ class TransformersEngine:
         if ids.shape[0] != 1:
             return 0
         new_ids = ids[0].tolist()
-        kept_ids, cache = kept
+        kept_ids, cache, kept_pictures = kept
         limit = min(len(kept_ids), cache.get_seq_length(), len(new_ids) - 1)  # at least one token to run
         n = 0
         while n < limit and kept_ids[n] == new_ids[n]:
             n += 1
-        n = self._cut_outside_pictures(new_ids, n, kwargs)
+        n = self._cut_outside_pictures(new_ids, n, kwargs, same=lambda i: i < min(len(pictures), len(kept_pictures)) and pictures[i] == kept_pictures[i])
         if n <= 0:
             return 0
-        cache.crop(n)
+        extra = cache.get_seq_length() - n
+        if extra > 0:
+            cache.crop(-extra)  # a negative count removes that many from the end, in every 4.x and 5.x
         kwargs["past_key_values"] = cache
         return n
 
-    def _cut_outside_pictures(self, ids: list[int], n: int, kwargs: dict[str, Any]) -> int:
-        """Move the cut before any picture it would split, and drop the pixels of pictures before it.
+    def _cut_outside_pictures(self, ids: list[int], n: int, kwargs: dict[str, Any], same=lambda _i: True) -> int:
+        """Move the cut before any picture it would split or that is not the cached one, and drop the
+        pixels of pictures before it.
+
+        ``same(i)`` says whether the i-th picture of the prompt is the picture the cache saw there:
+        every picture has the same placeholder tokens, so equal ids do not mean equal pictures.
 
         Pixel values are dropped picture by picture only where the processor gives one row per
         picture; otherwise a cut after a picture falls back to before the first picture.
@@ -499,9 +507,10 @@ class TransformersEngine:
                 start = None
         if start is not None:
             runs.append((start, len(ids)))
-        for run_start, run_end in runs:
-            if run_start < n < run_end:
+        for i, (run_start, run_end) in enumerate(runs):
+            if run_start < n and (n < run_end or not same(i)):
                 n = run_start
+                break
         before = sum(1 for _s, e in runs if e <= n)
         if before == 0:
             return n
