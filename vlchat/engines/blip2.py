@@ -76,6 +76,8 @@ def fit_chain(
 class Blip2Engine(TransformersEngine):
     """TransformersEngine with the Question/Answer chain instead of a chat template."""
 
+    # The prompt holds only the last picture and drops old turns to fit: no stable prefix to reuse.
+    prefix_reuse = False
     dropped_turns = 0
 
     def context_length(self) -> int | None:

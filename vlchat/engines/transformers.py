@@ -131,6 +131,10 @@ def _first_line(error: BaseException) -> str:
 class TransformersEngine:
     """A local image-text-to-text model through transformers."""
 
+    # Whether the prompt is the whole conversation in order, so that the last turn's key/value
+    # cache can serve as the start of the next one (not so for BLIP-2's cut-down chain).
+    prefix_reuse = True
+
     def __init__(
         self,
         model: str,
@@ -421,7 +425,7 @@ class TransformersEngine:
                     torch.manual_seed(params.seed)
                 with torch.inference_mode():
                     out = model.generate(**kwargs)
-                if self.kv_cache_reuse and out.past_key_values is not None:
+                if self.kv_cache_reuse and self.prefix_reuse and out.past_key_values is not None:
                     self._kept = (out.sequences[0].tolist(), out.past_key_values, pictures)
             except BaseException as error:  # handed to the reader, never lost in this thread
                 self._kept = None
@@ -461,7 +465,7 @@ class TransformersEngine:
         picture's tokens. Returns how many tokens were reused (0: a full prefill).
         """
         kept, self._kept = self._kept, None  # this generation will change the cache: never reuse it twice
-        if not self.kv_cache_reuse or kept is None:
+        if not (self.kv_cache_reuse and self.prefix_reuse) or kept is None:
             return 0
         ids = kwargs["input_ids"]
         if ids.shape[0] != 1:

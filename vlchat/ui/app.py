@@ -161,6 +161,7 @@ class VlchatApp(App):
         self._answer_view: AnswerView | None = None
         self._latest: tuple[int, str, int] | None = None
         self._frame_timer: Any = None
+        self._painting = False  # a frame is queued or being painted
         self.frames = 0  # transcript redraws of streamed text (the bench and tests read it)
         self.last_timings: Timings | None = None
         self.last_tokens: int | None = None
@@ -722,14 +723,25 @@ class VlchatApp(App):
         if message.answer_id == self.generating:
             self._latest = (message.answer_id, message.text, message.tokens)
 
-    async def _draw_frame(self) -> None:
-        view, latest = self._answer_view, self._latest
-        if view is None or latest is None or latest[0] != self.generating:
-            return
-        if latest[1] != view.shown:
-            self.frames += 1
-            await view.show_progress(latest[1])
-            self.transcript.follow()
+    def _draw_frame(self) -> None:
+        """The frame timer. Painting happens in the app's own message loop, one frame at a time,
+        never in the timer's task (which stopping the timer cancels, half-way through a Markdown
+        update) and never alongside the end of the answer."""
+        if not self._painting:
+            self._painting = True
+            self.call_later(self._paint_frame)
+
+    async def _paint_frame(self) -> None:
+        try:
+            view, latest = self._answer_view, self._latest
+            if view is None or latest is None or latest[0] != self.generating:
+                return
+            if latest[1] != view.shown:
+                self.frames += 1
+                await view.show_progress(latest[1])
+                self.transcript.follow()
+        finally:
+            self._painting = False
 
     async def on_answer_finished(self, message: AnswerFinished) -> None:
         if message.answer_id != self.generating:

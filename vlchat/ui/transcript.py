@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -66,7 +65,6 @@ class AnswerView(Vertical):
         self.message = message
         self.model = model_label(message.model or model if message else model)
         self.shown = ""
-        self._stream: Any = None
 
     def compose(self) -> ComposeResult:
         yield Static(Text(self.model or "model", style="bold"), classes="answer-head")
@@ -87,16 +85,13 @@ class AnswerView(Vertical):
         fresh = text[len(self.shown):]
         if not fresh:
             return
-        if self._stream is None:
-            self._stream = Markdown.get_stream(self.body)
         self.shown = text
-        await self._stream.write(fresh)
+        # Appending parses only the last block again. (Textual's MarkdownStream runs appends in a
+        # task of its own; stopping it mid-append left two appends racing.)
+        await self.body.append(fresh)
 
     async def finish(self, message: Message) -> None:
         """The final text in one full update (streamed Markdown can differ at block edges)."""
-        if self._stream is not None:
-            await self._stream.stop()
-            self._stream = None
         self.message = message
         self.shown = clean(message.text)
         # The app may be closing (quit as the answer ends): then there is nothing left to draw on.
@@ -110,6 +105,10 @@ class Transcript(VerticalScroll):
     """Messages top to bottom; follows the end while the person has not scrolled up."""
 
     can_focus = False
+
+    def on_mount(self) -> None:
+        # Stay at the end as answers grow, until the person scrolls up (and again once back down).
+        self.anchor()
 
     def render_conversation(self, conversation: Conversation) -> None:
         self.remove_children()
