@@ -820,10 +820,9 @@ class VlchatApp(App):
         self.request_save(message.reason)
 
     def _model_record(self) -> dict[str, Any]:
-        record = {key: getattr(self.settings, key) for key in ("model", "quant", "device", "dtype")}
-        if self.info is not None:
-            record["name"] = self.info.name
-        return record
+        from vlchat.commands.remember import model_record
+
+        return model_record(self.settings, self.info)
 
     def _job(self, kind: str, **extra: Any) -> _SessionJob:
         return _SessionJob(
