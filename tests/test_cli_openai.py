@@ -283,3 +283,7 @@ def test_a_session_records_the_endpoint_not_the_key_and_resumes_on_the_server(vl
         assert "triangle" in again.stdout
         assert chats() == asked + 1
         assert KEY not in open(os.path.join(folder, "session.json"), encoding="utf-8").read()
+        out = tmp_path / "talk.md"
+        exported = vlchat("export", folder, "-o", out, env=env)
+        assert exported.returncode == 0, exported.stderr
+        assert f"- **Server:** {server.url}" in out.read_text() and KEY not in out.read_text()
