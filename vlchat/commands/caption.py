@@ -256,6 +256,21 @@ class Reader(threading.Thread):
             self._send(ready)
 
 
+def share_cpu(engine) -> None:
+    """On the CPU, leave one core to the reader thread: torch's threads spin while they wait for
+    each other, so a torch thread that has to share its core with the reader (or anything else)
+    makes every step wait for it. Where OMP_NUM_THREADS says how many, that is kept."""
+    if getattr(engine, "device", "") != "cpu" or os.environ.get("OMP_NUM_THREADS"):
+        return
+    import torch
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), cores - 1)))
+
+
 # -- the command ----------------------------------------------------------------------------------
 def _positive(value: int | None, name: str, default: int) -> int:
     if value is None:
@@ -323,9 +338,10 @@ def caption_all(engine, found: list[Found], store: Store, *, args, settings, par
         if err.isatty():
             print(f"\rvlchat: {step.stage}\x1b[K", end="", file=err, flush=True)
 
-    engine.load(loading)
-    if err.isatty():
-        print("\r\x1b[K", end="", file=err, flush=True)
+    if getattr(engine, "model", None) is None:  # a caller (the benchmark) may hand in a loaded one
+        engine.load(loading)
+        if err.isatty():
+            print("\r\x1b[K", end="", file=err, flush=True)
     model = engine.describe().name if settings.endpoint else engine.name
     prompt = prompt_for(args, model)
     remote = bool(settings.endpoint)
@@ -338,6 +354,8 @@ def caption_all(engine, found: list[Found], store: Store, *, args, settings, par
         mode = "one at a time: this model cannot batch"
         if args.batch_size and args.batch_size > 1:
             print(f"vlchat: note: {clean(model, keep_newlines=False)} builds its own prompts, so it captions one picture at a time", file=err)
+    if not remote:
+        share_cpu(engine)
     tally = Tally(total=len(found))
     progress = Progress(tally, mode, err)
     stop = threading.Event()
