@@ -37,6 +37,7 @@ DEMO_PRESETS = {"tags": "What is in the picture?"}
 DEFAULT_PRESET = "short"
 DEFAULT_BATCH = 8
 DEFAULT_CONCURRENCY = 4
+MAX_FAILING = 8  # model or server failures in a row before the run stops: every picture would fail
 
 
 def add_caption_parser(commands, add_model_options, add_server_options, add_generation_options) -> None:
@@ -374,8 +375,11 @@ def caption_all(engine, found: list[Found], store: Store, *, args, settings, par
     reader = Reader(found, store, model, prompt, group=batch_size if batching else 1,
                     retry_errors=args.retry_errors, limit=limit, stop=stop, prepare=prepare)
 
-    def record(item: Item, caption=None, seconds: float | None = None) -> None:
+    failing = [0]  # pictures in a row the model or server failed on
+
+    def record(item: Item, caption=None, seconds: float | None = None, model_failed: bool = False) -> None:
         entry: dict[str, Any] = {"path": item.found.path, "sha256": item.sha256}
+        failing[0] = failing[0] + 1 if model_failed else 0 if caption is not None else failing[0]
         if caption is not None:
             entry.update(caption=caption.text, model=model, prompt=prompt, tokens=caption.tokens,
                          seconds=round(seconds or 0.0, 4))
@@ -388,6 +392,13 @@ def caption_all(engine, found: list[Found], store: Store, *, args, settings, par
             progress.say(f"vlchat: {message}" if name in message else f"vlchat: {name}: {message}")
         store.write(entry)
         progress.draw()
+        if failing[0] >= MAX_FAILING:
+            from vlchat.engines.base import GenerationError
+
+            raise GenerationError(
+                f"the model failed on {failing[0]} pictures in a row, so the run stops (the last: {clean(item.error or '', keep_newlines=False)})",
+                "fix the model or server, then run the same command again with --retry-errors",
+            )
 
     previous = signal.signal(signal.SIGINT, lambda _s, _f: stop.set()) if threading.current_thread() is threading.main_thread() else None
     reader.start()
@@ -396,14 +407,12 @@ def caption_all(engine, found: list[Found], store: Store, *, args, settings, par
             _run_remote(engine, reader, record, progress, tally, prompt, params, system, concurrency, stop)
         else:
             _run_local(engine, reader, record, progress, tally, prompt, params, system, batching, stop)
+        interrupted = stop.is_set()
     finally:
-        if reader.failure is not None:
-            stop.set()
+        stop.set()  # the reader stops too, whatever ended the run
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
         progress.clear()
-    interrupted = stop.is_set() and not reader.failure
-    stop.set()
     reader.join(timeout=5)
     if reader.failure is not None:
         raise reader.failure
@@ -486,7 +495,7 @@ def _run_local(engine, reader, record, progress, tally, prompt, params, system, 
                 raise
             for item in work.items:
                 item.error = _line(error)
-                record(item)
+                record(item, model_failed=True)
             continue
         if captions is None:  # stopped part-way: nothing half-made is written
             return
@@ -499,7 +508,10 @@ def _run_local(engine, reader, record, progress, tally, prompt, params, system, 
 
 def _line(error: BaseException) -> str:
     from vlchat.core.errors import VlchatError
+    from vlchat.engines.base import EngineError
 
+    if isinstance(error, EngineError):
+        return error.message.rstrip(".") + "."  # its hint speaks of a conversation, not of a folder
     if isinstance(error, VlchatError):
         return error.line()
     return f"{type(error).__name__}: {clean(str(error), keep_newlines=False)}"
@@ -545,7 +557,7 @@ def _run_remote(engine, reader, record, progress, tally, prompt, params, system,
                 if not _per_picture_error(error):
                     raise
                 item.error = _line(error)
-                record(item)
+                record(item, model_failed=not isinstance(error, ImageError))
                 continue
             if caption is not None:
                 record(item, caption, seconds)
