@@ -295,3 +295,56 @@ def test_an_output_file_that_is_not_ours_is_left_alone(tmp_path, run_vlchat):
     assert missing.returncode == 2 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
     no_output = run_vlchat("caption", folder)
     assert no_output.returncode == 2 and "-o captions.jsonl" in no_output.stderr
+
+
+# -- other families ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("family", ["llava_next", "qwen2_vl"])
+def test_padded_batches_of_other_families_answer_as_one_at_a_time(family, tiny_models, tmp_path):
+    """Families whose pictures take a number of tokens that depends on the picture's size: a batch of
+    differently shaped pictures is padded, and must still answer as each picture alone."""
+    from vlchat.core.conversation import Conversation, GenerationParams
+    from vlchat.core.images import load_image
+    from vlchat.engines.batch import can_batch, generate_batch, prepare_batch
+    from vlchat.engines.transformers import TransformersEngine
+
+    engine = TransformersEngine(str(tiny_models[family]), quant="none", device="cpu", kv_cache_reuse=False)
+    engine.load()
+    try:
+        assert can_batch(engine)
+        pictures = []
+        for i, size in enumerate([(64, 64), (96, 48), (40, 80)]):
+            path = tmp_path / f"{i}.png"
+            draw_scene(SCENES[i], size=96, rng=random.Random(i)).resize(size).save(path)
+            pictures.append(load_image(path))
+        params = GenerationParams(max_new_tokens=8)
+        alone = []
+        for loaded in pictures:
+            conversation = Conversation()
+            conversation.add_user("Describe the picture.", [loaded.ref])
+            stream = engine.stream(conversation, params)
+            alone.append(clean_text("".join(stream)))
+        batch = prepare_batch(engine, [p.image for p in pictures], ["Describe the picture."] * 3)
+        assert (batch.inputs["attention_mask"] == 0).any()
+        assert [c.text for c in generate_batch(engine, batch, params)] == alone
+    finally:
+        engine.unload()
+
+
+def clean_text(text: str) -> str:
+    from vlchat.core.text import clean
+
+    return clean(text).strip()
+
+
+def test_a_model_that_cannot_batch_captions_one_at_a_time_and_says_so(tmp_path, run_vlchat, tiny_models):
+    folder = tmp_path / "pics"
+    made = draw(folder, SCENES[:2])
+    out = tmp_path / "captions.jsonl"
+    result = run_vlchat("caption", folder, "-o", out, "--model", tiny_models["blip-2"], "--batch-size", "4",
+                        "--max-new-tokens", "4", "--device", "cpu", "--quant", "none")
+    assert result.returncode == 0, result.stderr
+    assert "captions one picture at a time" in result.stderr
+    assert "one at a time: this model cannot batch" in result.stderr.splitlines()[-1]
+    rows = records(out)
+    assert sorted(r["path"] for r in rows) == sorted(made)
+    assert all("error" not in r and isinstance(r["caption"], str) and r["tokens"] <= 4 for r in rows)
