@@ -11,6 +11,7 @@ import csv
 import hashlib
 import json
 import random
+import shutil
 import signal
 import subprocess
 import time
@@ -102,12 +103,18 @@ def test_a_folder_is_captioned_and_bad_pictures_are_recorded(tmp_path, run_vlcha
     assert records(out) == rows
     assert "0 captioned, 6 already done" in again.stderr
 
-    # --recursive finds the sub-folder's picture and captions only that
+    # --recursive finds the sub-folder's picture and captions only that; a copy of a captioned
+    # picture under a new name gets its own record, with the caption it already has
+    first = next(r for r in rows if r["path"].endswith("000-red-circle.png"))
+    shutil.copy(first["path"], folder / "zz-copy.png")
     deeper = run_vlchat("caption", folder, "-o", out, "--recursive", *FAST)
     assert deeper.returncode == 0, deeper.stderr
-    new = records(out)[len(rows):]
-    assert [r["path"] for r in new] == [str(folder / "sub" / "000-white-circle.png")]
-    assert names_the_scene(new[0]["caption"], Scene("circle", "white", "black", 1))
+    new = {r["path"]: r for r in records(out)[len(rows):]}
+    sub = str(folder / "sub" / "000-white-circle.png")
+    assert sorted(new) == sorted([sub, str(folder / "zz-copy.png")])
+    assert names_the_scene(new[sub]["caption"], Scene("circle", "white", "black", 1))
+    assert new[str(folder / "zz-copy.png")]["caption"] == first["caption"]
+    assert "1 captioned, 7 already done" in deeper.stderr
 
 
 def test_batched_captions_equal_one_at_a_time_captions(tmp_path, run_vlchat):

@@ -227,8 +227,12 @@ class Reader(threading.Thread):
                 item.sha256 = sha256_file(found.path)
             except OSError:
                 item.sha256 = None  # load_image below says what is wrong, in one line
-            if item.sha256 and self.store.done.has_caption(item.sha256, self.model, self.prompt):
-                self._put(("skip", item))
+            earlier = item.sha256 and self.store.done.caption_for(item.sha256, self.model, self.prompt)
+            if earlier:
+                if self.store.done.has_path(found.path, item.sha256, self.model, self.prompt):
+                    self._put(("skip", item))
+                else:  # the same bytes under another name (moved, or a duplicate): its own record, no model run
+                    self._put(("copy", (item, earlier)))
                 continue
             if not self.retry_errors and self.store.done.has_error(found.path, self.model, self.prompt):
                 self._put(("skip", item))
@@ -377,13 +381,17 @@ def caption_all(engine, found: list[Found], store: Store, *, args, settings, par
 
     failing = [0]  # pictures in a row the model or server failed on
 
-    def record(item: Item, caption=None, seconds: float | None = None, model_failed: bool = False) -> None:
+    def record(item: Item, caption=None, seconds: float | None = None, model_failed: bool = False,
+               copied: bool = False) -> None:
         entry: dict[str, Any] = {"path": item.found.path, "sha256": item.sha256}
-        failing[0] = failing[0] + 1 if model_failed else 0 if caption is not None else failing[0]
+        failing[0] = failing[0] + 1 if model_failed else 0 if caption is not None and not copied else failing[0]
         if caption is not None:
             entry.update(caption=caption.text, model=model, prompt=prompt, tokens=caption.tokens,
                          seconds=round(seconds or 0.0, 4))
-            tally.captioned += 1
+            if copied:
+                tally.skipped += 1
+            else:
+                tally.captioned += 1
         else:
             entry.update(model=model, prompt=prompt, error=item.error)
             tally.failed += 1
@@ -434,7 +442,7 @@ def caption_all(engine, found: list[Found], store: Store, *, args, settings, par
     return 0
 
 
-def _messages(reader: Reader, tally: Tally, progress: Progress, stop: threading.Event) -> Iterator[tuple[str, Any]]:
+def _messages(reader: Reader, tally: Tally, progress: Progress, stop: threading.Event, record) -> Iterator[tuple[str, Any]]:
     """What the reader sends, with skips and blocked pictures counted on the way."""
     while True:
         try:
@@ -448,6 +456,12 @@ def _messages(reader: Reader, tally: Tally, progress: Progress, stop: threading.
         if kind == "skip":
             tally.skipped += 1
             progress.draw()
+            continue
+        if kind == "copy":
+            from vlchat.engines.batch import Caption
+
+            item, earlier = value
+            record(item, Caption(str(earlier.get("caption", "")), int(earlier.get("tokens") or 0)), 0.0, copied=True)
             continue
         if kind == "blocked":
             tally.blocked += 1
@@ -476,7 +490,7 @@ def _run_local(engine, reader, record, progress, tally, prompt, params, system, 
     from vlchat.engines.base import OutOfMemoryError
     from vlchat.engines.batch import caption_one_by_one, generate_batch
 
-    for kind, value in _messages(reader, tally, progress, stop):
+    for kind, value in _messages(reader, tally, progress, stop, record):
         if kind == "error":
             record(value)
             continue
@@ -564,7 +578,7 @@ def _run_remote(engine, reader, record, progress, tally, prompt, params, system,
 
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="vlchat-caption") as pool:
         try:
-            for kind, value in _messages(reader, tally, progress, stop):
+            for kind, value in _messages(reader, tally, progress, stop, record):
                 if kind == "error":
                     record(value)
                     continue

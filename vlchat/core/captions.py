@@ -49,21 +49,30 @@ def _not_ours(path: str | os.PathLike, why: str) -> InputError:
 
 
 class Done:
-    """What earlier runs did: captions by (sha256, model, prompt), errors by (path, model, prompt)."""
+    """What earlier runs did: captions by (sha256, model, prompt), with the paths they were written
+    for; errors by (path, model, prompt)."""
 
     def __init__(self) -> None:
-        self.captioned: set[tuple[str, str, str]] = set()
+        self.captioned: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.paths: set[tuple[str, str, str, str]] = set()
         self.failed: set[tuple[str, str, str]] = set()
 
     def add(self, record: dict[str, Any]) -> None:
         model, prompt = str(record.get("model", "")), str(record.get("prompt", ""))
+        path = os.path.abspath(str(record.get("path", "")))
         if record.get("error"):
-            self.failed.add((os.path.abspath(str(record.get("path", ""))), model, prompt))
+            self.failed.add((path, model, prompt))
         elif record.get("sha256"):
-            self.captioned.add((str(record["sha256"]), model, prompt))
+            sha = str(record["sha256"])
+            self.captioned[(sha, model, prompt)] = record
+            self.paths.add((path, sha, model, prompt))
 
-    def has_caption(self, sha256: str, model: str, prompt: str) -> bool:
-        return (sha256, model, prompt) in self.captioned
+    def caption_for(self, sha256: str, model: str, prompt: str) -> dict[str, Any] | None:
+        """The record of a picture with these bytes, captioned with this model and prompt, wherever it was."""
+        return self.captioned.get((sha256, model, prompt))
+
+    def has_path(self, path: str, sha256: str, model: str, prompt: str) -> bool:
+        return (os.path.abspath(path), sha256, model, prompt) in self.paths
 
     def has_error(self, path: str, model: str, prompt: str) -> bool:
         return (os.path.abspath(path), model, prompt) in self.failed
