@@ -224,7 +224,7 @@ def test_csv_has_a_header_and_a_row_per_picture(tmp_path, run_vlchat):
     made = draw(folder, SCENES[:3])
     (folder / "empty.png").write_bytes(b"")
     out = tmp_path / "captions.csv"
-    result = run_vlchat("caption", folder, "-o", out, "--prompt", "What is in the picture?", *FAST)
+    result = run_vlchat("caption", folder, "-o", out, "--preset", "tags", *FAST)
     assert result.returncode == 0, result.stderr
     with open(out, newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))

@@ -21,6 +21,12 @@ from vlchat.core.conversation import GenerationParams
 from vlchat.core.text import clean
 
 
+# The reader thread runs the processor on the next batch while the main thread decodes the last
+# one; a fast tokenizer changes its padding state while it encodes, and Rust refuses ("Already
+# borrowed") a decode that meets it half-way.
+_TOKENIZER = threading.Lock()
+
+
 @dataclass
 class Caption:
     text: str
@@ -83,13 +89,14 @@ def prepare_batch(
     side = getattr(tokenizer, "padding_side", "right")
     # Left padding for this call only: the chat and `ask` paths never pad, and right padding
     # would put pad tokens between a row's prompt and its answer.
-    tokenizer.padding_side = "left"
-    try:
-        inputs = engine.processor(
-            text=texts, images=[[image] for image in images], padding=True, return_tensors="pt"
-        )
-    finally:
-        tokenizer.padding_side = side
+    with _TOKENIZER:
+        tokenizer.padding_side = "left"
+        try:
+            inputs = engine.processor(
+                text=texts, images=[[image] for image in images], padding=True, return_tensors="pt"
+            )
+        finally:
+            tokenizer.padding_side = side
     inputs = inputs.to(engine.model.device)
     if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
         inputs["pixel_values"] = inputs["pixel_values"].to(engine.dtype)
@@ -140,12 +147,11 @@ def generate_batch(
         return None
     prompt_len = int(batch.inputs["input_ids"].shape[-1])
     ends = _end_ids(engine)
-    captions = []
-    for row in out[:, prompt_len:].tolist():
-        n = next((i for i, t in enumerate(row) if t in ends), len(row))
-        text = engine.tokenizer.decode(row[:n], skip_special_tokens=True)
-        captions.append(Caption(text=clean(text).strip(), tokens=n))
-    return captions
+    rows = out[:, prompt_len:].tolist()
+    counts = [next((i for i, t in enumerate(row) if t in ends), len(row)) for row in rows]
+    with _TOKENIZER:
+        texts = engine.tokenizer.batch_decode([row[:n] for row, n in zip(rows, counts)], skip_special_tokens=True)
+    return [Caption(text=clean(text).strip(), tokens=n) for text, n in zip(texts, counts)]
 
 
 def caption_one_by_one(
