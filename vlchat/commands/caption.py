@@ -221,12 +221,16 @@ class Reader(threading.Thread):
             if self.limit is not None and queued >= self.limit:
                 break
             item = Item(found)
-            if hasattr(self.store, "prepare"):
-                self.store.prepare(found.path)
+            self.store.prepare(found.path)
             try:
                 item.sha256 = sha256_file(found.path)
             except OSError:
                 item.sha256 = None  # load_image below says what is wrong, in one line
+            why = self.store.blocked(found.path)
+            if why:
+                item.error = why
+                self._put(("blocked", item))
+                continue
             earlier = item.sha256 and self.store.done.caption_for(item.sha256, self.model, self.prompt)
             if earlier:
                 if self.store.done.has_path(found.path, item.sha256, self.model, self.prompt):
@@ -237,11 +241,6 @@ class Reader(threading.Thread):
             if not self.retry_errors and self.store.done.has_error(found.path, self.model, self.prompt):
                 self._put(("skip", item))
                 continue
-            why = self.store.blocked(found.path)
-            if why:
-                item.error = why
-                self._put(("blocked", item))
-                continue
             queued += 1
             try:
                 item.picture = load_image(found.path)
@@ -250,8 +249,7 @@ class Reader(threading.Thread):
                 if not self._put(("error", item)):
                     return
                 continue
-            if item.picture is not None:
-                item.sha256 = item.picture.ref.sha256
+            item.sha256 = item.picture.ref.sha256
             ready.append(item)
             if len(ready) >= self.group:
                 if not self._send(ready):

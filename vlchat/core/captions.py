@@ -94,6 +94,9 @@ class Store:
         self.done = Done()
         self.written = 0
 
+    def prepare(self, picture: str) -> None:
+        """Learn what is known about this picture before ``done`` and ``blocked`` are asked."""
+
     def blocked(self, picture: str) -> str | None:
         """Why this picture must not be captioned into this store (None: it may)."""
         return None
