@@ -14,6 +14,7 @@ import random
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -302,6 +303,21 @@ def test_an_output_file_that_is_not_ours_is_left_alone(tmp_path, run_vlchat):
     assert missing.returncode == 2 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
     no_output = run_vlchat("caption", folder)
     assert no_output.returncode == 2 and "-o captions.jsonl" in no_output.stderr
+
+
+def test_caption_help_is_quick_and_names_the_options():
+    code = (
+        "import sys, contextlib, io\n"
+        "import vlchat.cli as cli\n"
+        "out = io.StringIO()\n"
+        "with contextlib.redirect_stdout(out):\n"
+        "    try: cli.main(['caption', '--help'])\n"
+        "    except SystemExit: pass\n"
+        "heavy = [m for m in ('torch', 'transformers', 'PIL') if m in sys.modules]\n"
+        "print(heavy, '--batch-size' in out.getvalue(), 'txt-sidecar' in out.getvalue())\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "[] True True", result.stdout + result.stderr
 
 
 # -- other families ----------------------------------------------------------------------------------

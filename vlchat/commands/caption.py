@@ -17,14 +17,16 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from vlchat.core.captions import Store, format_for, open_store
-from vlchat.core.conversation import GenerationParams
 from vlchat.core.errors import InputError
-from vlchat.core.images import ImageError, LoadedImage, load_image, sha256_file
-from vlchat.core.pictures import Found, find_pictures
 from vlchat.core.text import clean
+
+if TYPE_CHECKING:  # Pillow and the stores load with the command, not with `vlchat --help`
+    from vlchat.core.captions import Store
+    from vlchat.core.conversation import GenerationParams
+    from vlchat.core.images import LoadedImage
+    from vlchat.core.pictures import Found
 
 PRESETS = {
     "short": "Describe the picture in one sentence.",
@@ -213,6 +215,8 @@ class Reader(threading.Thread):
             self._put(("end", None))
 
     def _run(self) -> None:
+        from vlchat.core.images import ImageError, load_image, sha256_file
+
         ready: list[Item] = []
         queued = 0
         for found in self.found:
@@ -299,6 +303,8 @@ def prompt_for(args: argparse.Namespace, model: str) -> str:
 def run_caption(args: argparse.Namespace) -> int:
     from vlchat.cli import settings_from
     from vlchat.commands.ask import _params
+    from vlchat.core.captions import format_for, open_store
+    from vlchat.core.pictures import find_pictures
     from vlchat.engines import make_engine
 
     settings, _sources = settings_from(args)
@@ -471,6 +477,7 @@ def _messages(reader: Reader, tally: Tally, progress: Progress, stop: threading.
 def _per_picture_error(error: BaseException) -> bool:
     """Whether an engine error belongs to one picture (recorded, the run goes on) rather than to the
     model or server (the run stops: every picture would fail the same way)."""
+    from vlchat.core.images import ImageError
     from vlchat.engines.base import ContextTooLongError, GenerationError, OutOfMemoryError
 
     try:
@@ -530,6 +537,8 @@ def _line(error: BaseException) -> str:
 
 
 def _ref(item: Item):
+    from vlchat.core.images import load_image
+
     if item.picture is not None:
         return item.picture.ref
     return load_image(item.found.path).ref
@@ -539,6 +548,7 @@ def _run_remote(engine, reader, record, progress, tally, prompt, params, system,
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
     from vlchat.core.conversation import Conversation
+    from vlchat.core.images import ImageError
     from vlchat.engines.batch import Caption
 
     # The engine's picture cache is not made for several threads: requests are built one at a
