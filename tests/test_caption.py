@@ -371,3 +371,51 @@ def test_a_model_that_cannot_batch_captions_one_at_a_time_and_says_so(tmp_path, 
     rows = records(out)
     assert sorted(r["path"] for r in rows) == sorted(made)
     assert all("error" not in r and isinstance(r["caption"], str) and r["tokens"] <= 4 for r in rows)
+
+
+def test_out_of_memory_halves_the_batch_and_the_run_goes_on(demo_engine, tmp_path, monkeypatch):
+    """A GPU that runs out of memory at 8 pictures at once. A CPU never does, so the model's
+    generate is wrapped to fail as CUDA does above 2 rows (fault injection, the model is real)."""
+    import argparse
+    import io
+
+    import torch
+
+    from vlchat.commands.caption import caption_all
+    from vlchat.config import Settings
+    from vlchat.core.captions import JsonLinesStore
+    from vlchat.core.conversation import GenerationParams
+    from vlchat.core.pictures import find_pictures
+
+    made = draw(tmp_path / "pics", SCENES)
+    real_generate = demo_engine.model.generate
+    rows_seen = []
+
+    def generate_that_runs_out_of_memory(*args, **kwargs):
+        rows = kwargs["input_ids"].shape[0]
+        rows_seen.append(rows)
+        if rows > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_generate(*args, **kwargs)
+
+    monkeypatch.setattr(demo_engine.model, "generate", generate_that_runs_out_of_memory)
+    threads = torch.get_num_threads()
+    out, err = tmp_path / "captions.jsonl", io.StringIO()
+    store = JsonLinesStore(out)
+    try:
+        code = caption_all(
+            demo_engine, list(find_pictures([str(tmp_path / "pics")])), store,
+            args=argparse.Namespace(prompt=None, preset=None, recursive=False, batch_size=8, retry_errors=False),
+            settings=Settings(), params=GenerationParams(max_new_tokens=16), batch_size=8, concurrency=1,
+            limit=None, err=err,
+        )
+    finally:
+        store.close()
+        torch.set_num_threads(threads)
+    assert code == 0, err.getvalue()
+    assert "out of memory with 5 pictures at once; going on with batches of 3" in err.getvalue()
+    assert "going on with batches of 2" in err.getvalue()
+    assert rows_seen[0] == 5 and max(rows_seen[rows_seen.index(2):]) <= 2
+    rows = records(out)
+    assert sorted(r["path"] for r in rows) == sorted(made)
+    assert all(names_the_scene(r["caption"], made[r["path"]]) for r in rows)

@@ -418,7 +418,7 @@ def caption_all(engine, found: list[Found], store: Store, *, args, settings, par
         if remote:
             _run_remote(engine, reader, record, progress, tally, prompt, params, system, concurrency, stop)
         else:
-            _run_local(engine, reader, record, progress, tally, prompt, params, system, batching, stop)
+            _run_local(engine, reader, record, progress, tally, prompt, params, system, batching, stop, prepare)
         interrupted = stop.is_set()
     finally:
         stop.set()  # the reader stops too, whatever ended the run
@@ -438,7 +438,7 @@ def caption_all(engine, found: list[Found], store: Store, *, args, settings, par
     if tally.blocked:
         parts.append(f"{tally.blocked} left alone")
     summary = (f"vlchat: {tally.total} pictures: {', '.join(parts)}; {elapsed:.1f} s, {rate:.1f} pictures/s "
-               f"({mode}) -> {store.where()}")
+               f"({progress.mode}) -> {store.where()}")
     if interrupted:
         print(f"vlchat: stopped; {summary[len('vlchat: '):]}; run the same command again to go on", file=err)
         return 130
@@ -491,38 +491,66 @@ def _per_picture_error(error: BaseException) -> bool:
     return isinstance(error, GenerationError) and not isinstance(error, (IncompleteStreamError, MalformedStreamError))
 
 
-def _run_local(engine, reader, record, progress, tally, prompt, params, system, batching, stop) -> None:
+def _run_local(engine, reader, record, progress, tally, prompt, params, system, batching, stop, prepare) -> None:
     from vlchat.engines.base import OutOfMemoryError
     from vlchat.engines.batch import caption_one_by_one, generate_batch
+
+    def run(items: list[Item], batch) -> bool:
+        """Caption these pictures and write their records; False when stopped part-way."""
+        started = time.perf_counter()
+        try:
+            if batching:
+                captions = generate_batch(engine, batch, params, stop)
+            else:
+                captions = caption_one_by_one(engine, [_ref(i) for i in items], prompt, params,
+                                              system=system, cancel=stop)
+        except OutOfMemoryError as error:
+            if not batching or len(items) == 1:
+                raise OutOfMemoryError(error.message, "try a smaller --batch-size, or --quant 4bit") from error
+            # Too many at once for this device: halve the batch, for this one and the rest of the run.
+            batch = None
+            _free_device_memory()
+            half = (len(items) + 1) // 2
+            if reader.group > half:
+                reader.group = half
+                progress.mode = f"batches of {half}"
+                progress.say(f"vlchat: note: out of memory with {len(items)} pictures at once; going on with batches of {half}")
+            return run(items[:half], prepare(items[:half])) and run(items[half:], prepare(items[half:]))
+        except Exception as error:
+            if not _per_picture_error(error):
+                raise
+            for item in items:
+                item.error = _line(error)
+                record(item, model_failed=True)
+            return True
+        if captions is None:  # stopped part-way: nothing half-made is written
+            return False
+        share = (time.perf_counter() - started) / len(items)
+        for item, caption in zip(items, captions):
+            record(item, caption, share)
+        return not stop.is_set()
 
     for kind, value in _messages(reader, tally, progress, stop, record):
         if kind == "error":
             record(value)
             continue
         work: Work = value
-        started = time.perf_counter()
-        try:
-            if batching:
-                captions = generate_batch(engine, work.batch, params, stop)
-            else:
-                captions = caption_one_by_one(engine, [_ref(i) for i in work.items], prompt, params,
-                                              system=system, cancel=stop)
-        except OutOfMemoryError as error:
-            raise OutOfMemoryError(error.message, "try a smaller --batch-size, or --quant 4bit") from error
-        except Exception as error:
-            if not _per_picture_error(error):
-                raise
-            for item in work.items:
-                item.error = _line(error)
-                record(item, model_failed=True)
-            continue
-        if captions is None:  # stopped part-way: nothing half-made is written
+        batch, work.batch = work.batch, None
+        if not run(work.items, batch):
             return
-        share = (time.perf_counter() - started) / len(work.items)
-        for item, caption in zip(work.items, captions):
-            record(item, caption, share)
-        if stop.is_set():
-            return
+
+
+def _free_device_memory() -> None:
+    import gc
+
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # pragma: no cover
+        pass
 
 
 def _line(error: BaseException) -> str:
