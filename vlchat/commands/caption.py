@@ -437,7 +437,7 @@ def caption_all(engine, found: list[Found], store: Store, *, args, settings, par
         parts.append(f"{tally.skipped} already done")
     if tally.blocked:
         parts.append(f"{tally.blocked} left alone")
-    summary = (f"vlchat: {tally.total} pictures: {', '.join(parts)}; {elapsed:.1f} s, {rate:.1f} pictures/s "
+    summary = (f"vlchat: {tally.total} picture{'' if tally.total == 1 else 's'}: {', '.join(parts)}; {elapsed:.1f} s, {rate:.1f} pictures/s "
                f"({progress.mode}) -> {store.where()}")
     if interrupted:
         print(f"vlchat: stopped; {summary[len('vlchat: '):]}; run the same command again to go on", file=err)

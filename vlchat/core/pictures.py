@@ -53,7 +53,12 @@ def looks_like_picture(path: str | os.PathLike) -> bool:
         return False
 
 
-def _walk(folder: str, recursive: bool) -> Iterator[str]:
+def _walk(folder: str, recursive: bool, visited: set[str] | None = None) -> Iterator[str]:
+    visited = set() if visited is None else visited
+    real = os.path.realpath(folder)
+    if real in visited:  # a link back up the tree: each folder is read once
+        return
+    visited.add(real)
     try:
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
     except OSError:
@@ -71,7 +76,7 @@ def _walk(folder: str, recursive: bool) -> Iterator[str]:
             continue
     if recursive:
         for sub in subfolders:
-            yield from _walk(sub, recursive)
+            yield from _walk(sub, recursive, visited)
 
 
 def find_pictures(
