@@ -419,3 +419,45 @@ def test_out_of_memory_halves_the_batch_and_the_run_goes_on(demo_engine, tmp_pat
     rows = records(out)
     assert sorted(r["path"] for r in rows) == sorted(made)
     assert all(names_the_scene(r["caption"], made[r["path"]]) for r in rows)
+
+
+def test_decoding_on_several_threads_hands_on_the_same_pictures_in_the_same_order(tmp_path):
+    """The reader as it runs beside a GPU (several decoding threads) against one thread."""
+    import threading
+
+    from vlchat.commands.caption import Reader
+    from vlchat.core.captions import JsonLinesStore
+    from vlchat.core.pictures import find_pictures
+
+    folder = tmp_path / "pics"
+    made = sorted(draw(folder, SCENES + [Scene("star", "white", "green", 2), Scene("square", "orange", "purple", 1)]))
+    shutil.copy(made[0], folder / "zz-same-bytes.png")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    out = tmp_path / "captions.jsonl"
+    done = {"path": made[0], "sha256": hashlib.sha256(Path(made[0]).read_bytes()).hexdigest(),
+            "caption": "A red circle on a blue background.", "model": "demo", "prompt": "p"}
+    out.write_text(json.dumps(done) + "\n")
+
+    def read(workers: int) -> list[tuple[str, list[str]]]:
+        store = JsonLinesStore(out)
+        reader = Reader(list(find_pictures([str(folder)])), store, "demo", "p", group=3, retry_errors=False,
+                        limit=None, stop=threading.Event(), workers=workers)
+        reader.start()
+        seen = []
+        while True:
+            kind, value = reader.out.get(timeout=30)
+            if kind == "end":
+                break
+            items = value.items if kind == "work" else [value[0] if kind == "copy" else value]
+            assert kind != "work" or all(i.picture is not None and i.sha256 == i.picture.ref.sha256 for i in items)
+            seen.append((kind, [Path(i.found.path).name for i in items]))
+        reader.join(timeout=10)
+        store.close()
+        assert reader.failure is None
+        return seen
+
+    one = read(1)
+    assert one[0] == ("skip", [Path(made[0]).name])
+    assert ("copy", ["zz-same-bytes.png"]) in one and ("error", ["broken.png"]) in one
+    assert sum(len(names) for kind, names in one if kind == "work") == len(made) - 1
+    assert read(3) == one

@@ -172,15 +172,20 @@ def _duration(seconds: float) -> str:
 # -- the reader ------------------------------------------------------------------------------------
 class Reader(threading.Thread):
     """Hashes each picture, skips what is done, decodes the rest and hands them on in groups of
-    ``group`` (with ``prepare(items)`` run here, off the model's thread)."""
+    ``group`` (with ``prepare(items)`` run here, off the model's thread).
+
+    With ``workers`` > 1 the hashing and decoding of the next pictures run on that many threads
+    (Pillow lets go of the GIL while it decodes: large photos on a fast GPU need it); the pictures
+    are still handed on in order.
+    """
 
     def __init__(self, found: list[Found], store: Store, model: str, prompt: str, *, group: int,
                  retry_errors: bool, limit: int | None, stop: threading.Event,
-                 prepare: Callable[[list[Item]], Any] | None = None):
+                 prepare: Callable[[list[Item]], Any] | None = None, workers: int = 1):
         super().__init__(name="vlchat-caption-reader", daemon=True)
         self.found, self.store, self.model, self.prompt = found, store, model, prompt
         self.group, self.retry_errors, self.limit, self.stop = group, retry_errors, limit, stop
-        self.prepare = prepare
+        self.prepare, self.workers = prepare, max(1, workers)
         self.out: queue.Queue = queue.Queue(maxsize=2)
         self.failure: BaseException | None = None
 
@@ -214,46 +219,77 @@ class Reader(threading.Thread):
         finally:
             self._put(("end", None))
 
-    def _run(self) -> None:
+    def _look(self, found: Found) -> tuple[str, Item, Any]:
+        """What to do with one picture: ("skip"|"copy"|"error"|"picture", item, earlier record)."""
         from vlchat.core.images import ImageError, load_image, sha256_file
 
+        item = Item(found)
+        done = self.store.done
+        self.store.prepare(found.path)
+        try:
+            item.sha256 = sha256_file(found.path)
+        except OSError:
+            item.sha256 = None  # load_image below says what is wrong, in one line
+        earlier = done.caption_for(item.sha256, self.model, self.prompt) if item.sha256 else None
+        if earlier:
+            if done.has_path(found.path, item.sha256, self.model, self.prompt):
+                return "skip", item, None
+            return "copy", item, earlier  # the same bytes under another name: its own record, no model run
+        if not self.retry_errors and done.has_error(found.path, self.model, self.prompt):
+            return "skip", item, None
+        try:
+            item.picture = load_image(found.path)
+        except ImageError as error:
+            item.error = error.line()
+            return "error", item, None
+        item.sha256 = item.picture.ref.sha256
+        return "picture", item, None
+
+    def _looked(self) -> Iterator[tuple[str, Item, Any]]:
+        if self.workers == 1:
+            yield from map(self._look, self.found)
+            return
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="vlchat-caption-decode")
+        ahead: deque = deque()
+        upcoming = iter(self.found)
+        try:
+            for found in upcoming:
+                ahead.append(pool.submit(self._look, found))
+                if len(ahead) >= 2 * self.workers:
+                    yield ahead.popleft().result()
+            while ahead:
+                yield ahead.popleft().result()
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def _run(self) -> None:
         ready: list[Item] = []
         queued = 0
-        for found in self.found:
+        for verdict, item, earlier in self._looked():
             if self.stop.is_set():
                 return
-            if self.limit is not None and queued >= self.limit:
-                break
-            item = Item(found)
-            self.store.prepare(found.path)
-            try:
-                item.sha256 = sha256_file(found.path)
-            except OSError:
-                item.sha256 = None  # load_image below says what is wrong, in one line
-            why = self.store.blocked(found.path)
-            if why:
-                item.error = why
-                self._put(("blocked", item))
-                continue
-            earlier = item.sha256 and self.store.done.caption_for(item.sha256, self.model, self.prompt)
-            if earlier:
-                if self.store.done.has_path(found.path, item.sha256, self.model, self.prompt):
-                    self._put(("skip", item))
-                else:  # the same bytes under another name (moved, or a duplicate): its own record, no model run
-                    self._put(("copy", (item, earlier)))
-                continue
-            if not self.retry_errors and self.store.done.has_error(found.path, self.model, self.prompt):
+            if verdict == "skip":
                 self._put(("skip", item))
                 continue
+            # Asked here, in order, not on the decoding threads: two pictures may want one .txt.
+            why = self.store.blocked(item.found.path)
+            if why:
+                item.error, item.picture = why, None
+                self._put(("blocked", item))
+                continue
+            if verdict == "copy":
+                self._put(("copy", (item, earlier)))
+                continue
+            if self.limit is not None and queued >= self.limit:
+                break
             queued += 1
-            try:
-                item.picture = load_image(found.path)
-            except ImageError as error:
-                item.error = error.line()
+            if verdict == "error":
                 if not self._put(("error", item)):
                     return
                 continue
-            item.sha256 = item.picture.ref.sha256
             ready.append(item)
             if len(ready) >= self.group:
                 if not self._send(ready):
@@ -261,6 +297,18 @@ class Reader(threading.Thread):
                 ready = []
         if ready:
             self._send(ready)
+
+
+def decode_workers(engine, remote: bool) -> int:
+    """Threads that decode pictures ahead of the model: one on a CPU (the model needs the cores),
+    up to four beside a GPU."""
+    if remote or getattr(engine, "device", "cpu") == "cpu":
+        return 1
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(4, cores - 1))
 
 
 def share_cpu(engine) -> None:
@@ -381,7 +429,8 @@ def caption_all(engine, found: list[Found], store: Store, *, args, settings, par
                                  system=system, rendered=rendered)
 
     reader = Reader(found, store, model, prompt, group=batch_size if batching else 1,
-                    retry_errors=args.retry_errors, limit=limit, stop=stop, prepare=prepare)
+                    retry_errors=args.retry_errors, limit=limit, stop=stop, prepare=prepare,
+                    workers=decode_workers(engine, remote))
 
     failing = [0]  # pictures in a row the model or server failed on
 
