@@ -304,11 +304,14 @@ def decode_workers(engine, remote: bool) -> int:
     up to four beside a GPU."""
     if remote or getattr(engine, "device", "cpu") == "cpu":
         return 1
+    return max(1, min(4, _cores() - 1))
+
+
+def _cores() -> int:
     try:
-        cores = len(os.sched_getaffinity(0))
+        return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(4, cores - 1))
+        return os.cpu_count() or 1
 
 
 def share_cpu(engine) -> None:
@@ -319,11 +322,7 @@ def share_cpu(engine) -> None:
         return
     import torch
 
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    torch.set_num_threads(max(1, min(torch.get_num_threads(), cores - 1)))
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), _cores() - 1)))
 
 
 # -- the command ----------------------------------------------------------------------------------
@@ -337,8 +336,6 @@ def _positive(value: int | None, name: str, default: int) -> int:
 
 def prompt_for(args: argparse.Namespace, model: str) -> str:
     if args.prompt is not None:
-        if not args.prompt.strip():
-            raise InputError("the prompt is empty", 'give one, e.g. --prompt "Describe the picture."')
         return args.prompt
     preset = args.preset or DEFAULT_PRESET
     from vlchat.demo import DEMO_NAME
@@ -363,6 +360,8 @@ def run_caption(args: argparse.Namespace) -> int:
     fmt = format_for(args.output, args.format)
     if fmt == "txt-sidecar" and args.output:
         raise InputError("--format txt-sidecar writes a .txt beside each picture, so -o is not used", "leave out -o")
+    if args.prompt is not None and not args.prompt.strip():
+        raise InputError("the prompt is empty", "give --prompt some text, or use --preset short, detailed or tags")
     if args.overwrite and fmt != "txt-sidecar":
         raise InputError("--overwrite is for --format txt-sidecar", "leave it out")
     # Everything a person can get wrong is checked before the (slow) model load.
