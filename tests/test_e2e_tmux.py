@@ -296,6 +296,9 @@ def test_the_app_against_a_server_streams_stops_and_resumes_there(terminal, shap
     terminal.type("/model demo")
     terminal.keys("Enter")
     terminal.wait_for(lambda s: "Now talking to demo" in s, what="the switch to the server's demo model")
+    # The session remembers --max-new-tokens 100000: after its own ramble the demo model may ramble on.
+    terminal.type("/set max_tokens 16")
+    terminal.keys("Enter")
     terminal.type("What colour is the shape?")
     terminal.keys("Enter")
 
