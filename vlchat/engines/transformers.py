@@ -389,7 +389,9 @@ class TransformersEngine:
         cancel: threading.Event | None = None,
     ) -> TokenStream:
         import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+        from transformers import StoppingCriteriaList
+
+        from vlchat.engines.streaming import CancelCheck, Detokenizer, TokenFeed
 
         inputs = self.prepare(conversation)
         kwargs = self.generation_kwargs(inputs, params)
@@ -400,24 +402,13 @@ class TransformersEngine:
         stats.cached_tokens = self._reuse_prefix(kwargs, pictures)
         kwargs["return_dict_in_generate"] = True
 
-        class Cancelled(StoppingCriteria):
-            def __call__(self, input_ids, scores, **_kw):
-                stop = cancel.is_set() or abandon.is_set()
-                return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
-
-        class CountingStreamer(TextIteratorStreamer):
-            def put(self, value):
-                if not (self.skip_prompt and self.next_tokens_are_prompt):
-                    if stats.first_token_at is None:
-                        stats.first_token_at = time.perf_counter()
-                    stats.tokens += int(value.numel())
-                super().put(value)
-
-        streamer = CountingStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        kwargs["streamer"] = streamer
-        kwargs["stopping_criteria"] = StoppingCriteriaList([Cancelled()])
+        # The generation thread only hands over token ids; the reader decodes (see streaming.py).
+        feed = TokenFeed(stats)
+        kwargs["streamer"] = feed
+        kwargs["stopping_criteria"] = StoppingCriteriaList([CancelCheck(cancel, abandon)])
         failure: list[BaseException] = []
         model = self.model
+        tokenizer = self.tokenizer
 
         def generate() -> None:
             try:
@@ -430,20 +421,27 @@ class TransformersEngine:
             except BaseException as error:  # handed to the reader, never lost in this thread
                 self._kept = None
                 failure.append(error)
-                streamer.end()
+            finally:
+                feed.end()
 
         worker = threading.Thread(target=generate, name="vlchat-generate", daemon=True)
 
         def pieces() -> Iterator[str]:
             worker.start()
+            text = Detokenizer(lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
             started = False  # the answer starts at its first visible character
+            seen = 0
             try:
-                for text in streamer:
+                done = False
+                while not done:
+                    done = feed.wait(seen)
+                    seen = len(feed.ids)
+                    piece = text.step(feed.ids, seen, end=done)
                     if not started:
-                        text = text.lstrip()
-                        started = bool(text)
-                    if text:
-                        yield clean(text)
+                        piece = piece.lstrip()
+                        started = bool(piece)
+                    if piece:
+                        yield clean(piece)
                 worker.join()
             finally:
                 if worker.is_alive():
