@@ -46,7 +46,7 @@ NAMES = ("ttft", "stream", "startup", "sessions", "memory")
 
 
 def run_ttft(device: str, quick: bool) -> dict:
-    return ttft.measure(device, (1, 5, 10, 20), runs=1 if quick else 3)
+    return ttft.measure(device, (1, 5, 10, 20), runs=2 if quick else 5)
 
 
 def run_stream(device: str, quick: bool) -> dict:
@@ -206,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer runs of each")
     parser.add_argument("--json", type=Path, help="write the results here (default bench/results/<device>-latest.json)")
     parser.add_argument("--only", help=f"comma-separated subset of: {', '.join(NAMES)}")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice, one per core)")
     parser.add_argument("--markdown", action="store_true", help="also print the table as Markdown (for the README)")
     args = parser.parse_args(argv)
 
@@ -216,6 +217,13 @@ def main(argv: list[str] | None = None) -> int:
             print("bench: --device cuda, but torch sees no CUDA GPU here; run without --device for the CPU table",
                   file=sys.stderr)
             return 2
+    if args.threads:
+        import torch
+
+        # On a machine shared with other work, fewer threads than cores avoids threads that wait
+        # for a core someone else holds; the subprocesses (the app) get the same limit.
+        torch.set_num_threads(args.threads)
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
     names = NAMES if not args.only else tuple(n.strip() for n in args.only.split(",") if n.strip())
     unknown = [n for n in names if n not in RUNNERS]
     if unknown:

@@ -1,10 +1,12 @@
 """Handing the tokens of a generate() call on one thread to a reader on another, cheaply.
 
 transformers' TextIteratorStreamer decodes on the generation thread, re-decoding every token since
-the last newline at each step, and queues one item per token. On a small model, where a decoding
-step takes a millisecond or two, that costs a quarter of the speed. Here the generation thread only
-appends token ids to a list and wakes the reader if it sleeps; the reader decodes a short window of
-new ids at a time, whenever it gets to them. Nothing here imports torch or transformers.
+the last newline at each step, and queues one item per token; the reader then wakes once per token
+and takes the GIL from the model each time. On a small model, where a decoding step takes a
+millisecond or two, that costs a quarter of the speed. Here the generation thread only appends
+token ids to a list; the reader is woken at most about 60 times a second once an answer is under
+way (every token for a model slower than that), and decodes a short window of new ids at a time. Nothing here imports torch or
+transformers.
 """
 
 from __future__ import annotations
@@ -24,10 +26,19 @@ class TokenFeed:
     from the generation thread, so cancel tests and the status line see the model's own count.
     """
 
-    def __init__(self, stats: Any = None):
+    def __init__(self, stats: Any = None, rate: float = 60.0, burst: int = 16):
         self.ids: list[int] = []
         self.done = False
         self.stats = stats
+        # Wake-ups of the reader: at most ``rate`` a second on average, in bursts of up to ``burst``
+        # (a token bucket). Every time the reader runs it takes the GIL from the model, and on a
+        # busy machine it can lose its core while holding it; a model faster than the eye can
+        # follow has its tokens read in batches instead. A slower model, and the first tokens of
+        # any answer, wake it at every token.
+        self.rate = rate
+        self.burst = float(burst)
+        self._allowance = float(burst)
+        self._last = time.perf_counter()
         self._prompt = True
         self._cond = threading.Condition(threading.Lock())
         self._waiting = False  # only wake the reader when it sleeps: a notify per token is not free
@@ -48,8 +59,13 @@ class TokenFeed:
             stats.tokens += len(new)
         self.ids += new  # one list operation under the GIL: the reader sees whole steps
         if self._waiting:
-            with self._cond:
-                self._cond.notify()
+            now = time.perf_counter()
+            self._allowance = min(self.burst, self._allowance + (now - self._last) * self.rate)
+            self._last = now
+            if self._allowance >= 1.0:
+                self._allowance -= 1.0
+                with self._cond:
+                    self._cond.notify()
 
     def end(self) -> None:
         """Generation is over (finished, stopped or failed); safe to call more than once."""
@@ -65,7 +81,8 @@ class TokenFeed:
         with self._cond:
             self._waiting = True
             while len(self.ids) <= seen and not self.done:
-                self._cond.wait()
+                # put() may skip the wake-up (see there): the timeout bounds how late a token shows.
+                self._cond.wait(1.0 / self.rate)
             self._waiting = False
             return self.done
 
