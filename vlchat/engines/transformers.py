@@ -393,11 +393,14 @@ class TransformersEngine:
 
         from vlchat.engines.streaming import CancelCheck, Detokenizer, TokenFeed
 
+        # The clock starts before the prompt is rendered and the pictures processed: the time to
+        # the first token is what the person waits, and those grow with the conversation too.
+        started = time.perf_counter()
         inputs = self.prepare(conversation)
         kwargs = self.generation_kwargs(inputs, params)
         cancel = cancel or threading.Event()
         abandon = threading.Event()  # the reader went away: stop the model too
-        stats = StreamStats(prompt_tokens=int(inputs["input_ids"].shape[-1]))
+        stats = StreamStats(prompt_tokens=int(inputs["input_ids"].shape[-1]), started=started)
         pictures = [ref.sha256 for message in conversation.messages for ref in message.images]
         stats.cached_tokens = self._reuse_prefix(kwargs, pictures)
         kwargs["return_dict_in_generate"] = True
