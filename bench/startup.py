@@ -26,7 +26,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,17 +73,19 @@ def cli_seconds(args: list[str], runs: int) -> dict:
 
 # -- the app in a real terminal ---------------------------------------------------------------------
 class Terminal:
-    def __init__(self, width: int = 120, height: int = 40):
-        self.socket = f"vlchat-bench-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    """A tmux server of our own, its socket in ``folder`` (so nothing is left behind in /tmp)."""
+
+    def __init__(self, folder: Path, width: int = 120, height: int = 40):
+        self.socket = str(folder / "tmux.sock")
         self.size = (width, height)
 
     def tmux(self, *args: str) -> str:
-        return subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True, text=True, timeout=20).stdout
+        return subprocess.run(["tmux", "-S", self.socket, *args], capture_output=True, text=True, timeout=20).stdout
 
     def start(self, command: str) -> None:
         width, height = self.size
         subprocess.run(
-            ["tmux", "-L", self.socket, "-f", "/dev/null", "new-session", "-d", "-s", "bench",
+            ["tmux", "-S", self.socket, "-f", "/dev/null", "new-session", "-d", "-s", "bench",
              "-x", str(width), "-y", str(height), command],
             check=True, capture_output=True, timeout=20,
         )
@@ -93,7 +94,7 @@ class Terminal:
         return self.tmux("capture-pane", "-p", "-t", "bench")
 
     def close(self) -> None:
-        subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True, timeout=20)
+        subprocess.run(["tmux", "-S", self.socket, "kill-server"], capture_output=True, timeout=20)
 
 
 def picture_drawn(screen: str) -> bool:
@@ -115,7 +116,7 @@ def first_frame_once(picture: Path, timeout: float = 60.0) -> dict:
         # COLUMNS/LINES would override the window size the app sees.
         command = (f"env -u COLUMNS -u LINES {exports} VLCHAT_IMAGE_PROTOCOL=halfblock "
                    f"{program} {shlex.quote(str(picture))}; sleep 60")
-        terminal = Terminal()
+        terminal = Terminal(Path(tmp))
         started = time.perf_counter()
         terminal.start(command)
         try:
