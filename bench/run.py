@@ -88,7 +88,10 @@ def table_rows(results: dict) -> list[dict]:
         for mode in ("with reuse", "without reuse"):
             turns = r[mode]["first_token_ms"]
             for turn, ms in turns.items():
-                row(section, f"turn {turn:>2}, {mode}", ms, "ms")
+                prompt = r[mode].get("prompt_tokens", {}).get(turn)
+                reused = r[mode].get("reused_tokens", {}).get(turn)
+                note = "" if prompt is None else f"prompt {prompt} tokens" + (f", {reused} reused" if reused else "")
+                row(section, f"turn {turn:>2}, {mode}", ms, "ms", note=note)
         for mode in ("with reuse", "without reuse"):
             key = next(k for k in r[mode] if k.endswith("_over_turn1"))
             ratio = r[mode][key]

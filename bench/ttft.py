@@ -27,7 +27,8 @@ from vlchat.demo.shapes import QUESTION_TYPES, QUESTIONS  # noqa: E402
 PARAMS = GenerationParams(max_new_tokens=32)
 
 
-def one_conversation(engine, turns: list[int]) -> dict[int, float]:
+def one_conversation(engine, turns: list[int], sizes: dict | None = None) -> dict[int, float]:
+    """Seconds to the first token at each of ``turns``; ``sizes`` gets (prompt tokens, reused tokens)."""
     picture = load_image(SAMPLES_DIR / "three-yellow-stars.png").ref
     engine.drop_cache()  # turn 1 is a cold first question, not a repeat of the last run's
     conversation = Conversation()
@@ -39,6 +40,8 @@ def one_conversation(engine, turns: list[int]) -> dict[int, float]:
         text = "".join(stream)
         if turn in turns:
             found[turn] = stream.stats.timings().first_token_s
+            if sizes is not None:
+                sizes[turn] = (stream.stats.prompt_tokens, stream.stats.cached_tokens)
         conversation.add_assistant(text, model=engine.name)
     return found
 
@@ -51,11 +54,14 @@ def measure(device: str = "cpu", turns: tuple[int, ...] = (1, 5, 10, 20), runs: 
         engine = TransformersEngine("demo", quant="none", device=device, kv_cache_reuse=reuse)
         engine.load()
         one_conversation(engine, [1])  # warm up
-        samples = [one_conversation(engine, list(turns)) for _ in range(runs)]
+        sizes: dict = {}
+        samples = [one_conversation(engine, list(turns), sizes) for _ in range(runs)]
         engine.unload()
         medians = {t: statistics.median(s[t] for s in samples) for t in turns}
         results["with reuse" if reuse else "without reuse"] = {
             "first_token_ms": {str(t): round(v * 1000, 2) for t, v in medians.items()},
+            "prompt_tokens": {str(t): sizes[t][0] for t in turns},
+            "reused_tokens": {str(t): sizes[t][1] for t in turns},
             f"turn{turns[-1]}_over_turn1": round(medians[turns[-1]] / medians[turns[0]], 3),
         }
     return {"device": device, "runs": runs, **results}
