@@ -258,3 +258,32 @@ def test_ctrl_c_closes_the_connection_at_once(openai_server, tmp_path):
         time.sleep(0.01)
     seen = [t for t in openai_server.disconnects if t >= interrupted_at]
     assert seen and seen[0] - interrupted_at < 1.0
+
+
+# -- sessions: the server is remembered, the key never -------------------------------------------------------
+def test_a_session_records_the_endpoint_not_the_key_and_resumes_on_the_server(vlchat, demo_engine, tmp_path, picture):
+    sessions = tmp_path / "sessions"
+    green = picture("triangle", "green", "black")
+    with OpenAITestServer(demo_engine, api_key=KEY) as server:
+        env = {"VLCHAT_API_KEY": KEY, "VLCHAT_SESSIONS_DIR": str(sessions)}
+        first = vlchat("ask", green.ref.path, "What colour is the shape?", "--endpoint", server.url, "--model", "demo",
+                       "--session", "new", "--json", env=env)
+        assert first.returncode == 0, first.stderr
+        folder = json.loads(first.stdout)["session"]["path"]
+        saved = open(os.path.join(folder, "session.json"), encoding="utf-8").read()
+        assert KEY not in saved
+        assert json.loads(saved)["model"]["endpoint"] == server.url
+        def chats() -> int:
+            return sum(1 for r in server.requests if r["method"] == "POST")
+
+        asked = chats()
+        # No --endpoint this time: the session says where its model runs.
+        again = vlchat("ask", "What shape is it?", "--session", folder, env=env)
+        assert again.returncode == 0, again.stderr
+        assert "triangle" in again.stdout
+        assert chats() == asked + 1
+        assert KEY not in open(os.path.join(folder, "session.json"), encoding="utf-8").read()
+        out = tmp_path / "talk.md"
+        exported = vlchat("export", folder, "-o", out, env=env)
+        assert exported.returncode == 0, exported.stderr
+        assert f"- **Server:** {server.url}" in out.read_text() and KEY not in out.read_text()

@@ -256,3 +256,55 @@ def test_kill_9_in_the_middle_of_an_answer_loses_nothing_before_it(terminal, sha
     terminal.type("/quit")
     terminal.keys("Enter")
     terminal.wait_for(lambda s: "vlchat exited 0" in s, timeout=30, what="vlchat to exit")
+
+
+def test_the_app_against_a_server_streams_stops_and_resumes_there(terminal, shape_picture, openai_server, tmp_path):
+    """vlchat on a laptop in front of a model served elsewhere: the same app, the same keys."""
+    import json
+
+    sessions = tmp_path / "sessions"
+    common = f"--image-protocol halfblock --sessions-dir {shlex.quote(str(sessions))}"
+    terminal.start(f"--endpoint {openai_server.url} --model demo-endless --max-new-tokens 100000 {common} "
+                   f"{shlex.quote(str(shape_picture))}")
+    terminal.wait_for(lambda s: "1/1" in s and "demo-endless" in s and "loading" not in s, what="the server's model")
+    terminal.type("Describe the picture.")
+    terminal.keys("Enter")
+    terminal.wait_for(lambda s: "esc Stop" in s, what="the answer to stream from the server")
+    time.sleep(1.0)
+    gone_before = len(openai_server.disconnects)
+    pressed = time.monotonic()
+    terminal.keys("Escape")
+    terminal.wait_for(lambda s: "stopped" in s and "esc Stop" not in s, timeout=20, what="the answer to stop")
+    deadline = time.monotonic() + 5
+    while len(openai_server.disconnects) == gone_before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(openai_server.disconnects) > gone_before, "the server never saw the connection close"
+    assert openai_server.disconnects[-1] - pressed < 1.0  # the server stops generating within a second
+    terminal.type("/quit")
+    terminal.keys("Enter")
+    terminal.wait_for(lambda s: "vlchat exited 0" in s, timeout=30, what="vlchat to exit")
+    assert "Traceback" not in terminal.history()
+
+    saved = json.loads(next(sessions.glob("*/session.json")).read_text())
+    assert saved["model"]["endpoint"] == openai_server.url
+    # Resumed with no --endpoint: the session goes back to its server; /model picks another of its models.
+    terminal.close()
+    terminal.start(f"--resume {common}")
+    terminal.wait_for(lambda s: "Describe the picture." in s and "stopped" in s and "demo-endless" in s
+                      and "loading" not in s, what="the resumed session on its server")
+    asked = sum(1 for r in openai_server.requests if r["method"] == "POST")
+    terminal.type("/model demo")
+    terminal.keys("Enter")
+    terminal.wait_for(lambda s: "Now talking to demo" in s, what="the switch to the server's demo model")
+    terminal.type("What colour is the shape?")
+    terminal.keys("Enter")
+    screen = terminal.wait_for(lambda s: "is red" in s, what="the answer from the server")
+    status = [line for line in screen.splitlines() if "server-side" in line]
+    assert status and "ctx " in status[0] and "/2048" in status[0] and "mem ?" not in status[0], screen
+    assert sum(1 for r in openai_server.requests if r["method"] == "POST") == asked + 1
+    terminal.type("/quit")
+    terminal.keys("Enter")
+    terminal.wait_for(lambda s: "vlchat exited 0" in s, timeout=30, what="vlchat to exit")
+    assert "Traceback" not in terminal.history()
+    saved = json.loads(next(sessions.glob("*/session.json")).read_text())
+    assert saved["model"]["endpoint"] == openai_server.url and saved["model"]["name"] == "demo"

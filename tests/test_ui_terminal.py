@@ -98,10 +98,16 @@ def test_a_half_answer_is_not_left_in_the_input():
     assert result.endswith("b''")
 
 
-def test_inside_tmux_nothing_is_asked_and_half_blocks_are_used():
-    result, seen = pretend_terminal("tmux-256color", lambda q: b"\x1b[?62;4c", where="tmux")
+def test_inside_tmux_sixel_only_when_tmux_draws_it_and_never_kitty():
+    # tmux 3.4+ built with sixel answers the device attributes with 4 itself.
+    result, seen = pretend_terminal("tmux-256color", lambda q: b"\x1b[?1;2;4c", where="tmux")
+    assert result.startswith("sixel")
+    assert b"\x1b_G" not in seen  # no kitty query: tmux would eat it or pass it to the wrong pane
+    # Older tmux (or one built without sixel), or no answer at all: half-blocks, nothing left in the input.
+    result, _ = pretend_terminal("tmux-256color", lambda q: b"\x1b[?1;2c", where="tmux")
+    assert result.startswith("halfblock") and result.endswith("b''")
+    result, _ = pretend_terminal("screen-256color", lambda q: None, where="tmux")
     assert result.startswith("halfblock")
-    assert b"\x1b[c" not in seen
 
 
 def test_forced_protocols_and_replies():

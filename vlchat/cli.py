@@ -189,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Open the app with the bundled demo model (it knows colours and shapes) and a sample picture.",
     )
     demo.add_argument("images", nargs="*", metavar="IMAGE", help="pictures instead of the bundled sample")
+    _add_sessions_dir(demo)
     _add_generation_options(demo)
     _add_app_options(demo)
     return parser

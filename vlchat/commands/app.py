@@ -80,13 +80,11 @@ def run_app(args: argparse.Namespace, *, demo: bool = False) -> int:
     return code
 
 
-_MODEL_KEYS = ("model", "quant", "device", "dtype")
-_PARAM_KEYS = ("max_new_tokens", "temperature", "top_p", "seed")
-
 
 def _resume(name: str, settings, sources):
     """The session --resume names, locked (or read-only when it is open elsewhere), with the model
     and sampling it used, unless flags, the environment or the config file say otherwise."""
+    from vlchat.commands.remember import apply_remembered
     from vlchat.core.sessions import SessionLockedError, SessionStore, store_root
 
     store = SessionStore(store_root(settings))
@@ -97,10 +95,5 @@ def _resume(name: str, settings, sources):
         session = store.open(name or None, read_only=True)
         notes.append(f"{error.message}: opened read-only, so nothing you add here is saved "
                      "(quit the other vlchat to continue it here)")
-    for key in _MODEL_KEYS:
-        if sources.get(key, "default") == "default" and session.model.get(key) is not None:
-            setattr(settings, key, session.model[key])
-    for key in _PARAM_KEYS:
-        if sources.get(key, "default") == "default":
-            setattr(settings, key, getattr(session.params, key))
+    apply_remembered(session, settings, sources)
     return session, notes

@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 from typing import Iterator, TextIO
 
+from vlchat.commands.remember import model_record
 from vlchat.core.conversation import Conversation, GenerationParams
 from vlchat.core.errors import InputError
 from vlchat.core.images import load_image
@@ -40,12 +41,6 @@ def write_stream(stream: TokenStream, out: TextIO | None) -> str:
     return stream.text
 
 
-# Settings a session remembers; a resumed session keeps them unless this command line (or the
-# config file, or VLCHAT_*) says otherwise.
-_MODEL_KEYS = ("model", "quant", "device", "dtype")
-_PARAM_KEYS = ("max_new_tokens", "temperature", "top_p", "seed")
-
-
 def open_session(args: argparse.Namespace, settings, sources):
     """The session --session names (locked; 'new' makes one), with its remembered settings applied."""
     from vlchat.core.sessions import SessionStore, store_root
@@ -56,12 +51,9 @@ def open_session(args: argparse.Namespace, settings, sources):
     session = store.open(args.session)
     if not sources.get("system", "").startswith("flag"):
         settings.system = None  # the config's system prompt is for new conversations; keep this one's
-    for key in _MODEL_KEYS:
-        if sources.get(key) == "default" and session.model.get(key) is not None:
-            setattr(settings, key, session.model[key])
-    for key in _PARAM_KEYS:
-        if sources.get(key) == "default":
-            setattr(settings, key, getattr(session.params, key))
+    from vlchat.commands.remember import apply_remembered
+
+    apply_remembered(session, settings, sources)
     return session
 
 
@@ -128,8 +120,7 @@ def _ask(args, settings, engine, pictures, question, session) -> int:
             conversation.set_system(settings.system)
         refs = [session.attach(p) for p in pictures]
         conversation.add_user(question, refs)
-        # "name" is the documented field (sessions/README.md); "model" is the setting it came from.
-        session.model = {"name": settings.model, **{key: getattr(settings, key) for key in _MODEL_KEYS}}
+        session.model = model_record(settings)
         session.params = params
         # Saved before the model runs: whatever happens to this process from here on, the
         # question and its pictures are on disk.

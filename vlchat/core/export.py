@@ -114,6 +114,8 @@ def render(session: Session, assets_link: str, asset_names: dict[str, str], miss
     lines.append(f"- **Session:** `{session.id}`")
     if models:
         lines.append(f"- **{'Models' if len(models) > 1 else 'Model'}:** {', '.join(models)}")
+    if session.model.get("endpoint"):
+        lines.append(f"- **Server:** {clean(str(session.model['endpoint']), keep_newlines=False)}")
     date = _when(session.created)
     if _when(session.updated) != date:
         date += f" (last updated {_when(session.updated)})"

@@ -29,7 +29,7 @@ from vlchat.engines.base import (
     StreamStats,
     TokenStream,
 )
-from vlchat.engines.transformers import TransformersEngine, _first_line, offline, quiet_libraries
+from vlchat.engines.transformers import TransformersEngine, _first_line
 
 # model_type values of the MiniCPM-o/-V remote code: they take init_* switches for their audio parts
 _MINICPM_O = ("minicpmo",)
@@ -74,22 +74,10 @@ class RemoteCodeEngine(TransformersEngine):
                 f"model {self.name} ships its own Python code, and vlchat runs such code only when asked",
                 "read the code in the model's repository, then start again with --trust-remote-code",
             )
-        report(LoadProgress("starting torch"))
-        quiet_libraries()
-        import torch  # noqa: F401
+        source, kwargs = self._start_load(report, trust_remote_code=True)
         from transformers import AutoModel, AutoTokenizer
 
-        from vlchat.engines.transformers import pick_device, pick_dtype, pick_quant
-
-        quant_req, device_req, dtype_req = self.requested
-        self.device = pick_device(device_req)
-        self.quant = pick_quant(quant_req, self.device)
-        self.dtype = pick_dtype(dtype_req, self.device)
-        source = self._locate(report)
         config = read_config(source) or {}
-        kwargs: dict[str, Any] = {"trust_remote_code": True}
-        if offline():
-            kwargs["local_files_only"] = True
         extra: dict[str, Any] = {}
         if config.get("model_type") in _MINICPM_O:
             extra = {"init_vision": True, "init_audio": False, "init_tts": False, "attn_implementation": "sdpa"}

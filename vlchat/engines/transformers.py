@@ -164,22 +164,28 @@ class TransformersEngine:
         self._kept: tuple[list[int], Any, list[str]] | None = None
 
     # -- loading -------------------------------------------------------------------------------
-    def load(self, progress: ProgressCallback | None = None) -> None:
-        report = progress or (lambda _p: None)
+    def _start_load(self, report: ProgressCallback, trust_remote_code: bool) -> tuple[str, dict[str, Any]]:
+        """Torch started, device, quantization and dtype settled, the files found: the folder to load
+        from and the arguments every ``from_pretrained`` call gets."""
         report(LoadProgress("starting torch"))
         quiet_libraries()
         import torch  # noqa: F401  (imported here, not at module level: `vlchat --help` stays fast)
-        from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
         quant_req, device_req, dtype_req = self.requested
         self.device = pick_device(device_req)
         self.quant = pick_quant(quant_req, self.device)
         self.dtype = pick_dtype(dtype_req, self.device)
         source = self._locate(report)
-
-        kwargs: dict[str, Any] = {"trust_remote_code": self.trust_remote_code}
+        kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
         if offline():
             kwargs["local_files_only"] = True
+        return source, kwargs
+
+    def load(self, progress: ProgressCallback | None = None) -> None:
+        report = progress or (lambda _p: None)
+        source, kwargs = self._start_load(report, self.trust_remote_code)
+        from transformers import AutoConfig, AutoModelForImageTextToText
+
         quant_config = self._quantization_config()
         report(LoadProgress(f"loading {self.name} on {self.device}"))
         try:

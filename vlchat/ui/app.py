@@ -165,6 +165,7 @@ class VlchatApp(App):
         self.frames = 0  # transcript redraws of streamed text (the bench and tests read it)
         self.last_timings: Timings | None = None
         self.last_tokens: int | None = None
+        self.last_prompt_tokens: int | None = None  # as the engine (or the server's usage) counted them
         self.context_tokens: int | None = None
         self.picture_tokens: int | None = None
         self.remember_theme = remember_theme
@@ -417,6 +418,7 @@ class VlchatApp(App):
         self.load_error = None
         self.context_tokens = self.picture_tokens = None
         self.last_timings = None
+        self.last_prompt_tokens = None
         self._loading_done()
         self.settings = replace(self.settings, model=name)
         label = model_label(info.name) + (f" ({clean(info.label, keep_newlines=False)})" if info.label else "")
@@ -499,10 +501,15 @@ class VlchatApp(App):
         info = self.info
         narrow = self.size.width < NARROW_COLUMNS  # at 80 columns: the same figures, fewer words
         quant = "no quant" if info.quantization == "none" else info.quantization
-        fields = [info.device] + ([] if narrow else [info.dtype]) + [quant]
-        fields.append(_size(info.memory_bytes) if narrow else f"mem {_size(info.memory_bytes)}")
+        fields = [info.device] + ([] if narrow or not info.dtype else [info.dtype]) + [quant]
+        if info.memory_bytes is not None:  # a server does not say what its model takes
+            fields.append(_size(info.memory_bytes) if narrow else f"mem {_size(info.memory_bytes)}")
         limit = info.context_length
-        if self.context_tokens is not None:
+        if self.context_tokens is None and self.last_prompt_tokens is not None:
+            # No local tokenizer to count with (a server): what the last answer's usage said.
+            used = self.last_prompt_tokens + (self.last_tokens or 0)
+            fields.append(f"ctx {used}" + (f"/{limit}" if limit else ""))
+        elif self.context_tokens is not None:
             ctx = f"ctx {self.context_tokens}" + (f"/{limit}" if limit else "")
             if self.picture_tokens:
                 ctx += f" ({self.picture_tokens} pic)" if narrow else f" ({self.picture_tokens} in pictures)"
@@ -768,6 +775,7 @@ class VlchatApp(App):
             if view is not None:
                 await view.finish(answer)
             self.last_timings, self.last_tokens = message.timings, message.tokens
+            self.last_prompt_tokens = message.prompt_tokens
             self.conversation_changed("stopped" if message.stopped else "answer")
         else:
             if view is not None:
@@ -820,10 +828,9 @@ class VlchatApp(App):
         self.request_save(message.reason)
 
     def _model_record(self) -> dict[str, Any]:
-        record = {key: getattr(self.settings, key) for key in ("model", "quant", "device", "dtype")}
-        if self.info is not None:
-            record["name"] = self.info.name
-        return record
+        from vlchat.commands.remember import model_record
+
+        return model_record(self.settings, self.info)
 
     def _job(self, kind: str, **extra: Any) -> _SessionJob:
         return _SessionJob(
@@ -1063,6 +1070,7 @@ class VlchatApp(App):
             self._adopt(message.session)
         self.save_error = None
         self.last_timings = None
+        self.last_prompt_tokens = None
         self.transcript.render_conversation(self.conversation)
         if message.session is not None:
             self._session_opened_notes(message.session, message.notes)
@@ -1211,6 +1219,7 @@ class VlchatApp(App):
             self.conversation.set_system(self.settings.system)
         self.pending = [shown] if shown else []
         self.last_timings = None
+        self.last_prompt_tokens = None
         self._epoch += 1  # the old session stays on disk; the next question starts a new one
         self.transcript.render_conversation(self.conversation)
         self.transcript.note("New conversation." + (" The picture on screen goes with your next question." if shown else ""))

@@ -73,7 +73,7 @@ def _ioctl_cell_size() -> tuple[int, int] | None:
     return None
 
 
-def probe_terminal(timeout: float = 0.5) -> tuple[bool, bool, tuple[int, int] | None, bool]:
+def probe_terminal(timeout: float = 0.5, *, kitty: bool = True) -> tuple[bool, bool, tuple[int, int] | None, bool]:
     """Ask the terminal once; never raises, never leaves a reply in the input."""
     try:
         import termios
@@ -87,7 +87,7 @@ def probe_terminal(timeout: float = 0.5) -> tuple[bool, bool, tuple[int, int] | 
     data = b""
     try:
         tty.setcbreak(stdin, termios.TCSANOW)
-        stdout.write(_KITTY_QUERY + _CELL_SIZE_QUERY + _DEVICE_ATTRIBUTES)
+        stdout.write((_KITTY_QUERY if kitty else "") + _CELL_SIZE_QUERY + _DEVICE_ATTRIBUTES)
         stdout.flush()
         deadline = time.monotonic() + timeout
         while not _DA_REPLY.search(data.decode("latin-1")):
@@ -131,10 +131,19 @@ def detect(requested: str = "auto", env: dict[str, str] | None = None, *, probe=
             _, _, cell, _ = probe(0.3)
     elif not _is_tty():
         graphics = TerminalGraphics("halfblock", "not a terminal")
-    elif env.get("TMUX") or env.get("TERM", "").startswith(("tmux", "screen")):
-        # textual-image 0.12 does not wrap its escapes for tmux passthrough: they would be eaten
-        # or, worse, land on the wrong pane.
-        graphics = TerminalGraphics("halfblock", "inside tmux/screen")
+    elif env.get("TMUX") or env.get("TERM", "").startswith("tmux"):
+        # tmux answers the device attributes itself, with 4 (sixel) when it draws sixel images in
+        # its panes (3.4 and later, built with sixel). Kitty graphics would need passthrough,
+        # which textual-image 0.12 does not wrap its escapes for: they would be eaten or, worse,
+        # land on the wrong pane. So: sixel when tmux says so, else half-blocks.
+        _, sixel, probed_cell, answered = probe(0.5, kitty=False)
+        cell = cell or probed_cell
+        if answered and sixel:
+            graphics = TerminalGraphics("sixel", "tmux draws sixel")
+        else:
+            graphics = TerminalGraphics("halfblock", "inside tmux without sixel")
+    elif env.get("TERM", "").startswith("screen"):
+        graphics = TerminalGraphics("halfblock", "inside screen")
     elif env.get("TERM") in ("dumb", "linux", ""):
         graphics = TerminalGraphics("halfblock", f"terminal {env.get('TERM') or 'unknown'}")
     else:
