@@ -169,11 +169,14 @@ def print_table(rows: list[dict], header: str) -> None:
 
 
 def markdown_table(rows: list[dict]) -> str:
-    lines = ["| benchmark | figure | median | goal |", "|---|---|---:|---|"]
+    lines = ["| figure | median | goal | notes |", "|---|---:|---|---|"]
+    section = None
     for r in rows:
-        goal = "" if not r["goal"] else f"{r['goal']} {'✓' if r['ok'] else '✗'}"
-        what = r["what"] + (f" ({r['note']})" if r["note"] else "")
-        lines.append(f"| {r['section']} | {what} | {format_value(r['value'], r['unit'])} | {goal} |")
+        if r["section"] != section:
+            section = r["section"]
+            lines.append(f"| **{section}** | | | |")
+        goal = "" if not r["goal"] else f"{r['goal']} {'✓' if r['ok'] else '✗ missed'}"
+        lines.append(f"| {r['what'].replace('|', '/')} | {format_value(r['value'], r['unit'])} | {goal} | {r['note']} |")
     return "\n".join(lines)
 
 

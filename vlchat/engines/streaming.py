@@ -40,8 +40,12 @@ class TokenFeed:
         self._allowance = float(burst)
         self._last = time.perf_counter()
         self._prompt = True
-        self._cond = threading.Condition(threading.Lock())
-        self._waiting = False  # only wake the reader when it sleeps: a notify per token is not free
+        # A bare lock as the wake-up signal (held = nothing to say), cheaper at both ends than a
+        # Condition; a lost or extra wake-up costs at most one short wait, since the reader
+        # checks ``ids`` and ``done`` itself and never waits longer than 1/rate.
+        self._signal = threading.Lock()
+        self._signal.acquire()
+        self._waiting = False  # only wake the reader when it sleeps
 
     def put(self, value: Any) -> None:
         if self._prompt:
@@ -64,27 +68,33 @@ class TokenFeed:
             self._last = now
             if self._allowance >= 1.0:
                 self._allowance -= 1.0
-                with self._cond:
-                    self._cond.notify()
+                self._wake()
 
     def end(self) -> None:
         """Generation is over (finished, stopped or failed); safe to call more than once."""
-        with self._cond:
-            self.done = True
-            self._cond.notify()
+        self.done = True
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            self._signal.release()
+        except RuntimeError:  # already released: a wake-up is pending
+            pass
 
     def wait(self, seen: int) -> bool:
         """Block until there are more than ``seen`` ids or generation is over; returns whether it is over.
 
         Once it returns True no more ids will come: everything put() before end() is in ``ids``.
         """
-        with self._cond:
+        timeout = 1.0 / self.rate
+        while len(self.ids) <= seen and not self.done:
             self._waiting = True
-            while len(self.ids) <= seen and not self.done:
-                # put() may skip the wake-up (see there): the timeout bounds how late a token shows.
-                self._cond.wait(1.0 / self.rate)
-            self._waiting = False
-            return self.done
+            if len(self.ids) > seen or self.done:  # arrived between the check and the flag
+                break
+            # put() may skip the wake-up (see there): the timeout bounds how late a token shows.
+            self._signal.acquire(timeout=timeout)
+        self._waiting = False
+        return self.done
 
 
 class Detokenizer:
