@@ -4,9 +4,9 @@ transformers' TextIteratorStreamer decodes on the generation thread, re-decoding
 the last newline at each step, and queues one item per token; the reader then wakes once per token
 and takes the GIL from the model each time. On a small model, where a decoding step takes a
 millisecond or two, that costs a quarter of the speed. Here the generation thread only appends
-token ids to a list; the reader is woken at most about 60 times a second once an answer is under
-way (every token for a model slower than that), and decodes a short window of new ids at a time. Nothing here imports torch or
-transformers.
+token ids to a list; the reader is woken at most about 30 times a second once an answer is under
+way (every token for a model slower than that; the app draws at most 30 frames a second anyway),
+and decodes a short window of new ids at a time. Nothing here imports torch or transformers.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ class TokenFeed:
     from the generation thread, so cancel tests and the status line see the model's own count.
     """
 
-    def __init__(self, stats: Any = None, rate: float = 60.0, burst: int = 16):
+    def __init__(self, stats: Any = None, rate: float = 30.0, burst: int = 8):
         self.ids: list[int] = []
         self.done = False
         self.stats = stats
