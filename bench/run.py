@@ -50,7 +50,7 @@ def run_ttft(device: str, quick: bool) -> dict:
 
 
 def run_stream(device: str, quick: bool) -> dict:
-    return stream_overhead.measure(device, tokens=256, runs=5 if quick else 15)
+    return stream_overhead.measure(device, tokens=256, runs=7 if quick else 25)
 
 
 def run_startup(_device: str, quick: bool) -> dict:
