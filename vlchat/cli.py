@@ -100,12 +100,13 @@ def settings_from(args: argparse.Namespace):
     return load_settings(flags)
 
 
-SUBCOMMANDS = ("ask", "demo", "sessions", "export", "models")
+SUBCOMMANDS = ("ask", "caption", "demo", "sessions", "export", "models")
 
 _USAGE = (
     "vlchat [IMAGE...] [options]          open the app on these pictures\n"
     "       vlchat demo [options]                the app on the demo model and a sample picture\n"
     "       vlchat ask IMAGE... QUESTION [options]  one answer, streamed to stdout\n"
+    "       vlchat caption DIR_OR_FILE... -o captions.jsonl  a caption for every picture\n"
     "       vlchat sessions | vlchat export SESSION  saved conversations\n"
     "       vlchat models [--endpoint URL]       the models you can use"
 )
@@ -154,6 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(ask)
     _add_server_options(ask)
     _add_generation_options(ask)
+
+    from vlchat.commands.caption import add_caption_parser
+
+    add_caption_parser(commands, _add_model_options, _add_server_options, _add_generation_options)
 
     models = commands.add_parser(
         "models",
@@ -204,6 +209,7 @@ def build_app_parser() -> argparse.ArgumentParser:
         description="Conversations about pictures with local vision-language models, in the terminal.\n"
         "With pictures (or none), opens the app.",
         epilog="commands:\n  ask       answer one question about pictures, streamed to stdout (vlchat ask --help)\n"
+        "  caption   a caption for every picture in folders, to JSON lines (vlchat caption --help)\n"
         "  demo      open the app on the bundled demo model and a sample picture\n"
         "  sessions  list saved sessions\n"
         "  export    write a session as Markdown with its pictures\n"
@@ -267,6 +273,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from vlchat.commands.ask import run_ask
 
             return run_ask(args)
+        if args.command == "caption":
+            from vlchat.commands.caption import run_caption
+
+            return run_caption(args)
         if args.command == "models":
             from vlchat.commands.models import run_models
 

@@ -1,0 +1,683 @@
+"""`vlchat caption DIR_OR_FILES... -o captions.jsonl`: a caption for every picture, resumable.
+
+Three threads of work, so the model never waits for the disk: a reader hashes and decodes the
+pictures ahead of the model (and, for a local model that batches, runs the processor on the whole
+batch), the main thread generates and writes each record as it finishes, and for a server a small
+pool keeps ``--concurrency`` requests in flight. Ctrl-C only sets an event: the model stops within
+a step, the line being written is finished, and the file stays valid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+from vlchat.core.errors import InputError
+from vlchat.core.text import clean
+
+if TYPE_CHECKING:  # Pillow and the stores load with the command, not with `vlchat --help`
+    from vlchat.core.captions import Store
+    from vlchat.core.conversation import GenerationParams
+    from vlchat.core.images import LoadedImage
+    from vlchat.core.pictures import Found
+
+PRESETS = {
+    "short": "Describe the picture in one sentence.",
+    "detailed": "Describe the picture in detail.",
+    "tags": "List what is in the picture as comma-separated tags.",
+}
+# The demo model knows only its own questions (vlchat/demo/shapes.py); asked for tags it would
+# answer that it cannot, so with it the tags preset asks what it can answer.
+DEMO_PRESETS = {"tags": "What is in the picture?"}
+DEFAULT_PRESET = "short"
+DEFAULT_BATCH = 8
+DEFAULT_CONCURRENCY = 4
+MAX_FAILING = 8  # model or server failures in a row before the run stops: every picture would fail
+
+
+def add_caption_parser(commands, add_model_options, add_server_options, add_generation_options) -> None:
+    caption = commands.add_parser(
+        "caption",
+        help="caption every picture in folders or files, to JSON lines (resumable)",
+        description="Caption pictures (files, or the pictures found in folders by their content) and write one "
+        "record per picture as each finishes: path, sha256, caption, model, prompt, tokens, seconds. Run the "
+        "same command again to go on where it stopped: pictures already captioned with the same model and "
+        "prompt are skipped. A picture that cannot be read becomes a record with an error and the run goes on.",
+    )
+    caption.add_argument("inputs", nargs="+", metavar="DIR_OR_FILE", help="pictures, or folders of pictures")
+    caption.add_argument("-o", "--output", metavar="FILE", help="where the records go (not needed with --format txt-sidecar)")
+    caption.add_argument(
+        "--format",
+        choices=("jsonl", "json", "csv", "txt-sidecar"),
+        help="jsonl (default; or as FILE's extension says: .json, .csv), json (one array, written at the end "
+        "and every few seconds), csv, or txt-sidecar (photo.txt beside photo.jpg, as training tools expect)",
+    )
+    prompt = caption.add_mutually_exclusive_group()
+    prompt.add_argument("--prompt", metavar="TEXT", help="what to ask about each picture")
+    prompt.add_argument(
+        "--preset",
+        choices=tuple(PRESETS),
+        help=f"a ready prompt: short (default: {PRESETS['short']!r}), detailed, tags",
+    )
+    caption.add_argument("--recursive", "-r", action="store_true", help="look in sub-folders too")
+    caption.add_argument(
+        "--batch-size", type=int, metavar="N", help=f"pictures per generate call for a local model (default {DEFAULT_BATCH})"
+    )
+    caption.add_argument(
+        "--concurrency", type=int, metavar="N",
+        help=f"requests in flight at once with --endpoint (default {DEFAULT_CONCURRENCY})",
+    )
+    caption.add_argument("--limit", type=int, metavar="N", help="caption at most N new pictures this run, then stop")
+    caption.add_argument("--retry-errors", action="store_true", help="try again the pictures an earlier run could not caption")
+    caption.add_argument(
+        "--overwrite", action="store_true", help="with txt-sidecar: replace .txt files that vlchat did not write"
+    )
+    add_model_options(caption)
+    add_server_options(caption)
+    add_generation_options(caption)
+
+
+# -- what flows from the reader to the writer --------------------------------------------------------
+@dataclass
+class Item:
+    found: Found
+    sha256: str | None = None
+    picture: LoadedImage | None = None
+    error: str | None = None
+
+
+@dataclass
+class Work:
+    items: list[Item]
+    batch: Any = None  # a prepared batch (local batching engines), else None
+
+
+@dataclass
+class Tally:
+    total: int
+    captioned: int = 0
+    failed: int = 0
+    skipped: int = 0
+    blocked: int = 0
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def handled(self) -> int:
+        return self.captioned + self.failed + self.skipped + self.blocked
+
+
+def picture_name(found: Found) -> str:
+    return clean(found.path, keep_newlines=False)
+
+
+class Progress:
+    """A one-line bar on stderr with pictures/s and time left, redrawn at most 10 times a second,
+    only when stderr is a terminal; otherwise nothing until the summary."""
+
+    def __init__(self, tally: Tally, mode: str, stream=None):
+        self.tally = tally
+        self.mode = mode
+        self.err = stream or sys.stderr
+        self.live = self.err.isatty()
+        self._drawn_at = 0.0
+
+    def say(self, line: str) -> None:
+        """A line of its own (an error, a note), above the bar."""
+        if self.live:
+            self.err.write("\r\x1b[K")
+        self.err.write(line + "\n")
+        self.err.flush()
+        self.draw(force=True)
+
+    def draw(self, force: bool = False) -> None:
+        if not self.live:
+            return
+        now = time.perf_counter()
+        if not force and now - self._drawn_at < 0.1:
+            return
+        self._drawn_at = now
+        t = self.tally
+        elapsed = now - t.started
+        rate = (t.captioned + t.failed) / elapsed if elapsed > 0 else 0.0
+        left = t.total - t.handled
+        eta = _duration(left / rate) if rate > 0 else "?"
+        width = 24
+        filled = int(width * t.handled / t.total) if t.total else width
+        bar = "#" * filled + "-" * (width - filled)
+        self.err.write(
+            f"\r[{bar}] {t.handled}/{t.total} pictures  {rate:.1f}/s  {eta} left  ({self.mode})\x1b[K"
+        )
+        self.err.flush()
+
+    def clear(self) -> None:
+        if self.live:
+            self.err.write("\r\x1b[K")
+            self.err.flush()
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+# -- the reader ------------------------------------------------------------------------------------
+class Reader(threading.Thread):
+    """Hashes each picture, skips what is done, decodes the rest and hands them on in groups of
+    ``group`` (with ``prepare(items)`` run here, off the model's thread).
+
+    With ``workers`` > 1 the hashing and decoding of the next pictures run on that many threads
+    (Pillow lets go of the GIL while it decodes: large photos on a fast GPU need it); the pictures
+    are still handed on in order.
+    """
+
+    def __init__(self, found: list[Found], store: Store, model: str, prompt: str, *, group: int,
+                 retry_errors: bool, limit: int | None, stop: threading.Event,
+                 prepare: Callable[[list[Item]], Any] | None = None, workers: int = 1):
+        super().__init__(name="vlchat-caption-reader", daemon=True)
+        self.found, self.store, self.model, self.prompt = found, store, model, prompt
+        self.group, self.retry_errors, self.limit, self.stop = group, retry_errors, limit, stop
+        self.prepare, self.workers = prepare, max(1, workers)
+        self.out: queue.Queue = queue.Queue(maxsize=2)
+        self.failure: BaseException | None = None
+
+    def _put(self, message: Any) -> bool:
+        while not self.stop.is_set():
+            try:
+                self.out.put(message, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _send(self, ready: list[Item]) -> bool:
+        batch = None
+        if self.prepare is not None:
+            try:
+                batch = self.prepare(ready)
+            except Exception as error:  # noqa: BLE001 - one bad batch must not end the run
+                if len(ready) > 1:  # find the picture the processor refuses; the others go on
+                    return all(self._send([item]) for item in ready)
+                ready[0].error = f"the model's processor refused it: {type(error).__name__}: {clean(str(error), keep_newlines=False)[:200]}"
+                ready[0].picture = None
+                return self._put(("error", ready[0]))
+        return self._put(("work", Work(ready, batch)))
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except BaseException as error:  # handed to the main thread, never lost here
+            self.failure = error
+        finally:
+            self._put(("end", None))
+
+    def _look(self, found: Found) -> tuple[str, Item, Any]:
+        """What to do with one picture: ("skip"|"copy"|"error"|"picture", item, earlier record)."""
+        from vlchat.core.images import ImageError, load_image, sha256_file
+
+        item = Item(found)
+        done = self.store.done
+        self.store.prepare(found.path)
+        try:
+            item.sha256 = sha256_file(found.path)
+        except OSError:
+            item.sha256 = None  # load_image below says what is wrong, in one line
+        earlier = done.caption_for(item.sha256, self.model, self.prompt) if item.sha256 else None
+        if earlier:
+            if done.has_path(found.path, item.sha256, self.model, self.prompt):
+                return "skip", item, None
+            return "copy", item, earlier  # the same bytes under another name: its own record, no model run
+        if not self.retry_errors and done.has_error(found.path, self.model, self.prompt):
+            return "skip", item, None
+        try:
+            item.picture = load_image(found.path)
+        except ImageError as error:
+            item.error = error.line()
+            return "error", item, None
+        item.sha256 = item.picture.ref.sha256
+        return "picture", item, None
+
+    def _looked(self) -> Iterator[tuple[str, Item, Any]]:
+        if self.workers == 1:
+            yield from map(self._look, self.found)
+            return
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="vlchat-caption-decode")
+        ahead: deque = deque()
+        upcoming = iter(self.found)
+        try:
+            for found in upcoming:
+                ahead.append(pool.submit(self._look, found))
+                if len(ahead) >= 2 * self.workers:
+                    yield ahead.popleft().result()
+            while ahead:
+                yield ahead.popleft().result()
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def _run(self) -> None:
+        ready: list[Item] = []
+        queued = 0
+        for verdict, item, earlier in self._looked():
+            if self.stop.is_set():
+                return
+            if verdict == "skip":
+                self._put(("skip", item))
+                continue
+            # Asked here, in order, not on the decoding threads: two pictures may want one .txt.
+            why = self.store.blocked(item.found.path)
+            if why:
+                item.error, item.picture = why, None
+                self._put(("blocked", item))
+                continue
+            if verdict == "copy":
+                self._put(("copy", (item, earlier)))
+                continue
+            if self.limit is not None and queued >= self.limit:
+                break
+            queued += 1
+            if verdict == "error":
+                if not self._put(("error", item)):
+                    return
+                continue
+            ready.append(item)
+            if len(ready) >= self.group:
+                if not self._send(ready):
+                    return
+                ready = []
+        if ready:
+            self._send(ready)
+
+
+def decode_workers(engine, remote: bool) -> int:
+    """Threads that decode pictures ahead of the model: one on a CPU (the model needs the cores),
+    up to four beside a GPU."""
+    if remote or getattr(engine, "device", "cpu") == "cpu":
+        return 1
+    return max(1, min(4, _cores() - 1))
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def share_cpu(engine) -> None:
+    """On the CPU, leave one core to the reader thread: torch's threads spin while they wait for
+    each other, so a torch thread that has to share its core with the reader (or anything else)
+    makes every step wait for it. Where OMP_NUM_THREADS says how many, that is kept."""
+    if getattr(engine, "device", "") != "cpu" or os.environ.get("OMP_NUM_THREADS"):
+        return
+    import torch
+
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), _cores() - 1)))
+
+
+# -- the command ----------------------------------------------------------------------------------
+def _positive(value: int | None, name: str, default: int) -> int:
+    if value is None:
+        return default
+    if value < 1:
+        raise InputError(f"{name} must be at least 1, not {value}", f"give e.g. {name} {default}")
+    return value
+
+
+def prompt_for(args: argparse.Namespace, model: str) -> str:
+    if args.prompt is not None:
+        return args.prompt
+    preset = args.preset or DEFAULT_PRESET
+    from vlchat.demo import DEMO_NAME
+
+    if model == DEMO_NAME and preset in DEMO_PRESETS:
+        return DEMO_PRESETS[preset]
+    return PRESETS[preset]
+
+
+def run_caption(args: argparse.Namespace) -> int:
+    from vlchat.cli import settings_from
+    from vlchat.commands.ask import _params
+    from vlchat.core.captions import format_for, open_store
+    from vlchat.core.pictures import find_pictures
+    from vlchat.engines import make_engine
+
+    settings, _sources = settings_from(args)
+    params = _params(settings)
+    batch_size = _positive(args.batch_size, "--batch-size", DEFAULT_BATCH)
+    concurrency = _positive(args.concurrency, "--concurrency", DEFAULT_CONCURRENCY)
+    limit = None if args.limit is None else _positive(args.limit, "--limit", 1)
+    fmt = format_for(args.output, args.format)
+    if fmt == "txt-sidecar" and args.output:
+        raise InputError("--format txt-sidecar writes a .txt beside each picture, so -o is not used", "leave out -o")
+    if args.prompt is not None and not args.prompt.strip():
+        raise InputError("the prompt is empty", "give --prompt some text, or use --preset short, detailed or tags")
+    if args.overwrite and fmt != "txt-sidecar":
+        raise InputError("--overwrite is for --format txt-sidecar", "leave it out")
+    # Everything a person can get wrong is checked before the (slow) model load.
+    store = open_store(fmt, args.output, overwrite=args.overwrite)
+    try:
+        found = list(find_pictures(args.inputs, recursive=args.recursive, exclude=[args.output] if args.output else []))
+        engine = make_engine(settings)
+        return caption_all(
+            engine, found, store, args=args, settings=settings, params=params,
+            batch_size=batch_size, concurrency=concurrency, limit=limit,
+        )
+    finally:
+        store.close()
+
+
+def caption_all(engine, found: list[Found], store: Store, *, args, settings, params: GenerationParams,
+                batch_size: int, concurrency: int, limit: int | None, err=None) -> int:
+    from vlchat.engines.batch import can_batch
+    from vlchat.engines.base import LoadProgress
+
+    err = err or sys.stderr
+    spec = getattr(engine, "spec", None)
+    if getattr(spec, "name", None) == "demo" and getattr(spec, "label", ""):
+        print(f"vlchat: using the {spec.label} (it knows only colours and shapes); choose a real one with --model", file=err)
+    if not found:
+        print("vlchat: no pictures found" + (" (add --recursive to look in sub-folders)" if not args.recursive else ""), file=err)
+        return 0
+
+    def loading(step: LoadProgress) -> None:
+        if err.isatty():
+            print(f"\rvlchat: {step.stage}\x1b[K", end="", file=err, flush=True)
+
+    if getattr(engine, "model", None) is None:  # a caller (the benchmark) may hand in a loaded one
+        engine.load(loading)
+        if err.isatty():
+            print("\r\x1b[K", end="", file=err, flush=True)
+    model = engine.describe().name if settings.endpoint else engine.name
+    prompt = prompt_for(args, model)
+    remote = bool(settings.endpoint)
+    batching = not remote and can_batch(engine)
+    if remote:
+        mode = f"{concurrency} requests at a time"
+    elif batching:
+        mode = f"batches of {batch_size}"
+    else:
+        mode = "one at a time: this model cannot batch"
+        if args.batch_size and args.batch_size > 1:
+            print(f"vlchat: note: {clean(model, keep_newlines=False)} builds its own prompts, so it captions one picture at a time", file=err)
+    if not remote:
+        share_cpu(engine)
+    tally = Tally(total=len(found))
+    progress = Progress(tally, mode, err)
+    stop = threading.Event()
+    system = settings.system
+
+    prepare = None
+    if batching:
+        from vlchat.engines.batch import prepare_batch
+
+        rendered: dict[str, str] = {}
+
+        def prepare(items: list[Item]):
+            return prepare_batch(engine, [i.picture.image for i in items], [prompt] * len(items),
+                                 system=system, rendered=rendered)
+
+    reader = Reader(found, store, model, prompt, group=batch_size if batching else 1,
+                    retry_errors=args.retry_errors, limit=limit, stop=stop, prepare=prepare,
+                    workers=decode_workers(engine, remote))
+
+    failing = [0]  # pictures in a row the model or server failed on
+
+    def record(item: Item, caption=None, seconds: float | None = None, model_failed: bool = False,
+               copied: bool = False) -> None:
+        entry: dict[str, Any] = {"path": item.found.path, "sha256": item.sha256}
+        failing[0] = failing[0] + 1 if model_failed else 0 if caption is not None and not copied else failing[0]
+        if caption is not None:
+            entry.update(caption=caption.text, model=model, prompt=prompt, tokens=caption.tokens,
+                         seconds=round(seconds or 0.0, 4))
+            if copied:
+                tally.skipped += 1
+            else:
+                tally.captioned += 1
+        else:
+            entry.update(model=model, prompt=prompt, error=item.error)
+            tally.failed += 1
+            message = clean(item.error or "", keep_newlines=False)
+            name = picture_name(item.found)
+            progress.say(f"vlchat: {message}" if name in message else f"vlchat: {name}: {message}")
+        store.write(entry)
+        progress.draw()
+        if failing[0] >= MAX_FAILING:
+            from vlchat.engines.base import GenerationError
+
+            raise GenerationError(
+                f"the model failed on {failing[0]} pictures in a row, so the run stops (the last: {clean(item.error or '', keep_newlines=False)})",
+                "fix the model or server, then run the same command again with --retry-errors",
+            )
+
+    previous = signal.signal(signal.SIGINT, lambda _s, _f: stop.set()) if threading.current_thread() is threading.main_thread() else None
+    reader.start()
+    try:
+        if remote:
+            _run_remote(engine, reader, record, progress, tally, prompt, params, system, concurrency, stop)
+        else:
+            _run_local(engine, reader, record, progress, tally, prompt, params, system, batching, stop, prepare)
+        interrupted = stop.is_set()
+    finally:
+        stop.set()  # the reader stops too, whatever ended the run
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+        progress.clear()
+    reader.join(timeout=5)
+    if reader.failure is not None:
+        raise reader.failure
+    elapsed = time.perf_counter() - tally.started
+    rate = tally.captioned / elapsed if elapsed > 0 else 0.0
+    parts = [f"{tally.captioned} captioned"]
+    if tally.failed:
+        parts.append(f"{tally.failed} failed (recorded with their error)")
+    if tally.skipped:
+        parts.append(f"{tally.skipped} already done")
+    if tally.blocked:
+        parts.append(f"{tally.blocked} left alone")
+    summary = (f"vlchat: {tally.total} picture{'' if tally.total == 1 else 's'}: {', '.join(parts)}; {elapsed:.1f} s, {rate:.1f} pictures/s "
+               f"({progress.mode}) -> {store.where()}")
+    if interrupted:
+        print(f"vlchat: stopped; {summary[len('vlchat: '):]}; run the same command again to go on", file=err)
+        return 130
+    print(summary, file=err)
+    return 0
+
+
+def _messages(reader: Reader, tally: Tally, progress: Progress, stop: threading.Event, record) -> Iterator[tuple[str, Any]]:
+    """What the reader sends, with skips and blocked pictures counted on the way."""
+    while True:
+        try:
+            kind, value = reader.out.get(timeout=0.1)
+        except queue.Empty:
+            if stop.is_set() or not reader.is_alive() and reader.out.empty():
+                return
+            continue
+        if kind == "end":
+            return
+        if kind == "skip":
+            tally.skipped += 1
+            progress.draw()
+            continue
+        if kind == "copy":
+            from vlchat.engines.batch import Caption
+
+            item, earlier = value
+            record(item, Caption(str(earlier.get("caption", "")), int(earlier.get("tokens") or 0)), 0.0, copied=True)
+            continue
+        if kind == "blocked":
+            tally.blocked += 1
+            progress.say(f"vlchat: skipped {picture_name(value.found)}: {clean(value.error, keep_newlines=False)}")
+            continue
+        yield kind, value
+
+
+def _per_picture_error(error: BaseException) -> bool:
+    """Whether an engine error belongs to one picture (recorded, the run goes on) rather than to the
+    model or server (the run stops: every picture would fail the same way)."""
+    from vlchat.core.images import ImageError
+    from vlchat.engines.base import ContextTooLongError, GenerationError, OutOfMemoryError
+
+    try:
+        from vlchat.engines.openai import IncompleteStreamError, MalformedStreamError, RequestTooLargeError, TokenTimeoutError
+    except ImportError:  # pragma: no cover
+        return isinstance(error, (ContextTooLongError, ImageError))
+    if isinstance(error, (ImageError, ContextTooLongError, RequestTooLargeError)):
+        return True
+    if isinstance(error, (OutOfMemoryError, TokenTimeoutError)):
+        return False
+    return isinstance(error, GenerationError) and not isinstance(error, (IncompleteStreamError, MalformedStreamError))
+
+
+def _run_local(engine, reader, record, progress, tally, prompt, params, system, batching, stop, prepare) -> None:
+    from vlchat.engines.base import OutOfMemoryError
+    from vlchat.engines.batch import caption_one_by_one, generate_batch
+
+    def run(items: list[Item], batch) -> bool:
+        """Caption these pictures and write their records; False when stopped part-way."""
+        started = time.perf_counter()
+        try:
+            if batching:
+                captions = generate_batch(engine, batch, params, stop)
+            else:
+                captions = caption_one_by_one(engine, [_ref(i) for i in items], prompt, params,
+                                              system=system, cancel=stop)
+        except OutOfMemoryError as error:
+            if not batching or len(items) == 1:
+                raise OutOfMemoryError(error.message, "try a smaller --batch-size, or --quant 4bit") from error
+            # Too many at once for this device: halve the batch, for this one and the rest of the run.
+            batch = None
+            _free_device_memory()
+            half = (len(items) + 1) // 2
+            if reader.group > half:
+                reader.group = half
+                progress.mode = f"batches of {half}"
+                progress.say(f"vlchat: note: out of memory with {len(items)} pictures at once; going on with batches of {half}")
+            return run(items[:half], prepare(items[:half])) and run(items[half:], prepare(items[half:]))
+        except Exception as error:
+            if not _per_picture_error(error):
+                raise
+            for item in items:
+                item.error = _line(error)
+                record(item, model_failed=True)
+            return True
+        if captions is None:  # stopped part-way: nothing half-made is written
+            return False
+        share = (time.perf_counter() - started) / len(items)
+        for item, caption in zip(items, captions):
+            record(item, caption, share)
+        return not stop.is_set()
+
+    for kind, value in _messages(reader, tally, progress, stop, record):
+        if kind == "error":
+            record(value)
+            continue
+        work: Work = value
+        batch, work.batch = work.batch, None
+        if not run(work.items, batch):
+            return
+
+
+def _free_device_memory() -> None:
+    import gc
+
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def _line(error: BaseException) -> str:
+    from vlchat.core.errors import VlchatError
+    from vlchat.engines.base import EngineError
+
+    if isinstance(error, EngineError):
+        return error.message.rstrip(".") + "."  # its hint speaks of a conversation, not of a folder
+    if isinstance(error, VlchatError):
+        return error.line()
+    return f"{type(error).__name__}: {clean(str(error), keep_newlines=False)}"
+
+
+def _ref(item: Item):
+    from vlchat.core.images import load_image
+
+    if item.picture is not None:
+        return item.picture.ref
+    return load_image(item.found.path).ref
+
+
+def _run_remote(engine, reader, record, progress, tally, prompt, params, system, concurrency, stop) -> None:
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    from vlchat.core.conversation import Conversation
+    from vlchat.core.images import ImageError
+    from vlchat.engines.batch import Caption
+
+    # The engine's picture cache is not made for several threads: requests are built one at a
+    # time (milliseconds), then sent and read side by side.
+    building = threading.Lock()
+
+    def ask(item: Item) -> tuple[Caption | None, float]:
+        started = time.perf_counter()
+        conversation = Conversation()
+        if system:
+            conversation.set_system(system)
+        conversation.add_user(prompt, [_ref(item)])
+        with building:
+            stream = engine.stream(conversation, params, stop)
+        text = "".join(stream)
+        if stop.is_set():
+            return None, 0.0
+        return Caption(clean(text).strip(), stream.stats.tokens), time.perf_counter() - started
+
+    running: dict[Any, Item] = {}
+
+    def collect(done) -> None:
+        for future in done:
+            item = running.pop(future)
+            try:
+                caption, seconds = future.result()
+            except Exception as error:
+                if not _per_picture_error(error):
+                    raise
+                item.error = _line(error)
+                record(item, model_failed=not isinstance(error, ImageError))
+                continue
+            if caption is not None:
+                record(item, caption, seconds)
+
+    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="vlchat-caption") as pool:
+        try:
+            for kind, value in _messages(reader, tally, progress, stop, record):
+                if kind == "error":
+                    record(value)
+                    continue
+                for item in value.items:
+                    while len(running) >= concurrency and not stop.is_set():
+                        done, _ = wait(list(running), timeout=0.1, return_when=FIRST_COMPLETED)
+                        collect(done)
+                    if stop.is_set():
+                        break
+                    running[pool.submit(ask, item)] = item
+                if stop.is_set():
+                    break
+            while running:
+                done, _ = wait(list(running), timeout=0.1, return_when=FIRST_COMPLETED)
+                collect(done)
+        except BaseException:
+            stop.set()  # the other requests stop too, then the error goes up
+            raise
