@@ -4,13 +4,14 @@
     python bench/run.py --quick               # fewer runs (about half the time)
     python bench/run.py --device cuda         # the model benchmarks on the GPU
     python bench/run.py --json results.json   # default: bench/results/<device>-latest.json
-    python bench/run.py --only ttft,stream    # some of: ttft, stream, startup, sessions, memory
+    python bench/run.py --only ttft,stream    # some of: ttft, stream, startup, sessions, memory, caption
 
 The rows come from the benchmark modules beside this file (each also runs on its own, with more
 options): ttft.py (time to first token as a conversation grows, with and without KV-cache reuse),
 stream_overhead.py (streaming against plain generate), startup.py (`vlchat --help`/`--version`,
 the app's first frame with a picture, a 6000x4000 JPEG's preview), sessions.py (save and load at
-500 turns) and memory.py (weights in 4-bit, 8-bit and full precision). Every figure is the median
+500 turns), memory.py (weights in 4-bit, 8-bit and full precision) and caption.py (`vlchat
+caption` against a plain generate loop). Every figure is the median
 of several runs. The load average is recorded before and after each benchmark, since a busy
 machine slows everything down.
 """
@@ -36,13 +37,14 @@ sys.path.insert(0, str(HERE))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import caption  # noqa: E402
 import memory  # noqa: E402
 import sessions  # noqa: E402
 import startup  # noqa: E402
 import stream_overhead  # noqa: E402
 import ttft  # noqa: E402
 
-NAMES = ("ttft", "stream", "startup", "sessions", "memory")
+NAMES = ("ttft", "stream", "startup", "sessions", "memory", "caption")
 
 
 def run_ttft(device: str, quick: bool) -> dict:
@@ -66,7 +68,17 @@ def run_memory(device: str, _quick: bool) -> dict:
     return memory.measure(device)
 
 
-RUNNERS = {"ttft": run_ttft, "stream": run_stream, "startup": run_startup, "sessions": run_sessions, "memory": run_memory}
+def run_caption(device: str, quick: bool) -> dict:
+    import torch
+
+    threads = torch.get_num_threads()
+    try:  # the caption benchmark sets torch's threads as the caption command does
+        return caption.measure("demo", device, 32 if quick else 64, 2 if quick else 3, [1, 4, 8, 16], 32)
+    finally:
+        torch.set_num_threads(threads)
+
+
+RUNNERS = {"caption": run_caption, "ttft": run_ttft, "stream": run_stream, "startup": run_startup, "sessions": run_sessions, "memory": run_memory}
 
 
 def table_rows(results: dict) -> list[dict]:
@@ -144,6 +156,16 @@ def table_rows(results: dict) -> list[dict]:
                 if q in m["ratio_to_full"]:
                     row(section, f"{model}: {label}", m["ratio_to_full"][q], "x",
                         note=f"{m['bytes'][q] / 1e6:.1f} MB")
+    section = "8. vlchat caption, demo model, pictures per second"
+    if not failed(section, "caption"):
+        r = results["caption"]
+        row(section, f"plain generate loop ({r['loop_reference']})",
+            r["loop_pictures_per_s"][r["loop_reference"]], "pictures/s")
+        for batch in r["vlchat"]:
+            row(section, f"vlchat caption, batch size {batch['batch_size']}", batch["pictures_per_s"], "pictures/s",
+                note=f"{batch['vs_loop']:.2f}x the loop; same captions {batch['same_captions_as_loop']}")
+        best = r["best"]
+        row(section, f"best (batch size {best['batch_size']}) / loop", best["vs_loop"], "x", ">= 3x", best["vs_loop"] >= 3)
     return rows
 
 
@@ -166,7 +188,7 @@ def print_table(rows: list[dict], header: str) -> None:
             print(f"\n{section}")
         verdict = "" if r["ok"] is None else ("ok" if r["ok"] else "MISSED")
         goal = f"goal {r['goal']}" if r["goal"] else ""
-        print(f"  {r['what']:<52}{format_value(r['value'], r['unit']):>14}  {goal:<14}{verdict:<7}{r['note']}")
+        print(f"  {r['what']:<52}{format_value(r['value'], r['unit']):>17}  {goal:<14}{verdict:<7}{r['note']}")
 
 
 def markdown_table(rows: list[dict]) -> str:

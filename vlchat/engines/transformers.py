@@ -1,9 +1,10 @@
 """The local engine: AutoProcessor + AutoModelForImageTextToText, optionally in 4- or 8-bit.
 
 The conversation is rendered with the model's own chat template, pictures as ``{"type": "image"}``
-entries at the turn where they were added. Tokens stream through a TextIteratorStreamer fed by a
-generation thread; a stopping criterion that reads a threading.Event makes cancel stop the model
-itself within one decoding step, not just the display.
+entries at the turn where they were added. Tokens stream from a generation thread through a
+TokenFeed (streaming.py: the thread only hands over token ids, the reader decodes them); a
+stopping criterion that reads a threading.Event makes cancel stop the model itself within one
+decoding step, not just the display.
 """
 
 from __future__ import annotations
