@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -35,6 +36,12 @@ def build_larger(folder: Path) -> Path:
         image_token_id=32000,
     )
     LlavaForConditionalGeneration(config).save_pretrained(folder)
+    # The engine loads a processor with every model: borrow the demo model's (only the weights are measured).
+    from vlchat.demo import MODEL_DIR
+
+    for name in ("tokenizer.json", "tokenizer_config.json", "processor_config.json", "chat_template.jinja"):
+        if (MODEL_DIR / name).exists():
+            shutil.copy(MODEL_DIR / name, folder / name)
     return folder
 
 

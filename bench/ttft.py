@@ -3,8 +3,9 @@
     python bench/ttft.py [--turns 1,5,10,20] [--runs 3] [--device cpu] [--json FILE]
 
 A conversation on the demo model: a picture in turn 1, then one question per turn, each answer kept
-in the history. The time to the first token is taken at the turns named; the median of several runs
-is quoted, and the ratio of the last turn to turn 1 shows whether follow-ups stay as fast as the
+in the history. The time to the first token (from the call, so rendering the prompt and processing
+the picture count too) is taken at the turns named; every run starts with no cache kept, so turn 1
+is a cold first question. The median of several runs is quoted, and the ratio of the last turn to turn 1 shows whether follow-ups stay as fast as the
 first question.
 """
 
@@ -26,8 +27,10 @@ from vlchat.demo.shapes import QUESTION_TYPES, QUESTIONS  # noqa: E402
 PARAMS = GenerationParams(max_new_tokens=32)
 
 
-def one_conversation(engine, turns: list[int]) -> dict[int, float]:
+def one_conversation(engine, turns: list[int], sizes: dict | None = None) -> dict[int, float]:
+    """Seconds to the first token at each of ``turns``; ``sizes`` gets (prompt tokens, reused tokens)."""
     picture = load_image(SAMPLES_DIR / "three-yellow-stars.png").ref
+    engine.drop_cache()  # turn 1 is a cold first question, not a repeat of the last run's
     conversation = Conversation()
     found = {}
     for turn in range(1, max(turns) + 1):
@@ -37,6 +40,8 @@ def one_conversation(engine, turns: list[int]) -> dict[int, float]:
         text = "".join(stream)
         if turn in turns:
             found[turn] = stream.stats.timings().first_token_s
+            if sizes is not None:
+                sizes[turn] = (stream.stats.prompt_tokens, stream.stats.cached_tokens)
         conversation.add_assistant(text, model=engine.name)
     return found
 
@@ -49,11 +54,14 @@ def measure(device: str = "cpu", turns: tuple[int, ...] = (1, 5, 10, 20), runs: 
         engine = TransformersEngine("demo", quant="none", device=device, kv_cache_reuse=reuse)
         engine.load()
         one_conversation(engine, [1])  # warm up
-        samples = [one_conversation(engine, list(turns)) for _ in range(runs)]
+        sizes: dict = {}
+        samples = [one_conversation(engine, list(turns), sizes) for _ in range(runs)]
         engine.unload()
         medians = {t: statistics.median(s[t] for s in samples) for t in turns}
         results["with reuse" if reuse else "without reuse"] = {
             "first_token_ms": {str(t): round(v * 1000, 2) for t, v in medians.items()},
+            "prompt_tokens": {str(t): sizes[t][0] for t in turns},
+            "reused_tokens": {str(t): sizes[t][1] for t in turns},
             f"turn{turns[-1]}_over_turn1": round(medians[turns[-1]] / medians[turns[0]], 3),
         }
     return {"device": device, "runs": runs, **results}

@@ -1,9 +1,10 @@
 """The local engine: AutoProcessor + AutoModelForImageTextToText, optionally in 4- or 8-bit.
 
 The conversation is rendered with the model's own chat template, pictures as ``{"type": "image"}``
-entries at the turn where they were added. Tokens stream through a TextIteratorStreamer fed by a
-generation thread; a stopping criterion that reads a threading.Event makes cancel stop the model
-itself within one decoding step, not just the display.
+entries at the turn where they were added. Tokens stream from a generation thread through a
+TokenFeed (streaming.py: the thread only hands over token ids, the reader decodes them); a
+stopping criterion that reads a threading.Event makes cancel stop the model itself within one
+decoding step, not just the display.
 """
 
 from __future__ import annotations
@@ -395,35 +396,29 @@ class TransformersEngine:
         cancel: threading.Event | None = None,
     ) -> TokenStream:
         import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+        from transformers import StoppingCriteriaList
 
+        from vlchat.engines.streaming import CancelCheck, Detokenizer, TokenFeed
+
+        # The clock starts before the prompt is rendered and the pictures processed: the time to
+        # the first token is what the person waits, and those grow with the conversation too.
+        started = time.perf_counter()
         inputs = self.prepare(conversation)
         kwargs = self.generation_kwargs(inputs, params)
         cancel = cancel or threading.Event()
         abandon = threading.Event()  # the reader went away: stop the model too
-        stats = StreamStats(prompt_tokens=int(inputs["input_ids"].shape[-1]))
+        stats = StreamStats(prompt_tokens=int(inputs["input_ids"].shape[-1]), started=started)
         pictures = [ref.sha256 for message in conversation.messages for ref in message.images]
         stats.cached_tokens = self._reuse_prefix(kwargs, pictures)
         kwargs["return_dict_in_generate"] = True
 
-        class Cancelled(StoppingCriteria):
-            def __call__(self, input_ids, scores, **_kw):
-                stop = cancel.is_set() or abandon.is_set()
-                return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
-
-        class CountingStreamer(TextIteratorStreamer):
-            def put(self, value):
-                if not (self.skip_prompt and self.next_tokens_are_prompt):
-                    if stats.first_token_at is None:
-                        stats.first_token_at = time.perf_counter()
-                    stats.tokens += int(value.numel())
-                super().put(value)
-
-        streamer = CountingStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        kwargs["streamer"] = streamer
-        kwargs["stopping_criteria"] = StoppingCriteriaList([Cancelled()])
+        # The generation thread only hands over token ids; the reader decodes (see streaming.py).
+        feed = TokenFeed(stats)
+        kwargs["streamer"] = feed
+        kwargs["stopping_criteria"] = StoppingCriteriaList([CancelCheck(cancel, abandon)])
         failure: list[BaseException] = []
         model = self.model
+        tokenizer = self.tokenizer
 
         def generate() -> None:
             try:
@@ -436,20 +431,27 @@ class TransformersEngine:
             except BaseException as error:  # handed to the reader, never lost in this thread
                 self._kept = None
                 failure.append(error)
-                streamer.end()
+            finally:
+                feed.end()
 
         worker = threading.Thread(target=generate, name="vlchat-generate", daemon=True)
 
         def pieces() -> Iterator[str]:
             worker.start()
+            text = Detokenizer(lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
             started = False  # the answer starts at its first visible character
+            seen = 0
             try:
-                for text in streamer:
+                done = False
+                while not done:
+                    done = feed.wait(seen)
+                    seen = len(feed.ids)
+                    piece = text.step(feed.ids, seen, end=done)
                     if not started:
-                        text = text.lstrip()
-                        started = bool(text)
-                    if text:
-                        yield clean(text)
+                        piece = piece.lstrip()
+                        started = bool(piece)
+                    if piece:
+                        yield clean(piece)
                 worker.join()
             finally:
                 if worker.is_alive():
