@@ -28,6 +28,7 @@ from vlchat.core.images import (
     LoadedImage,
     NotAnImageError,
     UnsupportedImageFormatError,
+    inspect_image,
     load_image,
     load_preview,
     open_ref,
@@ -748,3 +749,38 @@ def test_load_preview_reports_errors_like_load_image(tmp_path):
         load_preview(make_heic(tmp_path), 100)
     with pytest.raises(ImageNotFoundError):
         load_preview(tmp_path / "gone.jpg", 100)
+
+
+# -- the app's start: the same checks without a full decode --------------------------------------------
+@pytest.mark.parametrize("fmt, ext, options, tolerance", SUPPORTED, ids=[s[0] for s in SUPPORTED])
+def test_inspect_gives_the_same_reference_as_a_full_load(tmp_path, fmt, ext, options, tolerance):
+    path = tmp_path / f"picture.{ext}"
+    two_colour(40, 20).save(path, fmt, **options)
+    assert inspect_image(path) == load_image(path).ref
+
+
+def test_inspect_stands_the_size_upright_from_exif(tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "rotated.jpg"
+    Image.new("RGB", (40, 20), BLUE).save(path, "JPEG", exif=exif)
+    ref = inspect_image(path)
+    assert (ref.width, ref.height) == (20, 40) and ref == load_image(path).ref
+
+
+@pytest.mark.parametrize("case", list(ERROR_CASES))
+def test_inspect_refuses_what_load_refuses_with_the_same_line(tmp_path, case):
+    make, kind = ERROR_CASES[case]
+    path = make(tmp_path)
+    with pytest.raises(kind) as loaded:
+        load_image(path)
+    with pytest.raises(kind) as inspected:
+        inspect_image(path)
+    assert str(inspected.value) == str(loaded.value)
+
+
+def test_inspect_refuses_a_bomb_before_decoding(tmp_path):
+    path = tmp_path / "huge.png"
+    Image.new("1", (20000, 20000)).save(path)
+    with pytest.raises(ImageTooLargeError):
+        inspect_image(path, max_pixels=10_000_000)

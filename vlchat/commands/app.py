@@ -13,12 +13,13 @@ from vlchat.core.text import clean
 
 
 def _check_pictures(paths: list[str]):
-    from vlchat.core.images import ImageNotFoundError, load_image
+    from vlchat.core.images import ImageNotFoundError, inspect_image
 
     refs = []
     for path in paths:
         try:
-            refs.append(load_image(path).ref)
+            # Checked without a full decode where that is safe: the preview decodes it downscaled.
+            refs.append(inspect_image(path))
         except ImageNotFoundError as error:
             # `vlchat aks photo.jpg` reads as a picture called "aks": say what was probably meant.
             close = difflib.get_close_matches(path, ["ask", "demo"], n=1, cutoff=0.6)

@@ -119,6 +119,47 @@ def load_image(path: StrPath, *, max_pixels: int = MAX_PIXELS) -> LoadedImage:
     return LoadedImage(image=image, ref=ref)
 
 
+def inspect_image(path: StrPath, *, max_pixels: int = MAX_PIXELS) -> ImageRef:
+    """The reference to a picture, checked as ``load_image`` checks it, without decoding its pixels
+    when that is safe to skip: for the app's start, so a 24 MP photo does not hold up the first frame.
+
+    A JPEG that ends in its end-of-image marker and a PNG that ends in its IEND chunk are whole
+    files whose header has been read and checked; anything else (another format, a file that may be
+    cut short) is decoded in full, so every error is the one ``load_image`` gives.
+    """
+    name = _display(path)
+    data = _read_bytes(path, name)
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        image, fmt = _open(data, name, max_pixels)
+    if not _ends_whole(data, fmt):
+        image.close()
+        return load_image(path, max_pixels=max_pixels).ref
+    width, height = image.size
+    try:
+        if image.getexif().get(0x0112) in (5, 6, 7, 8):  # EXIF orientations that turn it a quarter
+            width, height = height, width
+    except Exception:
+        pass  # a broken orientation tag is ignored when decoding too
+    image.close()
+    return ImageRef(
+        sha256=hashlib.sha256(data).hexdigest(),
+        path=os.path.abspath(os.fsdecode(path)),
+        format=fmt,
+        width=width,
+        height=height,
+    )
+
+
+def _ends_whole(data: bytes, fmt: str) -> bool:
+    tail = data[-16:]
+    if fmt == "JPEG":
+        return tail.rstrip(b"\0\r\n ").endswith(b"\xff\xd9")
+    if fmt == "PNG":
+        return b"IEND" in tail
+    return False
+
+
 def open_ref(
     ref: ImageRef,
     search_dirs: Sequence[StrPath] = (),
