@@ -39,7 +39,6 @@ from vlchat.ui import themes as theme_files
 from vlchat.ui.commands import VlchatCommands
 from vlchat.ui.messages import (
     AnswerFinished,
-    AnswerProgress,
     ContextCounted,
     ConversationChanged,
     ModelLoaded,
@@ -62,7 +61,12 @@ from vlchat.ui.terminal import TerminalGraphics
 from vlchat.ui.transcript import AnswerView, Transcript, UserView, model_label
 
 FRAME_S = 1 / 30  # the transcript is redrawn at most this often while an answer streams
-POST_S = 1 / 60  # the generation worker posts progress at most this often
+# Drawing a frame of a long answer costs tens of milliseconds of Python on the UI thread, time the
+# generation thread waits for the interpreter lock when the model is fast. Frames are spaced so
+# the UI thread uses at most this share of the time while an answer streams, and come at least
+# every FRAME_MAX_S: 30 a second when drawing is cheap or the model slow, fewer when not.
+UI_SHARE = 0.05
+FRAME_MAX_S = 1.0
 
 NARROW_COLUMNS = 100
 
@@ -159,9 +163,12 @@ class VlchatApp(App):
         # context counter and the start of an answer take turns.
         self._prepare_lock = threading.Lock()
         self._answer_view: AnswerView | None = None
-        self._latest: tuple[int, str, int] | None = None
+        # The answer being written, as (answer id, its TokenStream): the frame timer reads the text
+        # from the stream itself, so the generation worker posts nothing per token.
+        self._live: tuple[int, Any] | None = None
         self._frame_timer: Any = None
         self._painting = False  # a frame is queued or being painted
+        self._painted_at = (0.0, 0.0)  # wall clock and UI-thread CPU time when the last frame began
         self.frames = 0  # transcript redraws of streamed text (the bench and tests read it)
         self.last_timings: Timings | None = None
         self.last_tokens: int | None = None
@@ -676,7 +683,8 @@ class VlchatApp(App):
         label = model_label(self.info.name if self.info else self.settings.model)
         self._answer_view = AnswerView(model=label)
         self.transcript.add(self._answer_view)
-        self._latest = None
+        self._live = None
+        self._painted_at = (time.perf_counter(), time.thread_time())
         self._frame_timer = self.set_interval(FRAME_S, self._draw_frame)
         snapshot = Conversation(messages=list(self.conversation.messages))
         self._generate(self._answer_id, snapshot, replace(self.params), self._cancel)
@@ -689,12 +697,9 @@ class VlchatApp(App):
         try:
             with self._prepare_lock:
                 stream = self.engine.stream(conversation, params, cancel)
-            last = 0.0
+            self._live = (answer_id, stream)
             for _piece in stream:
-                now = time.perf_counter()
-                if now - last >= POST_S:
-                    last = now
-                    self.post_message(AnswerProgress(answer_id, stream.text, stream.stats.tokens))
+                pass
         except VlchatError as error:
             self._post_end(answer_id, stream, cancel, str(error))
             return
@@ -726,26 +731,29 @@ class VlchatApp(App):
             )
         )
 
-    def on_answer_progress(self, message: AnswerProgress) -> None:
-        if message.answer_id == self.generating:
-            self._latest = (message.answer_id, message.text, message.tokens)
-
     def _draw_frame(self) -> None:
         """The frame timer. Painting happens in the app's own message loop, one frame at a time,
         never in the timer's task (which stopping the timer cancels, half-way through a Markdown
         update) and never alongside the end of the answer."""
-        if not self._painting:
-            self._painting = True
-            self.call_later(self._paint_frame)
+        if self._painting:
+            return
+        now, cpu = time.perf_counter(), time.thread_time()
+        wall, used = now - self._painted_at[0], cpu - self._painted_at[1]
+        if wall < FRAME_MAX_S and used > UI_SHARE * wall:
+            return  # the UI thread has had its share since the last frame: let the model run
+        self._painted_at = (now, cpu)
+        self._painting = True
+        self.call_later(self._paint_frame)
 
     async def _paint_frame(self) -> None:
         try:
-            view, latest = self._answer_view, self._latest
-            if view is None or latest is None or latest[0] != self.generating:
+            view, live = self._answer_view, self._live
+            if view is None or live is None or live[0] != self.generating:
                 return
-            if latest[1] != view.shown:
+            text = live[1].text
+            if text != view.shown:
                 self.frames += 1
-                await view.show_progress(latest[1])
+                await view.show_progress(text)
                 self.transcript.follow()
         finally:
             self._painting = False
@@ -772,16 +780,19 @@ class VlchatApp(App):
                 tokens=message.tokens,
                 timings=message.timings,
             )
-            if view is not None:
-                await view.finish(answer)
             self.last_timings, self.last_tokens = message.timings, message.tokens
             self.last_prompt_tokens = message.prompt_tokens
+            # Saved before the screen is touched: a quit as the answer ends must not lose it.
             self.conversation_changed("stopped" if message.stopped else "answer")
+            if view is not None:
+                await view.finish(answer)
         else:
             if view is not None:
                 await view.remove()
             if message.error:
                 self._give_back_question()
+        if self._quitting():
+            return  # quit while the answer ended: nothing left to draw on
         if message.notice:
             self.transcript.note(clean(message.notice, keep_newlines=False))
         if message.error:
@@ -820,12 +831,13 @@ class VlchatApp(App):
 
     # -- the hook for sessions ---------------------------------------------------------------------
     def conversation_changed(self, reason: str) -> None:
-        """Called after every change to the conversation (autosave of sessions plugs in here)."""
+        """Called after every change to the conversation: the autosave is queued at once (a quit
+        right after still writes it), and ``ConversationChanged`` tells whoever else listens."""
+        self.request_save(reason)
         self.post_message(ConversationChanged(self.conversation, reason))
 
-    # -- sessions: every conversation is a folder on disk ------------------------------------------
-    def on_conversation_changed(self, message: ConversationChanged) -> None:
-        self.request_save(message.reason)
+    def _quitting(self) -> bool:
+        return bool(self._exit or self._closing) or not self.is_running
 
     def _model_record(self) -> dict[str, Any]:
         from vlchat.commands.remember import model_record

@@ -34,17 +34,6 @@ class ModelLoadFailed(Message):
         self.error = error
 
 
-class AnswerProgress(Message):
-    """The answer so far. Newer progress of the same answer supersedes older still in the queue."""
-
-    def __init__(self, answer_id: int, text: str, tokens: int) -> None:
-        super().__init__()
-        self.answer_id, self.text, self.tokens = answer_id, text, tokens
-
-    def can_replace(self, message: Message) -> bool:
-        return isinstance(message, AnswerProgress) and message.answer_id == self.answer_id
-
-
 class AnswerFinished(Message):
     """The answer ended: complete, stopped (Esc), or failed with ``error`` (partial text kept)."""
 
