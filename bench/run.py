@@ -4,7 +4,7 @@
     python bench/run.py --quick               # fewer runs (about half the time)
     python bench/run.py --device cuda         # the model benchmarks on the GPU
     python bench/run.py --json results.json   # default: bench/results/<device>-latest.json
-    python bench/run.py --only ttft,stream    # some of: ttft, stream, startup, sessions, memory, caption
+    python bench/run.py --only ttft,stream    # some of: ttft, stream, startup, sessions, memory, caption, tui
 
 The rows come from the benchmark modules beside this file (each also runs on its own, with more
 options): ttft.py (time to first token as a conversation grows, with and without KV-cache reuse),
@@ -43,8 +43,9 @@ import sessions  # noqa: E402
 import startup  # noqa: E402
 import stream_overhead  # noqa: E402
 import ttft  # noqa: E402
+import tui_stream  # noqa: E402
 
-NAMES = ("ttft", "stream", "startup", "sessions", "memory", "caption")
+NAMES = ("ttft", "stream", "startup", "sessions", "memory", "caption", "tui")
 
 
 def run_ttft(device: str, quick: bool) -> dict:
@@ -78,7 +79,13 @@ def run_caption(device: str, quick: bool) -> dict:
         torch.set_num_threads(threads)
 
 
-RUNNERS = {"caption": run_caption, "ttft": run_ttft, "stream": run_stream, "startup": run_startup, "sessions": run_sessions, "memory": run_memory}
+def run_tui(device: str, quick: bool) -> dict:
+    if device != "cpu":
+        return {"skipped": "the app benchmark runs the demo model on the CPU only"}
+    return tui_stream.measure(tokens=1000 if quick else 2000, runs=2 if quick else 3)
+
+
+RUNNERS = {"tui": run_tui, "caption": run_caption, "ttft": run_ttft, "stream": run_stream, "startup": run_startup, "sessions": run_sessions, "memory": run_memory}
 
 
 def table_rows(results: dict) -> list[dict]:
@@ -166,6 +173,17 @@ def table_rows(results: dict) -> list[dict]:
                 note=f"{batch['vs_loop']:.2f}x the loop; same captions {batch['same_captions_as_loop']}")
         best = r["best"]
         row(section, f"best (batch size {best['batch_size']}) / loop", best["vs_loop"], "x", ">= 3x", best["vs_loop"] >= 3)
+    section = "9. the app while a long answer streams (demo model, headless app)"
+    if not failed(section, "tui") and "skipped" not in results["tui"]:
+        r = results["tui"]
+        row(section, "plain generate, conversation to text", round(r["tokens"] / r["plain_generate_s"]), "tok/s")
+        row(section, "through the app", round(r["tokens"] / r["app_s"]), "tok/s",
+            note=f"{r['frames_per_s']:.1f} frames/s")
+        row(section, "app / plain, total time", round(r["ratio"], 3), "x", "<= 1.05", r["ratio"] <= 1.05,
+            f"app / engine stream alone {r['ratio_app_to_stream']:.3f}")
+        if r["key_delay_max_ms"] is not None:
+            row(section, "key press to its effect, largest", round(r["key_delay_max_ms"], 1), "ms", "< 50 ms",
+                r["key_delay_max_ms"] < 50, f"median {r['key_delay_median_ms']:.1f} ms over {r['key_presses']} presses")
     return rows
 
 
