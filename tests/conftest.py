@@ -100,14 +100,26 @@ def tiny_models(tmp_path_factory):
     return {name: build(root / name.replace("-", "_")) for name, build in tiny_families.BUILDERS.items()}
 
 
-@pytest.fixture(scope="session")
-def endless_engine_for_server(endless_model):
+def _loaded_endless(endless_model):
     from vlchat.engines.transformers import TransformersEngine
 
     engine = TransformersEngine(str(endless_model), quant="none", device="cpu")
     engine.load()
     yield engine
     engine.unload()
+
+
+@pytest.fixture(scope="session")
+def endless_engine(endless_model):
+    """The endless demo model, loaded once for every test that stops a long answer."""
+    yield from _loaded_endless(endless_model)
+
+
+@pytest.fixture(scope="session")
+def endless_engine_for_server(endless_model):
+    """The server's own copy: a generation the server is still winding down after its client
+    left never shares a model with the next test."""
+    yield from _loaded_endless(endless_model)
 
 
 @pytest.fixture(scope="session")

@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import contextlib
 import hashlib
 import json
 import select
@@ -43,7 +44,7 @@ import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from vlchat.core.conversation import Conversation, GenerationParams
 from vlchat.core.images import load_image
@@ -163,6 +164,27 @@ class OpenAITestServer:
             else:
                 conversation.add_assistant(text, model="earlier")
         return conversation
+
+
+@contextlib.contextmanager
+def unanswering_port() -> Iterator[int]:
+    """A port on 127.0.0.1 whose listen queue is full: the kernel leaves further connection
+    attempts unanswered, which is how a connect timeout looks from the client."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        fillers = []
+        try:
+            for _ in range(4):
+                filler = socket.socket()
+                filler.setblocking(False)
+                filler.connect_ex(("127.0.0.1", port))
+                fillers.append(filler)
+            yield port
+        finally:
+            for filler in fillers:
+                filler.close()
 
 
 def client_gone(sock: socket.socket) -> bool:

@@ -39,16 +39,6 @@ def own_config(tmp_path, monkeypatch):
     return folder
 
 
-@pytest.fixture(scope="session")
-def endless_engine(endless_model):
-    from vlchat.engines.transformers import TransformersEngine
-
-    engine = TransformersEngine(str(endless_model), quant="none", device="cpu")
-    engine.load()
-    yield engine
-    engine.unload()
-
-
 def settings(**overrides) -> Settings:
     values = dict(model="demo", device="cpu", quant="none", max_new_tokens=24, image_protocol="halfblock")
     values.update(overrides)

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from tests.conftest import vlchat_command
-from tests.openai_server import OpenAITestServer
+from tests.openai_server import OpenAITestServer, unanswering_port
 from vlchat.demo import SAMPLES_DIR
 
 pytestmark = pytest.mark.timeout(120)
@@ -199,21 +199,8 @@ def test_connection_refused_dns_and_bad_path(vlchat, openai_server):
 
 
 def test_connect_timeout(vlchat):
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(0)
-        port = listener.getsockname()[1]
-        fillers = []
-        try:
-            for _ in range(4):
-                filler = socket.socket()
-                filler.setblocking(False)
-                filler.connect_ex(("127.0.0.1", port))
-                fillers.append(filler)
-            result = vlchat("models", "--endpoint", f"http://127.0.0.1:{port}/v1", "--connect-timeout", "0.5")
-        finally:
-            for filler in fillers:
-                filler.close()
+    with unanswering_port() as port:
+        result = vlchat("models", "--endpoint", f"http://127.0.0.1:{port}/v1", "--connect-timeout", "0.5")
     assert result.returncode == 1
     one_error_line(result, "0.5 s", "--connect-timeout")
 

@@ -83,16 +83,6 @@ def test_4bit_loads_and_answers(demo_engine_4bit, demo_engine, picture):
     assert "blue" in ask(demo_engine_4bit, c)
 
 
-@pytest.fixture(scope="module")
-def endless_engine(endless_model):
-    from vlchat.engines.transformers import TransformersEngine
-
-    engine = TransformersEngine(str(endless_model), quant="none", device="cpu")
-    engine.load()
-    yield engine
-    engine.unload()
-
-
 def test_cancel_stops_the_model_within_a_few_tokens(endless_engine, picture):
     c = Conversation()
     c.add_user("Describe the picture.", [picture().ref])

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from vlchat.config import Settings, describe_settings, load_settings, public_dict
+from vlchat.config import describe_settings, load_settings, public_dict
 from vlchat.core.conversation import Conversation, GenerationParams
 from vlchat.core.errors import InputError
 from vlchat.engines import make_engine
@@ -31,7 +31,7 @@ from vlchat.engines.openai import (
     display_endpoint,
     normalize_endpoint,
 )
-from tests.openai_server import OpenAITestServer
+from tests.openai_server import OpenAITestServer, unanswering_port
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -365,28 +365,14 @@ def test_dns_failure():
 
 
 def test_connect_timeout():
-    # A listener whose queue is full: the kernel drops further connection attempts unanswered.
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(0)
-        port = listener.getsockname()[1]
-        fillers = []
-        try:
-            for _ in range(4):
-                filler = socket.socket()
-                filler.setblocking(False)
-                filler.connect_ex(("127.0.0.1", port))
-                fillers.append(filler)
-            time.sleep(0.1)
-            engine = OpenAIEngine(f"http://127.0.0.1:{port}/v1", "demo", connect_timeout=0.5)
-            started = time.monotonic()
-            with pytest.raises(ConnectTimeoutError) as caught:
-                engine.load()
-            assert time.monotonic() - started < 3
-            assert "0.5 s" in str(caught.value) and "--connect-timeout" in str(caught.value)
-        finally:
-            for filler in fillers:
-                filler.close()
+    with unanswering_port() as port:
+        time.sleep(0.1)
+        engine = OpenAIEngine(f"http://127.0.0.1:{port}/v1", "demo", connect_timeout=0.5)
+        started = time.monotonic()
+        with pytest.raises(ConnectTimeoutError) as caught:
+            engine.load()
+        assert time.monotonic() - started < 3
+        assert "0.5 s" in str(caught.value) and "--connect-timeout" in str(caught.value)
 
 
 # -- the endpoint, the key, the stream format ------------------------------------------------------------------
