@@ -116,6 +116,11 @@ def shape_picture(tmp_path) -> Path:
     return path
 
 
+def answering(screen: str) -> bool:
+    """An answer is being written: its foot still reads "…", or the status line says so."""
+    return "answering…" in screen or any(line.rstrip().endswith("▌ …") for line in screen.splitlines())
+
+
 def ready(screen: str) -> bool:
     return "1/1" in screen and "ctx " in screen and "loading" not in screen
 
@@ -142,10 +147,10 @@ def test_escape_stops_a_long_answer(terminal, shape_picture, endless_model):
     terminal.wait_for(ready, what="the picture and the loaded model")
     terminal.type("Describe the picture.")
     terminal.keys("Enter")
-    terminal.wait_for(lambda s: "esc Stop" in s, what="the answer to start")
+    terminal.wait_for(answering, what="the answer to start")
     time.sleep(1.0)
     terminal.keys("Escape")
-    screen = terminal.wait_for(lambda s: "stopped" in s and "esc Stop" not in s, timeout=20, what="the answer to stop")
+    screen = terminal.wait_for(lambda s: "■ stopped" in s and not answering(s), timeout=20, what="the answer to stop")
     # Stopped for real: nothing moves on the screen any more.
     before = terminal.screen()
     time.sleep(1.0)
@@ -235,7 +240,7 @@ def test_kill_9_in_the_middle_of_an_answer_loses_nothing_before_it(terminal, sha
     terminal.keys("Enter")
     terminal.type("What colour is the shape?")
     terminal.keys("Enter")
-    terminal.wait_for(lambda s: "esc Stop" in s, what="the second answer to stream")
+    terminal.wait_for(answering, what="the second answer to stream")
     time.sleep(1.0)
     assert [m["role"] for m in messages()] == ["user", "assistant", "user"]
     first_answer = messages()[1]["text"]
@@ -269,12 +274,12 @@ def test_the_app_against_a_server_streams_stops_and_resumes_there(terminal, shap
     terminal.wait_for(lambda s: "1/1" in s and "demo-endless" in s and "loading" not in s, what="the server's model")
     terminal.type("Describe the picture.")
     terminal.keys("Enter")
-    terminal.wait_for(lambda s: "esc Stop" in s, what="the answer to stream from the server")
+    terminal.wait_for(answering, what="the answer to stream from the server")
     time.sleep(1.0)
     gone_before = len(openai_server.disconnects)
     pressed = time.monotonic()
     terminal.keys("Escape")
-    terminal.wait_for(lambda s: "stopped" in s and "esc Stop" not in s, timeout=20, what="the answer to stop")
+    terminal.wait_for(lambda s: "■ stopped" in s and not answering(s), timeout=20, what="the answer to stop")
     deadline = time.monotonic() + 5
     while len(openai_server.disconnects) == gone_before and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -607,6 +607,7 @@ class TransformersEngine:
         self.model = None
         self.processor = None
         self._images.clear()
+        gc.unfreeze()  # the app freezes what is alive once a model is loaded; the old model must go
         gc.collect()
         try:
             import torch

@@ -15,6 +15,8 @@ conversation where it was.
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import os
 import shlex
 import threading
@@ -28,7 +30,7 @@ from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.widgets import Footer, Static
+from textual.widgets import Static
 
 from vlchat.config import Settings
 from vlchat.core.conversation import Conversation, GenerationParams, ImageRef, Timings
@@ -55,20 +57,35 @@ from vlchat.ui.messages import (
     SessionSaveFailed,
     SessionSwitched,
 )
+from vlchat.ui.footer import KeyFooter
 from vlchat.ui.preview import PREVIEW_MAX_SIDE, PicturePane, set_picture_name
 from vlchat.ui.prompt import PromptArea
 from vlchat.ui.terminal import TerminalGraphics
 from vlchat.ui.transcript import AnswerView, Transcript, UserView, model_label
 
 FRAME_S = 1 / 30  # the transcript is redrawn at most this often while an answer streams
-# Drawing a frame of a long answer costs tens of milliseconds of Python on the UI thread, time the
-# generation thread waits for the interpreter lock when the model is fast. Frames are spaced so
-# the UI thread uses at most this share of the time while an answer streams, and come at least
-# every FRAME_MAX_S: 30 a second when drawing is cheap or the model slow, fewer when not.
-UI_SHARE = 0.05
+# A frame costs a few milliseconds of Python on the UI thread. While the model's own threads keep
+# a core busy (a model on the CPU; a GPU model while its thread launches work or spins waiting),
+# that time is taken from the model: the interpreter lock is one for all threads, and on a small
+# machine torch's threads spin on every core. Then frames are spaced so that the UI thread uses
+# at most UI_SHARE of the time (measured: all its work since the last frame, the screen's redraw
+# included), and come at least every FRAME_MAX_S. When the rest of the process is mostly idle
+# (a server writes the answer), the UI may use UI_SHARE_IDLE: 30 frames a second, as a rule.
+UI_SHARE = 0.01
+UI_SHARE_IDLE = 0.25
+BUSY_CORES = 0.75  # the other threads together use this much CPU: the model is at work here
 FRAME_MAX_S = 1.0
 
+
 NARROW_COLUMNS = 100
+
+
+def _freeze_heap() -> None:
+    """Once a model is loaded, the objects alive (libraries, the model) stay as long as it does.
+    Frozen, a full collection no longer walks them: on the UI thread, in the middle of an answer,
+    that walk took 200 ms, time the model waits for the interpreter. The engine's unload thaws
+    them again, so a switched-out model's cycles are still collected."""
+    gc.freeze()
 
 
 @dataclass
@@ -167,8 +184,7 @@ class VlchatApp(App):
         # from the stream itself, so the generation worker posts nothing per token.
         self._live: tuple[int, Any] | None = None
         self._frame_timer: Any = None
-        self._painting = False  # a frame is queued or being painted
-        self._painted_at = (0.0, 0.0)  # wall clock and UI-thread CPU time when the last frame began
+        self._painted_at = (0.0, 0.0, 0.0)  # _clocks() when the last frame began
         self.frames = 0  # transcript redraws of streamed text (the bench and tests read it)
         self.last_timings: Timings | None = None
         self.last_tokens: int | None = None
@@ -226,7 +242,7 @@ class VlchatApp(App):
                 yield Transcript(id="transcript")
                 yield PromptArea(id="prompt", placeholder="Ask about the picture (Enter sends, ctrl+j new line, /help)")
         yield Static(id="status")
-        yield Footer()
+        yield KeyFooter()
 
     @property
     def transcript(self) -> Transcript:
@@ -260,6 +276,7 @@ class VlchatApp(App):
         if self.loaded:
             self.update_status()
             self._count_context()
+            _freeze_heap()
         else:
             self._load_started = time.monotonic()
             self._load_ticker = self.set_interval(1.0, self.update_status)
@@ -323,6 +340,7 @@ class VlchatApp(App):
         self._loading_done()
         self.loaded = True
         self.info = message.info
+        _freeze_heap()
         self.update_status()
         waiting = self.conversation.messages and self.conversation.messages[-1].role == "user"
         if waiting and self.generating is None:
@@ -422,6 +440,7 @@ class VlchatApp(App):
         self.engine = engine
         self.info = info
         self.loaded = True
+        _freeze_heap()
         self.load_error = None
         self.context_tokens = self.picture_tokens = None
         self.last_timings = None
@@ -465,6 +484,7 @@ class VlchatApp(App):
         self.post_message(ModelUnloaded(name, freed))
 
     def on_model_unloaded(self, message: ModelUnloaded) -> None:
+        _freeze_heap()  # the unload thawed the heap to collect the old model
         if message.freed_bytes:
             self.notify(f"{model_label(message.name)} unloaded: {_size(message.freed_bytes)} of GPU memory freed.")
 
@@ -662,6 +682,10 @@ class VlchatApp(App):
             self.prompt.text = text
             self.notify("An answer is still being written: wait for it, or press Esc to stop it.", severity="warning")
             return
+        with self.batch_update():  # the question, the answer's start and the status: one redraw
+            self._ask(text)
+
+    def _ask(self, text: str) -> None:
         message = self.conversation.add_user(text.strip(), list(self.pending))
         self.pending = []
         self.transcript.add(UserView(message))
@@ -684,8 +708,10 @@ class VlchatApp(App):
         self._answer_view = AnswerView(model=label)
         self.transcript.add(self._answer_view)
         self._live = None
-        self._painted_at = (time.perf_counter(), time.thread_time())
-        self._frame_timer = self.set_interval(FRAME_S, self._draw_frame)
+        self._painted_at = self._clocks()
+        self._frame_after(FRAME_S, True)
+        # A blinking cursor redraws the screen twice a second, time taken from the model.
+        self.prompt.cursor_blink = False
         snapshot = Conversation(messages=list(self.conversation.messages))
         self._generate(self._answer_id, snapshot, replace(self.params), self._cancel)
         self.update_status()
@@ -731,42 +757,67 @@ class VlchatApp(App):
             )
         )
 
-    def _draw_frame(self) -> None:
-        """The frame timer. Painting happens in the app's own message loop, one frame at a time,
-        never in the timer's task (which stopping the timer cancels, half-way through a Markdown
-        update) and never alongside the end of the answer."""
-        if self._painting:
-            return
-        now, cpu = time.perf_counter(), time.thread_time()
-        wall, used = now - self._painted_at[0], cpu - self._painted_at[1]
-        if wall < FRAME_MAX_S and used > UI_SHARE * wall:
-            return  # the UI thread has had its share since the last frame: let the model run
-        self._painted_at = (now, cpu)
-        self._painting = True
-        self.call_later(self._paint_frame)
+    def _frame_after(self, delay: float, check: bool) -> None:
+        # A bare event-loop timer: a Textual Timer costs a task per shot.
+        loop = asyncio.get_running_loop()
+        self._frame_timer = loop.call_later(max(0.0, delay), self._draw_frame, check)
 
-    async def _paint_frame(self) -> None:
+    def _draw_frame(self, check: bool) -> None:
+        """Frame pacing, at most two wake-ups a frame. A frame comes once the UI thread has used
+        at most UI_SHARE of the time since the last one began (all its work counted, the
+        screen's redraw included), and at least every FRAME_MAX_S: FRAME_S after a frame a check
+        measures what it cost and sets the next one. Painting happens in the app's own message
+        loop, never in a timer callback, and never alongside the end of the answer."""
+        self._frame_timer = None
+        if self.generating is None:
+            return
+        if check:
+            began, ui_began, all_began = self._painted_at
+            wall = time.perf_counter() - began
+            used = time.thread_time() - ui_began
+            others = (time.process_time() - all_began - used) / max(wall, 1e-6)
+            share = UI_SHARE if others >= BUSY_CORES else UI_SHARE_IDLE
+            gap = min(FRAME_MAX_S, used / share if share > 0 else FRAME_MAX_S)
+            if gap > wall + 0.001:
+                self._frame_after(gap - wall, False)
+                return
+        self._painted_at = self._clocks()
+        self.call_later(self._paint_frame, self.generating)
+
+    @staticmethod
+    def _clocks() -> tuple[float, float, float]:
+        """Wall clock, the UI thread's CPU time and the whole process's."""
+        return time.perf_counter(), time.thread_time(), time.process_time()
+
+    async def _paint_frame(self, answer_id: int) -> None:
         try:
             view, live = self._answer_view, self._live
-            if view is None or live is None or live[0] != self.generating:
+            if view is None or live is None or live[0] != answer_id or answer_id != self.generating:
                 return
             text = live[1].text
             if text != view.shown:
                 self.frames += 1
-                await view.show_progress(text)
-                self.transcript.follow()
+                # While the transcript follows the answer, only the rows that fit on screen of
+                # the line being written are drawn; scrolled up, all of it.
+                transcript = self.transcript
+                following = transcript.following
+                await view.show_progress(text, transcript.size.height if following else None)
+                if following:
+                    transcript.follow()
         finally:
-            self._painting = False
+            if self.generating == answer_id and self._frame_timer is None:
+                self._frame_after(FRAME_S, True)
 
     async def on_answer_finished(self, message: AnswerFinished) -> None:
         if message.answer_id != self.generating:
             return
         if self._frame_timer is not None:
-            self._frame_timer.stop()
+            self._frame_timer.cancel()
             self._frame_timer = None
         view = self._answer_view
         self.generating = None
         self._answer_view = None
+        self.prompt.cursor_blink = True
         self.refresh_bindings()
         text = message.text.strip()
         # An empty answer is still an answer (the turn happened); only a failure with nothing
@@ -825,8 +876,11 @@ class VlchatApp(App):
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "stop":
-            # Esc belongs to dialogs (the command palette) unless an answer is being written.
-            return self.generating is not None and self.screen is self.screen_stack[0]
+            # Esc belongs to dialogs (the command palette) unless an answer is being written; with no
+            # answer under way Stop is shown dimmed (None), so the footer keeps its keys.
+            if self.screen is not self.screen_stack[0]:
+                return False
+            return True if self.generating is not None else None
         return True
 
     # -- the hook for sessions ---------------------------------------------------------------------

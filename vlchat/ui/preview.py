@@ -96,6 +96,7 @@ class PicturePane(Vertical):
         self._resize_timer = None
         self._graphic: Any = None
         self._last_size: tuple[int, int] | None = None
+        self._label: Text | None = None
 
     def compose(self) -> ComposeResult:
         yield Static("no picture", id="picture-index")
@@ -142,6 +143,7 @@ class PicturePane(Vertical):
         body = self.query_one("#picture-body", PictureBody)
         ref = self.current
         if ref is None:
+            self._label = None
             index.update(Text("no picture yet: /image PATH attaches one", style="dim"))
             self._show_graphic(None)
             body.update("")
@@ -150,7 +152,9 @@ class PicturePane(Vertical):
         label.append(f"{self.index + 1}/{len(self.refs)} ", style="bold")
         label.append(picture_label(ref))
         label.append(f"  {ref.width}x{ref.height}", style="dim")
-        index.update(label)
+        if label != self._label:
+            self._label = label
+            index.update(label)
         if self.protocol == "none":
             self._show_graphic(None)
             body.update("")
@@ -175,7 +179,8 @@ class PicturePane(Vertical):
             self._cache[key] = rendered
             while len(self._cache) > 32:
                 self._cache.popitem(last=False)
-        body.update(rendered)
+        if body.content is not rendered:  # drawing it again costs tens of ms: only when it changed
+            body.update(rendered)
 
     def _show_graphic(self, image: Any) -> None:
         self.query_one("#picture-body", PictureBody).display = image is None

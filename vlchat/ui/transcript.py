@@ -5,9 +5,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from rich.cells import get_character_cell_size
+from rich.segment import Segment
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical, VerticalScroll
+from textual.strip import Strip
+from textual.widget import Widget
 from textual.widgets import Markdown, Static
 
 from vlchat.core.conversation import Conversation, Message
@@ -57,44 +61,144 @@ class NoteView(Static):
         super().__init__(Text(clean(text)), classes=f"note {kind}")
 
 
+def wrap_rows(text: str, width: int, start: int = 0) -> list[int]:
+    """Where each row starts when ``text[start:]`` (one line, no newlines) is wrapped greedily at
+    ``width`` cells: at the last space that fits, or mid-word for a word longer than a row.
+
+    Greedy wrapping never moves a row break once the text after it is longer than a row, so a
+    growing line only needs its last row wrapped again.
+    """
+    starts = [start]
+    pos, end = start, len(text)
+    width = max(1, width)
+    while True:
+        cells, i = 0, pos
+        while i < end:
+            cells += get_character_cell_size(text[i])
+            if cells > width:
+                break
+            i += 1
+        if i >= end:
+            return starts
+        space = text.rfind(" ", pos, i + 1)  # a space just past the row is where it breaks, too
+        pos = space + 1 if space > pos else max(i, pos + 1)
+        starts.append(pos)
+
+
+class LiveText(Widget):
+    """The unfinished last line of an answer being written, as plain text.
+
+    It is wrapped as it grows (only its last row again) and drawn row by row, so a frame costs
+    what is new and what is on screen, not the length of the line: a model that writes one long
+    paragraph would otherwise have the whole paragraph parsed, wrapped and drawn at every frame.
+    With ``cap`` rows (the transcript's height while it follows the answer) it shows only the
+    last ``cap`` rows, the ones on screen: then its height stops changing, and a frame is a
+    repaint of those rows, with no layout of the screen (which Textual does twice for a widget
+    that grows).
+    """
+
+    DEFAULT_CSS = """
+    LiveText {
+        height: auto;
+    }
+    """
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.text = ""
+        self.cap: int | None = None
+        self._starts: list[int] = [0]
+        self._width = 0
+        self._height = 0  # rows shown, as of the last layout
+
+    def _rows(self) -> int:
+        rows = len(self._starts) if self.text else 0
+        return rows if self.cap is None else min(rows, self.cap)
+
+    def show(self, text: str, cap: int | None = None) -> None:
+        if text == self.text and cap == self.cap:
+            return
+        if self._width and text.startswith(self.text):
+            self.text = text
+            self._starts[-1:] = wrap_rows(text, self._width, self._starts[-1])
+        else:
+            self.text = text
+            self._starts = wrap_rows(text, self._width) if self._width else [0]
+        self.cap = cap
+        self.refresh(layout=self._rows() != self._height or not self._width)
+
+    def get_content_height(self, container, viewport, width: int) -> int:
+        if width != self._width:
+            self._width = width
+            self._starts = wrap_rows(self.text, width)
+        self._height = self._rows()
+        return self._height
+
+    def render_lines(self, crop):
+        self._style = self.rich_style  # once a frame: it is worked out from the CSS each time
+        return super().render_lines(crop)
+
+    def render_line(self, y: int) -> Strip:
+        starts = self._starts
+        row = y + max(0, len(starts) - self._height)  # the last rows, when capped
+        if not self.text or row >= len(starts):
+            return Strip.blank(self.size.width)
+        end = starts[row + 1] if row + 1 < len(starts) else len(self.text)
+        return Strip([Segment(self.text[starts[row]:end].rstrip(" "), self._style)])
+
+
 class AnswerView(Vertical):
-    """One assistant answer: a Markdown body that can be streamed into, and a footer."""
+    """One assistant answer: a Markdown body that can be streamed into, and a footer.
+
+    While the answer is written, its complete lines go to the Markdown body (which parses again
+    only its last block) and the line being written is shown as plain text below it; the finished
+    answer is rendered as Markdown in full.
+    """
 
     def __init__(self, message: Message | None = None, model: str = "") -> None:
         super().__init__(classes="answer")
         self.message = message
         self.model = model_label(message.model or model if message else model)
         self.shown = ""
+        self._settled = 0  # how much of ``shown`` the Markdown body has
 
     def compose(self) -> ComposeResult:
         yield Static(Text(self.model or "model", style="bold"), classes="answer-head")
         yield Markdown(clean(self.message.text) if self.message else "", classes="answer-body")
+        if self.message is None:
+            yield LiveText(classes="answer-live")
         yield Static(answer_footer(self.message) if self.message else Text("…", style="dim"), classes="answer-foot")
 
     @property
     def body(self) -> Markdown:
         return self.query_one(Markdown)
 
-    async def show_progress(self, text: str) -> None:
-        """Bring the body up to ``text`` (a longer version of what is shown) by appending the new part."""
+    async def show_progress(self, text: str, cap: int | None = None) -> None:
+        """Bring the view up to ``text`` (normally a longer version of what is shown); the line
+        being written shows at most its last ``cap`` rows."""
         text = clean(text)
-        if not text.startswith(self.shown):
-            self.shown = text
-            await self.body.update(text)
+        if text == self.shown:
             return
-        fresh = text[len(self.shown):]
-        if not fresh:
-            return
+        cut = text.rfind("\n") + 1
+        if not text.startswith(self.shown[: self._settled]) or cut < self._settled:
+            self._settled = 0
+            await self.body.update(text[:cut])
+        elif cut > self._settled:
+            # Appending parses only the last block again. (Textual's MarkdownStream runs appends in
+            # a task of its own; stopping it mid-append left two appends racing.)
+            await self.body.append(text[self._settled:cut])
+        self._settled = cut
         self.shown = text
-        # Appending parses only the last block again. (Textual's MarkdownStream runs appends in a
-        # task of its own; stopping it mid-append left two appends racing.)
-        await self.body.append(fresh)
+        self.query_one(LiveText).show(text[cut:], cap)
 
     async def finish(self, message: Message) -> None:
         """The final text in one full update (streamed Markdown can differ at block edges)."""
         self.message = message
         self.shown = clean(message.text)
+        self._settled = len(self.shown)
         # The app may be closing (quit as the answer ends): then there is nothing left to draw on.
+        for live in self.query(LiveText):
+            await live.remove()
         for body in self.query(Markdown):
             await body.update(self.shown)
         for foot in self.query(".answer-foot"):
@@ -135,6 +239,11 @@ class Transcript(VerticalScroll):
         self.add(view)
         return view
 
+    @property
+    def following(self) -> bool:
+        """At (or within a few rows of) the end, so new text stays in view."""
+        return self.is_vertical_scroll_end or self.max_scroll_y - self.scroll_y <= 3
+
     def follow(self) -> None:
-        if self.is_vertical_scroll_end or self.max_scroll_y - self.scroll_y <= 3:
+        if self.following:
             self.scroll_end(animate=False)

@@ -1,0 +1,42 @@
+"""The footer of keys, recomposed only when the keys it shows change."""
+
+from __future__ import annotations
+
+from textual.widgets import Footer
+from textual.widgets._footer import FooterKey
+
+
+def _shown(screen) -> tuple[tuple[tuple[str, str, str], ...], dict[str, bool]]:
+    """The keys the footer shows, in order, and whether each action is enabled now."""
+    keys, enabled = [], {}
+    for _namespace, binding, on, _tooltip in screen.active_bindings.values():
+        if binding.show:
+            keys.append((binding.key, binding.action, binding.description))
+            enabled.setdefault(binding.action, on)
+    return tuple(keys), enabled
+
+
+class KeyFooter(Footer):
+    """Textual's footer, which builds all its keys again whenever any binding is checked: at the
+    start and end of every answer (Esc's Stop turns on and off) that costs tens of milliseconds
+    of the UI thread, taken from the model while it writes. Here a change of which keys are on
+    restyles those keys in place; only a change of the keys themselves composes the footer again."""
+
+    _composed: tuple = ()
+
+    def compose(self):
+        if self._bindings_ready:
+            self._composed = _shown(self.screen)[0]
+        yield from super().compose()
+
+    def bindings_changed(self, screen) -> None:
+        if self._bindings_ready and screen.app.app_focus and self.is_attached and screen is self.screen:
+            keys, enabled = _shown(screen)
+            if keys == self._composed and keys:
+                for key in self.query(FooterKey):
+                    off = not enabled.get(key.action, True)
+                    if key._disabled != off:
+                        key._disabled = off  # what a click checks
+                        key.set_class(off, "-disabled")
+                return
+        super().bindings_changed(screen)
