@@ -107,7 +107,11 @@ async def through_app(engine, picture, tokens: int, key_interval: float | None) 
             await asyncio.sleep(0.001)
         while app.generating is not None:
             if key_interval is None:
-                await asyncio.sleep(0.025)  # the bench must not be what slows the app
+                # The bench must not be what slows the app: no polling while the model writes
+                # (each wake-up of this thread takes the interpreter from the model).
+                for worker in [w for w in app.workers if w.group == "generate"]:
+                    await worker.wait()
+                await asyncio.sleep(0.001)
                 continue
             await asyncio.sleep(key_interval)
             if app.generating is None:

@@ -150,7 +150,7 @@ def test_escape_stops_a_long_answer(terminal, shape_picture, endless_model):
     terminal.wait_for(answering, what="the answer to start")
     time.sleep(1.0)
     terminal.keys("Escape")
-    screen = terminal.wait_for(lambda s: "■ stopped" in s and not answering(s), timeout=20, what="the answer to stop")
+    terminal.wait_for(lambda s: "■ stopped" in s and not answering(s), timeout=20, what="the answer to stop")
     # Stopped for real: nothing moves on the screen any more.
     before = terminal.screen()
     time.sleep(1.0)

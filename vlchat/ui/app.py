@@ -73,7 +73,7 @@ FRAME_S = 1 / 30  # the transcript is redrawn at most this often while an answer
 # (a server writes the answer), the UI may use UI_SHARE_IDLE: 30 frames a second, as a rule.
 UI_SHARE = 0.01
 UI_SHARE_IDLE = 0.25
-BUSY_CORES = 0.75  # the other threads together use this much CPU: the model is at work here
+BUSY_CORES = 0.75  # the process uses this much CPU (in cores): the model is at work here
 FRAME_MAX_S = 1.0
 
 
@@ -775,8 +775,10 @@ class VlchatApp(App):
             began, ui_began, all_began = self._painted_at
             wall = time.perf_counter() - began
             used = time.thread_time() - ui_began
-            others = (time.process_time() - all_began - used) / max(wall, 1e-6)
-            share = UI_SHARE if others >= BUSY_CORES else UI_SHARE_IDLE
+            # The whole process, the UI thread included: while the model holds the interpreter
+            # lock, time the UI thread spends on a frame is time the model's thread waits.
+            busy = (time.process_time() - all_began) / max(wall, 1e-6)
+            share = UI_SHARE if busy >= BUSY_CORES else UI_SHARE_IDLE
             gap = min(FRAME_MAX_S, used / share if share > 0 else FRAME_MAX_S)
             if gap > wall + 0.001:
                 self._frame_after(gap - wall, False)
