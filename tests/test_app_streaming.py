@@ -110,3 +110,25 @@ async def test_the_loaded_model_is_frozen_out_of_the_collector(demo_engine, pict
         # A full collection mid-answer no longer walks the libraries and the model.
         assert gc.get_freeze_count() > 100_000
     gc.unfreeze()
+
+
+@pytest.mark.parametrize(
+    ("picture", "room", "cell", "expected"),
+    [
+        ((384, 384), (46, 36), (8, 15), (46, 25)),  # square picture, tall cells: fewer rows than columns
+        ((384, 384), (46, 10), (8, 15), (19, 10)),  # not enough rows: the height decides
+        ((6000, 4000), (40, 30), (10, 20), (40, 13)),
+        ((100, 1000), (40, 30), (10, 20), (6, 30)),
+        ((1, 1), (1, 1), (10, 20), (1, 1)),
+    ],
+)
+def test_a_kitty_or_sixel_picture_keeps_its_shape_in_the_pane(picture, room, cell, expected):
+    from vlchat.ui.preview import fit_cells
+
+    cols, rows = fit_cells(picture, room, cell)
+    assert (cols, rows) == expected
+    assert cols <= room[0] and rows <= room[1]
+    # The drawn size is the picture's scaled to fit, to within a cell each way.
+    scale = min(room[0] * cell[0] / picture[0], room[1] * cell[1] / picture[1])
+    assert abs(cols * cell[0] - picture[0] * scale) <= cell[0]
+    assert abs(rows * cell[1] - picture[1] * scale) <= cell[1]

@@ -237,7 +237,12 @@ class VlchatApp(App):
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="main"):
-            yield PicturePane(self.graphics.protocol, self._image_widgets, id="preview")
+            yield PicturePane(
+                self.graphics.protocol,
+                self._image_widgets,
+                cell=(self.graphics.cell_width, self.graphics.cell_height),
+                id="preview",
+            )
             with Vertical(id="chat"):
                 yield Transcript(id="transcript")
                 yield PromptArea(id="prompt", placeholder="Ask about the picture (Enter sends, ctrl+j new line, /help)")

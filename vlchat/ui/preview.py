@@ -77,6 +77,14 @@ def halfblock(image: Any, cols: int, rows: int) -> RenderableType:
     return Segments(segments)
 
 
+def fit_cells(picture: tuple[int, int], room: tuple[int, int], cell: tuple[int, int]) -> tuple[int, int]:
+    """The most cells (columns, rows) a picture of ``picture`` pixels fills in ``room`` cells
+    while keeping its shape, for cells of ``cell`` pixels."""
+    (width, height), (cols, rows), (cell_w, cell_h) = picture, room, cell
+    scale = min(cols * cell_w / max(width, 1), rows * cell_h / max(height, 1))
+    return (max(1, min(cols, round(width * scale / cell_w))), max(1, min(rows, round(height * scale / cell_h))))
+
+
 class PictureBody(Static):
     """Where the picture itself is drawn (half-blocks, a text card, or nothing)."""
 
@@ -84,9 +92,10 @@ class PictureBody(Static):
 class PicturePane(Vertical):
     """Index line + picture. The app tells it the pictures and which one is current."""
 
-    def __init__(self, protocol: str, image_widget_module: Any = None, **kwargs: Any) -> None:
+    def __init__(self, protocol: str, image_widget_module: Any = None, cell: tuple[int, int] = (10, 20), **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.protocol = protocol
+        self.cell = cell  # a terminal cell in pixels (width, height), for drawing pictures at their shape
         self._image_widgets = image_widget_module
         self.refs: list[ImageRef] = []
         self.index = 0
@@ -168,6 +177,7 @@ class PicturePane(Vertical):
         if self.protocol in ("kitty", "sixel") and self._image_widgets is not None:
             body.update("")
             self._show_graphic(image)
+            self._fit_graphic(image)
             return
         cols, rows = body.size.width, body.size.height
         if cols < 2 or rows < 1:
@@ -181,6 +191,20 @@ class PicturePane(Vertical):
                 self._cache.popitem(last=False)
         if body.content is not rendered:  # drawing it again costs tens of ms: only when it changed
             body.update(rendered)
+
+    def _fit_graphic(self, image: Any) -> None:
+        """Size the picture widget to the picture's shape within the pane: the terminal scales a
+        Kitty or Sixel picture to the widget's cells, so a widget the shape of the pane would
+        stretch it."""
+        if self._graphic is None:
+            return
+        cols = self.content_size.width
+        rows = self.content_size.height - 1  # under the index line
+        if cols < 1 or rows < 1:
+            return
+        cols, rows = fit_cells(image.size, (cols, rows), self.cell)
+        self._graphic.styles.width = cols
+        self._graphic.styles.height = rows
 
     def _show_graphic(self, image: Any) -> None:
         self.query_one("#picture-body", PictureBody).display = image is None

@@ -23,7 +23,10 @@ from dataclasses import dataclass
 
 PROTOCOLS = ("auto", "kitty", "sixel", "halfblock", "text", "none")
 
-_KITTY_QUERY = "\x1b_Gi=31,s=1,v=1,a=q,t=d,f=24;AAAA\x1b\\"
+# U=1: textual-image places kitty pictures with Unicode placeholders (kitty 0.28 and later). A
+# terminal that speaks the graphics protocol without them (kitty 0.26 here) rejects the key and
+# does not answer, so it gets half-blocks instead of cells full of placeholders.
+_KITTY_QUERY = "\x1b_Gi=31,s=1,v=1,a=q,t=d,f=24,U=1;AAAA\x1b\\"
 _CELL_SIZE_QUERY = "\x1b[16t"
 _DEVICE_ATTRIBUTES = "\x1b[c"
 _DA_REPLY = re.compile(r"\x1b\[\?([0-9;]*)c")
