@@ -76,7 +76,6 @@ UI_SHARE_IDLE = 0.25
 BUSY_CORES = 0.75  # the process uses this much CPU (in cores): the model is at work here
 FRAME_MAX_S = 1.0
 
-
 NARROW_COLUMNS = 100
 
 
@@ -784,7 +783,7 @@ class VlchatApp(App):
             # lock, time the UI thread spends on a frame is time the model's thread waits.
             busy = (time.process_time() - all_began) / max(wall, 1e-6)
             share = UI_SHARE if busy >= BUSY_CORES else UI_SHARE_IDLE
-            gap = min(FRAME_MAX_S, used / share if share > 0 else FRAME_MAX_S)
+            gap = min(FRAME_MAX_S, used / share)
             if gap > wall + 0.001:
                 self._frame_after(gap - wall, False)
                 return
@@ -809,8 +808,7 @@ class VlchatApp(App):
                 transcript = self.transcript
                 following = transcript.following
                 await view.show_progress(text, transcript.size.height if following else None)
-                if following:
-                    transcript.follow()
+                transcript.follow()
         finally:
             if self.generating == answer_id and self._frame_timer is None:
                 self._frame_after(FRAME_S, True)
