@@ -29,6 +29,7 @@ from vlchat.config import Settings  # noqa: E402
 from vlchat.core.conversation import Conversation, GenerationParams  # noqa: E402
 from vlchat.core.images import load_image  # noqa: E402
 from vlchat.demo import SAMPLES_DIR, endless_copy  # noqa: E402
+from vlchat.engines import make_engine  # noqa: E402
 from vlchat.engines.transformers import TransformersEngine  # noqa: E402
 
 QUESTION = "Describe the picture."
@@ -89,12 +90,16 @@ def engine_stream(engine, picture, tokens: int) -> float:
     return result[0]
 
 
+def app_settings(model: str, tokens: int) -> Settings:
+    return Settings(model=model, device="cpu", quant="none", max_new_tokens=tokens, image_protocol="halfblock")
+
+
 async def through_app(engine, picture, tokens: int, key_interval: float | None) -> dict:
     from textual import events
 
     from vlchat.ui.app import make_app
 
-    settings = Settings(model="demo", device="cpu", quant="none", max_new_tokens=tokens, image_protocol="halfblock")
+    settings = app_settings(engine.name, tokens)
     app = make_app(settings, [picture], engine=engine, engine_loaded=True, remember_theme=False)
     delays: list[float] = []
     async with app.run_test(size=(120, 40)) as pilot:
@@ -138,9 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, default=2000)
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--key-interval", type=float, default=0.1)
+    parser.add_argument("--in-process", action="store_true",
+                        help="the app's model on a thread of this process, not in a process of its own")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    result = measure(args.tokens, args.runs, args.key_interval)
+    result = measure(args.tokens, args.runs, args.key_interval, args.in_process)
     plain, app, streamed = result["plain_generate_s"], result["app_s"], result["engine_stream_s"]
     ratio, delays = result["ratio"], result["key_delays"]
     worst = max(delays) if delays else float("nan")
@@ -161,21 +168,26 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def measure(tokens: int = 2000, runs: int = 3, key_interval: float = 0.1) -> dict:
+def measure(tokens: int = 2000, runs: int = 3, key_interval: float = 0.1, in_process: bool = False) -> dict:
     """The figures of (a) and (b), medians over ``runs``."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("VLCHAT_CONFIG_DIR", tempfile.mkdtemp(prefix="vlchat-bench-"))
 
     with tempfile.TemporaryDirectory() as tmp:
-        engine = TransformersEngine(str(endless_copy(Path(tmp))), quant="none", device="cpu")
+        model = str(endless_copy(Path(tmp)))
+        engine = TransformersEngine(model, quant="none", device="cpu")
         engine.load()
+        # The app runs the model as `vlchat` does: in a process of its own (in_process: here, on
+        # a thread, as `vlchat ask` does), loaded once for all the runs.
+        app_engine = engine if in_process else make_engine(app_settings(model, tokens), separate=True)
+        app_engine.load()
         picture = load_image(SAMPLES_DIR / "red-circle.png").ref
         plain_generate(engine, picture, 16)  # warm up
         plain_s, stream_s, app_s, frames, ratios, ui_share = [], [], [], [], [], []
         before = plain_generate(engine, picture, tokens)
         for _ in range(runs):
             stream_s.append(engine_stream(engine, picture, tokens))
-            run = asyncio.run(through_app(engine, picture, tokens, None))
+            run = asyncio.run(through_app(app_engine, picture, tokens, None))
             after = plain_generate(engine, picture, tokens)
             app_s.append(run["seconds"])
             frames.append(run["frames"])
@@ -183,7 +195,9 @@ def measure(tokens: int = 2000, runs: int = 3, key_interval: float = 0.1) -> dic
             plain_s.append(after)
             ratios.append(run["seconds"] / ((before + after) / 2))
             before = after
-        keys = asyncio.run(through_app(engine, picture, tokens, key_interval))
+        keys = asyncio.run(through_app(app_engine, picture, tokens, key_interval))
+        if app_engine is not engine:
+            app_engine.unload()
 
     plain, app = statistics.median(plain_s), statistics.median(app_s)
     streamed = statistics.median(stream_s)

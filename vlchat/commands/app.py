@@ -59,7 +59,7 @@ def run_app(args: argparse.Namespace, *, demo: bool = False) -> int:
     from vlchat.engines import make_engine
     from vlchat.ui.app import make_app
 
-    engine = make_engine(settings)
+    engine = make_engine(settings, separate=True)  # the model in its own process: see engines/process.py
     try:
         app = make_app(settings, refs, engine=engine, graphics=graphics, sources=sources, session=session, session_notes=notes)
         app.run()

@@ -41,12 +41,16 @@ def engine_class(spec: "ModelSpec"):
     return TransformersEngine
 
 
-def make_engine(settings: "Settings", model: str | None = None) -> "ChatEngine":
+def make_engine(settings: "Settings", model: str | None = None, *, separate: bool = False) -> "ChatEngine":
     """The engine the settings ask for (or for ``model`` instead); nothing is loaded yet (call ``load``).
 
     With an endpoint the model runs on that server (OpenAIEngine). The default model name ("demo")
     is then used only if the server has a model by that name; otherwise it means "the server's
     model, if it serves exactly one".
+
+    ``separate``: a local model runs in a process of its own (ProcessEngine), as the app runs it, so
+    that drawing the screen never takes the interpreter from the model. The name is still resolved
+    here, so an unknown model is an error at once.
     """
     if settings.endpoint:
         from vlchat.demo import DEMO_NAME
@@ -58,6 +62,10 @@ def make_engine(settings: "Settings", model: str | None = None) -> "ChatEngine":
     from vlchat.engines.registry import resolve
 
     spec = resolve(model or settings.model)
+    from vlchat.engines import process
+
+    if separate and process.supported():
+        return process.ProcessEngine(settings, model)
     cls = engine_class(spec)
     quant = settings.quant
     if quant == "auto" and spec.quant != "auto":

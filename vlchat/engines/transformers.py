@@ -586,6 +586,15 @@ class TransformersEngine:
             return int(torch.cuda.memory_allocated())
         return int(self.model.get_memory_footprint())
 
+    def count_context(self, conversation: Conversation) -> tuple[int, int | None]:
+        """Tokens the conversation takes in the model's context, and how many of them are the
+        pictures' (None when the model has no picture token to count)."""
+        ids = self.prepare(conversation)["input_ids"][0]
+        config = getattr(self.model, "config", None)
+        image_id = getattr(config, "image_token_id", None) or getattr(config, "image_token_index", None)
+        pictures = int((ids == image_id).sum()) if image_id is not None else None
+        return int(ids.shape[-1]), pictures
+
     def describe(self) -> EngineInfo:
         config = getattr(self.model, "config", None)
         family = self.spec.family

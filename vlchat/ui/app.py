@@ -64,19 +64,29 @@ from vlchat.ui.terminal import TerminalGraphics
 from vlchat.ui.transcript import AnswerView, Transcript, UserView, model_label
 
 FRAME_S = 1 / 30  # the transcript is redrawn at most this often while an answer streams
-# A frame costs a few milliseconds of Python on the UI thread. While the model's own threads keep
-# a core busy (a model on the CPU; a GPU model while its thread launches work or spins waiting),
-# that time is taken from the model: the interpreter lock is one for all threads, and on a small
-# machine torch's threads spin on every core. Then frames are spaced so that the UI thread uses
-# at most UI_SHARE of the time (measured: all its work since the last frame, the screen's redraw
-# included), and come at least every FRAME_MAX_S. When the rest of the process is mostly idle
-# (a server writes the answer), the UI may use UI_SHARE_IDLE: 30 frames a second, as a rule.
+# A frame costs a few milliseconds of Python on the UI thread. That time can be taken from the
+# model. A model on a thread of this process (a test's, say) waits for it: the interpreter lock is
+# one for all threads. A model in its own process (as `vlchat` runs it) waits only when it keeps
+# every core busy (a model on the CPU with torch's threads on each core, which spin while one of
+# them is held up). While that is so, frames are spaced so that the UI thread uses at most
+# UI_SHARE of the time (measured: all its work since the last frame, the screen's redraw
+# included), and come at least every FRAME_MAX_S. Otherwise (a GPU model, a model on fewer
+# threads than cores, a server writing the answer) the UI may use UI_SHARE_IDLE: 30 frames a
+# second, as a rule.
 UI_SHARE = 0.01
 UI_SHARE_IDLE = 0.25
-BUSY_CORES = 0.75  # the process uses this much CPU (in cores): the model is at work here
+BUSY_CORES = 0.75  # this process uses this much CPU (in cores): a model on its thread is at work
+SPARE_CORES = 0.75  # a model in its own process leaves less than this of the cores free: busy
 FRAME_MAX_S = 1.0
 
 NARROW_COLUMNS = 100
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def _freeze_heap() -> None:
@@ -183,7 +193,7 @@ class VlchatApp(App):
         # from the stream itself, so the generation worker posts nothing per token.
         self._live: tuple[int, Any] | None = None
         self._frame_timer: Any = None
-        self._painted_at = (0.0, 0.0, 0.0)  # _clocks() when the last frame began
+        self._painted_at: tuple[float, float, float | None] = (0.0, 0.0, None)  # _clocks() at the last frame
         self.frames = 0  # transcript redraws of streamed text (the bench and tests read it)
         self.last_timings: Timings | None = None
         self.last_tokens: int | None = None
@@ -392,7 +402,8 @@ class VlchatApp(App):
             self.post_message(ModelSwitchProgress(name, step.stage))
 
         try:
-            engine = make_engine(self.settings, name)
+            # The new model runs where the one in use runs: in a process of its own, or here.
+            engine = make_engine(self.settings, name, separate=getattr(self.engine, "separate_process", False))
             engine.load(progress)
             info = engine.describe()
         except Exception as error:
@@ -465,22 +476,24 @@ class VlchatApp(App):
 
     @work(thread=True, group="unload", exit_on_error=False)
     def _unload(self, engine: Any, name: str) -> None:
+        separate = getattr(engine, "separate_process", False)
         before = None
-        try:
-            import torch
+        if not separate:
+            try:
+                import torch
 
-            if torch.cuda.is_available():
-                before = torch.cuda.memory_allocated()
-        except Exception:
-            pass
+                if torch.cuda.is_available():
+                    before = torch.cuda.memory_allocated()
+            except Exception:
+                pass
         # The context counter may still be reading the old engine: let it finish first.
         with self._prepare_lock:
             try:
                 engine.unload()
             except Exception:
                 pass
+        freed = engine.released_bytes if separate else None
         del engine
-        freed = None
         if before is not None:
             import torch
 
@@ -640,7 +653,7 @@ class VlchatApp(App):
 
     # -- context --------------------------------------------------------------------------------
     def _count_context(self) -> None:
-        if self.loaded and self.generating is None and hasattr(self.engine, "prepare"):
+        if self.loaded and self.generating is None and hasattr(self.engine, "count_context"):
             snapshot = Conversation(messages=list(self.conversation.messages))
             if self.pending or not snapshot.messages or snapshot.messages[-1].role != "user":
                 snapshot.add_user("", list(self.pending))
@@ -650,12 +663,8 @@ class VlchatApp(App):
     def _context_worker(self, snapshot: Conversation) -> None:
         try:
             with self._prepare_lock:
-                inputs = self.engine.prepare(snapshot)
-            ids = inputs["input_ids"][0]
-            config = getattr(getattr(self.engine, "model", None), "config", None)
-            image_id = getattr(config, "image_token_id", None) or getattr(config, "image_token_index", None)
-            pictures = int((ids == image_id).sum()) if image_id is not None else None
-            self.post_message(ContextCounted(int(ids.shape[-1]), pictures))
+                tokens, pictures = self.engine.count_context(snapshot)
+            self.post_message(ContextCounted(tokens, pictures))
         except Exception:
             self.post_message(ContextCounted(None, None))
 
@@ -776,13 +785,14 @@ class VlchatApp(App):
         if self.generating is None:
             return
         if check:
-            began, ui_began, all_began = self._painted_at
+            began, ui_began, cpu_began = self._painted_at
             wall = time.perf_counter() - began
             used = time.thread_time() - ui_began
-            # The whole process, the UI thread included: while the model holds the interpreter
-            # lock, time the UI thread spends on a frame is time the model's thread waits.
-            busy = (time.process_time() - all_began) / max(wall, 1e-6)
-            share = UI_SHARE if busy >= BUSY_CORES else UI_SHARE_IDLE
+            cpu = self._model_cpu()
+            busy = False
+            if cpu is not None and cpu_began is not None:
+                busy = (cpu - cpu_began) / max(wall, 1e-6) >= self._busy_cores
+            share = UI_SHARE if busy else UI_SHARE_IDLE
             gap = min(FRAME_MAX_S, used / share)
             if gap > wall + 0.001:
                 self._frame_after(gap - wall, False)
@@ -790,10 +800,23 @@ class VlchatApp(App):
         self._painted_at = self._clocks()
         self.call_later(self._paint_frame, self.generating)
 
-    @staticmethod
-    def _clocks() -> tuple[float, float, float]:
-        """Wall clock, the UI thread's CPU time and the whole process's."""
-        return time.perf_counter(), time.thread_time(), time.process_time()
+    def _clocks(self) -> tuple[float, float, float | None]:
+        """Wall clock, the UI thread's CPU time and the model's (see _model_cpu)."""
+        return time.perf_counter(), time.thread_time(), self._model_cpu()
+
+    def _model_cpu(self) -> float | None:
+        """CPU seconds of whatever runs the model: its own process, or this whole one (the UI
+        thread included: while the model holds the interpreter lock, time the UI thread spends on
+        a frame is time the model's thread waits). None when that cannot be read."""
+        seconds = getattr(self.engine, "cpu_seconds", None)
+        return seconds() if seconds is not None else time.process_time()
+
+    @property
+    def _busy_cores(self) -> float:
+        """How much CPU (in cores) the model must use for frames to be economical."""
+        if getattr(self.engine, "separate_process", False):
+            return max(BUSY_CORES, _usable_cores() - SPARE_CORES)
+        return BUSY_CORES
 
     async def _paint_frame(self, answer_id: int) -> None:
         try:
@@ -855,6 +878,9 @@ class VlchatApp(App):
             line = clean(message.error, keep_newlines=False)
             self.transcript.note(line, "error")
             self.notify(line, title="Answer failed", severity="error", timeout=10)
+            if getattr(self.engine, "alive", True) is False:
+                # The model's process is gone: no model until /model loads one (the same one too).
+                self.load_error = line
         self.transcript.follow()
         self.update_status()
         if self._ready_engine is not None:
