@@ -1,14 +1,16 @@
 """The app's streaming cost and responsiveness, measured on the headless app.
 
 (a) A long answer (the demo model with its end-of-answer token off, so exactly --tokens tokens)
-    streamed through the app (worker, paced frames, the live line and Markdown) against a plain
-    `model.generate` of the same tokens from the same prompt. Each app run is compared with the
+    streamed through the app (worker, paced frames, the live line and Markdown), with the model in
+    a process of its own as `vlchat` runs it (--in-process: on a thread of the app's process),
+    against a plain `model.generate` of the same tokens from the same prompt, in this process.
+    Each app run is compared with the
     mean of the plain runs just before and just after it (this machine's speed drifts by a
     quarter over minutes); the median of those ratios is the figure. Goal: at most 1.05.
 (b) While an answer streams, a key is pressed every --key-interval seconds; the delay from the
     press to the character being in the prompt is measured. Goal: largest delay under 50 ms.
 
-    python bench/tui_stream.py [--tokens 2000] [--runs 7] [--json FILE]
+    python bench/tui_stream.py [--tokens 2000] [--runs 7] [--in-process] [--json FILE]
 """
 
 from __future__ import annotations
