@@ -82,7 +82,7 @@ def run_caption(device: str, quick: bool) -> dict:
 def run_tui(device: str, quick: bool) -> dict:
     if device != "cpu":
         return {"skipped": "the app benchmark runs the demo model on the CPU only"}
-    result = tui_stream.measure(tokens=1000 if quick else 2000, runs=2 if quick else 7)
+    result = tui_stream.measure(tokens=1000 if quick else 2000, runs=2 if quick else 11)
     # For comparison: the model on a thread of the app's own process, as before it had its own.
     result["in_process"] = tui_stream.measure(tokens=1000 if quick else 2000, runs=2 if quick else 3, in_process=True)
     return result

@@ -50,8 +50,9 @@ class ModelProcessError(EngineError):
 
 
 def supported() -> bool:
-    """Whether models can run in a process of their own here (passing pipes needs POSIX)."""
-    return os.name == "posix"
+    """Whether models can run in a process of their own here (passing pipes needs POSIX, and a
+    Python to start it with)."""
+    return os.name == "posix" and bool(sys.executable)
 
 
 class ProcessEngine:

@@ -64,19 +64,19 @@ from vlchat.ui.terminal import TerminalGraphics
 from vlchat.ui.transcript import AnswerView, Transcript, UserView, model_label
 
 FRAME_S = 1 / 30  # the transcript is redrawn at most this often while an answer streams
-# A frame costs a few milliseconds of Python on the UI thread. That time can be taken from the
-# model. A model on a thread of this process (a test's, say) waits for it: the interpreter lock is
-# one for all threads. A model in its own process (as `vlchat` runs it) waits only when it keeps
-# every core busy (a model on the CPU with torch's threads on each core, which spin while one of
-# them is held up). While that is so, frames are spaced so that the UI thread uses at most
-# UI_SHARE of the time (measured: all its work since the last frame, the screen's redraw
-# included), and come at least every FRAME_MAX_S. Otherwise (a GPU model, a model on fewer
-# threads than cores, a server writing the answer) the UI may use UI_SHARE_IDLE: 30 frames a
-# second, as a rule.
+# A frame costs a few milliseconds of Python on the UI thread, and that can be taken from the model.
+# A model on a thread of this process (a test's, say) waits for it: the interpreter lock is one
+# for all threads. A model in its own process (as `vlchat` runs it) loses the CPU's caches and
+# memory bandwidth to it when it runs on the CPU, and on a machine whose cores it keeps busy, the
+# cores themselves (torch's threads spin while one of them is held up). While that is so, frames
+# are spaced so that the UI thread uses at most UI_SHARE of the time (measured: all its work since
+# the last frame, the screen's redraw included), and come at least every FRAME_MAX_S. Otherwise
+# (a GPU model with a core to spare, a server writing the answer) the UI may use UI_SHARE_IDLE:
+# 30 frames a second, as a rule.
 UI_SHARE = 0.01
 UI_SHARE_IDLE = 0.25
-BUSY_CORES = 0.75  # this process uses this much CPU (in cores): a model on its thread is at work
-SPARE_CORES = 0.75  # a model in its own process leaves less than this of the cores free: busy
+BUSY_CORES = 0.75  # the model uses this much CPU (in cores): at work
+SPARE_CORES = 0.75  # a GPU model in its own process leaves less than this of the cores free: busy
 FRAME_MAX_S = 1.0
 
 NARROW_COLUMNS = 100
@@ -814,7 +814,8 @@ class VlchatApp(App):
     @property
     def _busy_cores(self) -> float:
         """How much CPU (in cores) the model must use for frames to be economical."""
-        if getattr(self.engine, "separate_process", False):
+        on_cpu = self.info is None or self.info.device == "cpu"
+        if getattr(self.engine, "separate_process", False) and not on_cpu:
             return max(BUSY_CORES, _usable_cores() - SPARE_CORES)
         return BUSY_CORES
 
