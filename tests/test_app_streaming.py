@@ -87,8 +87,9 @@ async def test_stop_key_lights_up_while_an_answer_is_written_without_rebuilding_
         await settle(pilot)
 
         def stop_key():
-            return next(k for k in app.query(FooterKey) if k.action == "stop")
+            return next((k for k in app.query(FooterKey) if k.action == "stop"), None)
 
+        await until(pilot, lambda: stop_key() is not None)  # the footer's first composition
         keys_before = list(app.query(FooterKey))
         assert stop_key().has_class("-disabled")
         app.prompt.text = QUESTION
