@@ -147,7 +147,8 @@ def test_a_crashed_model_process_is_one_line(endless_model, picture):
         for _piece in stream:
             pass
     assert str(error.value) == (
-        f"the model's process ended unexpectedly (signal 9). Load it again with /model {endless_model}."
+        "the model's process ended unexpectedly (killed by signal 9; the machine may have run out of memory). "
+        f"Load it again with /model {endless_model}."
     )
     assert stream.text and not engine.alive
     engine.unload()

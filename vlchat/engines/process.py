@@ -166,7 +166,14 @@ class ProcessEngine:
             except subprocess.TimeoutExpired:
                 pass
         last = self._last_log_line()
-        how = f"exit code {code}" if code is not None and code >= 0 else f"signal {-code}" if code else "no exit code"
+        if code is None:
+            how = "no exit code"
+        elif code == -9:  # what the kernel's out-of-memory killer sends
+            how = "killed by signal 9; the machine may have run out of memory"
+        elif code < 0:
+            how = f"signal {-code}"
+        else:
+            how = f"exit code {code}"
         detail = f": {last}" if last else ""
         return ModelProcessError(
             f"the model's process ended unexpectedly ({how}){detail}",
