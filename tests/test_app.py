@@ -108,6 +108,19 @@ async def ask(pilot, text: str) -> None:
     await settle(pilot)
 
 
+async def stop_midway(pilot, question: str) -> object:
+    """Ask, let the answer start, press Esc, and wait for the answer to end; returns it."""
+    app = pilot.app
+    app.prompt.text = question
+    await pilot.press("enter")
+    await until(pilot, lambda: app._answer_view is not None and app._answer_view.shown, timeout=30)
+    await pilot.pause(0.3)
+    await pilot.press("escape")
+    await until(pilot, lambda: app.generating is None, timeout=10)
+    await settle(pilot)
+    return app.conversation.last("assistant")
+
+
 async def command(pilot, line: str) -> None:
     pilot.app.prompt.text = line
     await pilot.press("enter")
@@ -196,14 +209,7 @@ async def test_image_command_attaches_a_second_picture_that_the_model_sees(demo_
 async def test_escape_stops_the_model_and_keeps_the_partial_answer(endless_engine, picture):
     app = app_for(endless_engine, [picture("circle", "red", "blue")], max_new_tokens=100_000)
     async with app.run_test(size=(120, 40)) as pilot:
-        app.prompt.text = QUESTION
-        await pilot.press("enter")
-        await until(pilot, lambda: app._answer_view is not None and app._answer_view.shown, timeout=30)
-        await pilot.pause(0.3)
-        await pilot.press("escape")
-        await until(pilot, lambda: app.generating is None, timeout=10)
-        await settle(pilot)
-        answer = app.conversation.last("assistant")
+        answer = await stop_midway(pilot, QUESTION)
         assert answer.stopped and answer.text and answer.tokens < 100_000
         assert "stopped" in screen_text(app)
         assert not [t for t in threading.enumerate() if t.name == "vlchat-generate"]

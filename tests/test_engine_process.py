@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from tests.test_app import ask, command, run_async, screen_text, settings, settle, status_text, transcript_text, until
+from tests.test_app import ask, command, run_async, screen_text, settings, settle, status_text, stop_midway, transcript_text, until
 from vlchat.core.conversation import Conversation, GenerationParams, ImageRef
 from vlchat.engines import make_engine
 from vlchat.engines.process import ModelProcessError, ProcessEngine
@@ -213,14 +213,7 @@ async def test_app_with_its_model_in_a_process_of_its_own(picture, endless_model
         await until(pilot, lambda: app.switching is None and app.info.name == str(endless_model), timeout=90)
         assert gone(demo_pid)
         await command(pilot, "/set max_tokens 100000")  # the endless model talks until stopped
-        app.prompt.text = QUESTION
-        await pilot.press("enter")
-        await until(pilot, lambda: app._answer_view is not None and app._answer_view.shown, timeout=30)
-        await pilot.pause(0.3)
-        await pilot.press("escape")
-        await until(pilot, lambda: app.generating is None, timeout=10)
-        await settle(pilot)
-        answer = app.conversation.last("assistant")
+        answer = await stop_midway(pilot, QUESTION)
         assert answer.stopped and answer.text
         assert "stopped" in screen_text(app)
         last_pid = app.engine.pid
