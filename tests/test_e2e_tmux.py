@@ -9,6 +9,7 @@ history is searched for a traceback.
 from __future__ import annotations
 
 import os
+import re
 import random
 import shlex
 import shutil
@@ -121,6 +122,12 @@ def answering(screen: str) -> bool:
     return "answering…" in screen or any(line.rstrip().endswith("▌ …") for line in screen.splitlines())
 
 
+def context_used(screen: str) -> int | None:
+    """The status line's "ctx N/LIMIT": how many tokens the conversation takes."""
+    found = re.search(r"ctx (\d+)/", screen)
+    return int(found.group(1)) if found else None
+
+
 def ready(screen: str) -> bool:
     return "1/1" in screen and "ctx " in screen and "loading" not in screen
 
@@ -144,15 +151,18 @@ def test_escape_stops_a_long_answer(terminal, shape_picture, endless_model):
         f"--model {shlex.quote(str(endless_model))} --max-new-tokens 100000 --image-protocol halfblock "
         f"{shlex.quote(str(shape_picture))}"
     )
-    terminal.wait_for(ready, what="the picture and the loaded model")
+    before_answer = context_used(terminal.wait_for(ready, what="the picture and the loaded model"))
     terminal.type("Describe the picture.")
     terminal.keys("Enter")
     terminal.wait_for(answering, what="the answer to start")
     time.sleep(1.0)
     terminal.keys("Escape")
     terminal.wait_for(lambda s: "■ stopped" in s and not answering(s), timeout=20, what="the answer to stop")
+    # The status line's context count takes in the stopped answer (counted after it ends).
+    before = terminal.wait_for(
+        lambda s: (context_used(s) or 0) > (before_answer or 0), timeout=20, what="the context count to take in the answer"
+    )
     # Stopped for real: nothing moves on the screen any more.
-    before = terminal.screen()
     time.sleep(1.0)
     assert terminal.screen() == before
     terminal.type("/quit")
