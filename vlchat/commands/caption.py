@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from vlchat.core.errors import InputError
 from vlchat.core.text import clean
+from vlchat.engines.base import usable_cores
 
 if TYPE_CHECKING:  # Pillow and the stores load with the command, not with `vlchat --help`
     from vlchat.core.captions import Store
@@ -304,14 +305,7 @@ def decode_workers(engine, remote: bool) -> int:
     up to four beside a GPU."""
     if remote or getattr(engine, "device", "cpu") == "cpu":
         return 1
-    return max(1, min(4, _cores() - 1))
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+    return max(1, min(4, usable_cores() - 1))
 
 
 def share_cpu(engine) -> None:
@@ -322,7 +316,7 @@ def share_cpu(engine) -> None:
         return
     import torch
 
-    torch.set_num_threads(max(1, min(torch.get_num_threads(), _cores() - 1)))
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), usable_cores() - 1)))
 
 
 # -- the command ----------------------------------------------------------------------------------

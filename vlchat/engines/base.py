@@ -7,6 +7,7 @@ are interchangeable.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -14,6 +15,14 @@ from typing import Any, Callable, Iterator, Protocol, runtime_checkable
 
 from vlchat.core.conversation import Conversation, GenerationParams, Timings
 from vlchat.core.errors import InputError, VlchatError
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity where the system says, else all)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
 
 
 # -- errors -----------------------------------------------------------------------------------

@@ -49,6 +49,10 @@ class ModelProcessError(EngineError):
     """The model's process ended while it was needed."""
 
 
+def _not_loaded() -> ModelProcessError:
+    return ModelProcessError("the model is not loaded", "switch to a model with /model NAME")
+
+
 def supported() -> bool:
     """Whether models can run in a process of their own here (passing pipes needs POSIX, and a
     Python to start it with)."""
@@ -126,7 +130,7 @@ class ProcessEngine:
 
     def _send(self, *message: Any) -> None:
         if self._commands is None:
-            raise ModelProcessError("the model is not loaded", "switch to a model with /model NAME")
+            raise _not_loaded()
         try:
             self._commands.send(message)
         except (OSError, ValueError):
@@ -136,7 +140,7 @@ class ProcessEngine:
         """The next message from the model's process; None if none came within ``timeout``."""
         events = self._events
         if events is None:
-            raise ModelProcessError("the model is not loaded", "switch to a model with /model NAME")
+            raise _not_loaded()
         try:
             if timeout is not None and not events.poll(timeout):
                 return None

@@ -36,6 +36,7 @@ from vlchat.config import Settings
 from vlchat.core.conversation import Conversation, GenerationParams, ImageRef, Timings
 from vlchat.core.errors import VlchatError
 from vlchat.core.text import clean
+from vlchat.engines.base import usable_cores
 from vlchat.ui import commands as slash
 from vlchat.ui import themes as theme_files
 from vlchat.ui.commands import VlchatCommands
@@ -80,13 +81,6 @@ SPARE_CORES = 0.75  # a GPU model in its own process leaves less than this of th
 FRAME_MAX_S = 1.0
 
 NARROW_COLUMNS = 100
-
-
-def _usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def _freeze_heap() -> None:
@@ -816,7 +810,7 @@ class VlchatApp(App):
         """How much CPU (in cores) the model must use for frames to be economical."""
         on_cpu = self.info is None or self.info.device == "cpu"
         if getattr(self.engine, "separate_process", False) and not on_cpu:
-            return max(BUSY_CORES, _usable_cores() - SPARE_CORES)
+            return max(BUSY_CORES, usable_cores() - SPARE_CORES)
         return BUSY_CORES
 
     async def _paint_frame(self, answer_id: int) -> None:
