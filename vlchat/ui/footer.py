@@ -23,14 +23,18 @@ class KeyFooter(Footer):
     restyles those keys in place; only a change of the keys themselves composes the footer again."""
 
     _composed: tuple = ()
+    _pending = False  # a composition is already on its way: it reads the bindings as they are then
 
     def compose(self):
         if self._bindings_ready:
+            self._pending = False
             self._composed = _shown(self.screen)[0]
         yield from super().compose()
 
     def bindings_changed(self, screen) -> None:
         if self._bindings_ready and screen.app.app_focus and self.is_attached and screen is self.screen:
+            if self._pending:
+                return  # (at the start, bindings change twice before the first composition)
             keys, enabled = _shown(screen)
             if keys == self._composed and keys:
                 for key in self.query(FooterKey):
@@ -40,3 +44,5 @@ class KeyFooter(Footer):
                         key.set_class(off, "-disabled")
                 return
         super().bindings_changed(screen)
+        if screen.app.app_focus and self.is_attached and screen is self.screen:
+            self._pending = True  # Footer asked for a composition after the next refresh
