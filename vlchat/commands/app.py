@@ -96,5 +96,5 @@ def _resume(name: str, settings, sources):
         session = store.open(name or None, read_only=True)
         notes.append(f"{error.message}: opened read-only, so nothing you add here is saved "
                      "(quit the other vlchat to continue it here)")
-    apply_remembered(session, settings, sources)
+    notes += apply_remembered(session, settings, sources)
     return session, notes
