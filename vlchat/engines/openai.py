@@ -739,7 +739,7 @@ class OpenAIEngine:
         if suggested and suggested != self.endpoint:
             return EndpointNotFoundError(
                 f"the endpoint {self.endpoint} redirects to {suggested} ({head})",
-                f"use that URL: --endpoint {suggested} (vlchat does not follow redirects, so the key never goes elsewhere)",
+                f"use that URL: --endpoint {suggested}",
             )
         return EndpointNotFoundError(
             f"the endpoint {self.endpoint} answers with a redirect ({head})",
