@@ -765,7 +765,8 @@ class OpenAIEngine:
             return self._redirect_error(status, head, lowered_headers.get("location"), url or self.base_url)
         if status == 401:
             hint = (
-                "give the server's key with --api-key or VLCHAT_API_KEY"
+                "give the server's key with --api-key or VLCHAT_API_KEY (a server named only by a session "
+                "gets it once you name it with --endpoint)"
                 if not self._api_key
                 else "the key given (--api-key or VLCHAT_API_KEY) was not accepted; check it"
             )
