@@ -58,6 +58,7 @@ MAX_BODY_BYTES = 4 << 20
 # One line of the stream, and one event, are one piece of an answer: a few hundred bytes. A server
 # that sends more without a line break is refused before it fills the memory.
 MAX_LINE_CHARS = 1 << 20
+MAX_QUEUED_LINES = 4096
 # The answer's text is capped at this much per token of max_new_tokens (the longest tokens of
 # common vocabularies are runs of whitespace, well under this).
 MAX_CHARS_PER_TOKEN = 256
@@ -300,7 +301,9 @@ class _StreamingCall:
         self.url = url
         self.body = body
         self.stream = stream
-        self.events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        # Bounded: a server that sends faster than the caller reads is held back by TCP, not
+        # buffered here without limit.
+        self.events: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=MAX_QUEUED_LINES)
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
         self._aborted = False
@@ -316,9 +319,19 @@ class _StreamingCall:
         for sock in sockets:
             _shutdown(sock)
 
+    def _put(self, kind: str, value: Any = None) -> bool:
+        """Queue an event, waiting while the queue is full; False once the call is aborted."""
+        while not self._aborted:
+            try:
+                self.events.put((kind, value), timeout=POLL_S)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def _trace(self, event: str, info: dict[str, Any]) -> None:
         if event in ("http11.send_request_body.complete", "http11.receive_response_headers.started"):
-            self.events.put(("sent", None))
+            self._put("sent", None)
             return
         # httpcore reports each new connection here: the only public way to reach its socket.
         if event != "connection.connect_tcp.complete":
@@ -330,7 +343,7 @@ class _StreamingCall:
         with self._lock:
             self._sockets.append(sock)
             aborted = self._aborted
-        self.events.put(("connected", None))
+        self._put("connected", None)
         if aborted:
             _shutdown(sock)
 
@@ -351,30 +364,29 @@ class _StreamingCall:
                 ) as response:
                     if not self.stream:
                         text = _read_capped(response)
-                        self.events.put(("body", (response.status_code, dict(response.headers), text)))
+                        self._put("body", (response.status_code, dict(response.headers), text))
                         return
                     if response.status_code != 200:
                         text = _read_capped(response)
-                        self.events.put(("status", (response.status_code, dict(response.headers), text)))
+                        self._put("status", (response.status_code, dict(response.headers), text))
                         return
                     if "json" in response.headers.get("content-type", ""):
                         # A server that ignored stream: true sends the whole answer at once.
-                        self.events.put(("whole", _read_capped(response)))
+                        self._put("whole", _read_capped(response))
                         return
-                    self.events.put(("open", None))
+                    self._put("open", None)
                     try:
                         for line in bounded_lines(response.iter_bytes()):
-                            if self._aborted:
+                            if not self._put("line", line):
                                 return
-                            self.events.put(("line", line))
                     except _TooLong:
-                        self.events.put(("toolong", None))
+                        self._put("toolong", None)
                         self.abort()
                         return
-            self.events.put(("eof", None))
+            self._put("eof", None)
         except BaseException as error:  # handed to the reader, never lost in this thread
             if not self._aborted:
-                self.events.put(("error", error))
+                self._put("error", error)
 
 
 class _Clock:
