@@ -869,7 +869,10 @@ class OpenAIEngine:
             data = json.loads(text)
             cards = data["data"] if isinstance(data, dict) else data
             models = [
-                ServerModel.from_card({**card, "id": self._scrub(str(card["id"]))})
+                ServerModel.from_card({
+                    **card, "id": self._scrub(str(card["id"])),
+                    "owned_by": None if card.get("owned_by") is None else self._scrub(str(card["owned_by"])),
+                })
                 for card in cards if isinstance(card, dict) and "id" in card
             ]
             if not isinstance(cards, list):
