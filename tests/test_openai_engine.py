@@ -390,7 +390,7 @@ def test_endpoint_forms(typed, base):
     assert normalize_endpoint(typed) == base
 
 
-@pytest.mark.parametrize("typed", ["ftp://host/v1", "", "http://", "http://host:port/v1"])
+@pytest.mark.parametrize("typed", ["ftp://host/v1", "", "http://", "http://host:port/v1", "http://[::1/v1"])
 def test_bad_endpoints_are_input_errors(typed):
     with pytest.raises(InputError):
         OpenAIEngine(typed, "demo")

@@ -149,7 +149,10 @@ def normalize_endpoint(url: str) -> str:
         raise InputError("the endpoint is empty", example)
     if "://" not in text:
         text = "http://" + text
-    parts = urllib.parse.urlsplit(text)
+    try:
+        parts = urllib.parse.urlsplit(text)
+    except ValueError:  # an unclosed [IPv6 address
+        raise InputError(f"the endpoint {shown!r} is not a valid URL", example) from None
     try:
         parts.port  # noqa: B018 (raises for a port that is not a number)
     except ValueError:
