@@ -33,6 +33,7 @@ Hostile servers (no model runs; each ends on its own after HOSTILE_MAX_S, so no 
                         characters per chunk (so a secret arrives split across chunks)
     demo-bad-usage      the demo model's answer with usage figures no model could have counted
     /moved/...          any path under /moved answers 302 to the same path without /moved
+    GET /trickle/...    the model list as demo-slow-headers answers: its headers a byte at a time
 
 Per server: ``api_key`` (401 without it) and ``max_body`` (413 above it, after reading the body,
 as proxies do). Every generation loop watches its client's socket: when the client goes away the
@@ -272,6 +273,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         self.owner.requests.append({"method": "GET", "path": self.path, "authorization": self.headers.get("Authorization")})
         if self.moved() or not self.authorised():
+            return
+        if self.path.startswith("/trickle/"):
+            self.hostile("demo-slow-headers")
             return
         if self.path.split("?")[0].rstrip("/") == "/v1/models":
             created = int(time.time())

@@ -50,6 +50,14 @@ def test_a_server_that_sends_no_answer_is_left_after_the_token_timeout(vlchat, o
     assert took < PROMPT_S < HOSTILE_MAX_S
 
 
+def test_a_model_list_sent_a_byte_at_a_time_is_left_after_the_token_timeout(vlchat, openai_server):
+    started = time.monotonic()
+    result = vlchat("models", "--endpoint", openai_server.url.replace("/v1", "/trickle/v1"), "--token-timeout", "1")
+    assert result.returncode == 1, result.stderr
+    one_error_line(result, "sent no model list within 1 s", "--token-timeout")
+    assert time.monotonic() - started < PROMPT_S
+
+
 def test_an_answer_that_never_ends_is_left_at_the_answer_timeout(vlchat, openai_server):
     # The real (endless) model, a token at a time well within --token-timeout: only the total holds.
     result, took = ask_timed(vlchat, "--endpoint", openai_server.url, "--model", "demo-endless",
