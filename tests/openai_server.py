@@ -25,6 +25,7 @@ Hostile servers (no model runs; each ends on its own after HOSTILE_MAX_S, so no 
 
     demo-trickle        a valid stream, one byte every ``trickle_s`` seconds
     demo-keepalive      headers, then only ": keep-alive" comments, never a piece of the answer
+    demo-keepalive-midway  the first piece of the answer, then only keep-alive comments
     demo-slow-headers   the status line, then its headers one byte at a time
     demo-flood          an endless stream that ignores max_tokens, as fast as the client reads
     demo-huge-line      "data: " and then ``huge_line_bytes`` bytes with no line break
@@ -70,9 +71,9 @@ MODES = (
     "demo-forbidden", "demo-busy", "demo-crash", "demo-gone", "demo-text-only", "demo-no-mmproj",
     "demo-cut", "demo-drop", "demo-bad-json", "demo-fail-midway", "demo-stall", "demo-escape", "demo-whole",
     "demo-trickle", "demo-keepalive", "demo-slow-headers", "demo-flood", "demo-huge-line", "demo-echo-error",
-    "demo-echo-answer", "demo-bad-usage",
+    "demo-echo-answer", "demo-bad-usage", "demo-keepalive-midway",
 )
-HOSTILE = ("demo-trickle", "demo-keepalive", "demo-slow-headers", "demo-flood", "demo-huge-line",
+HOSTILE = ("demo-trickle", "demo-keepalive", "demo-keepalive-midway", "demo-slow-headers", "demo-flood", "demo-huge-line",
            "demo-echo-error", "demo-echo-answer")
 HOSTILE_MAX_S = 30.0
 MISBEHAVE_AFTER = 2  # pieces of a real answer sent before a broken mode breaks the stream
@@ -541,8 +542,9 @@ class _Handler(BaseHTTPRequestHandler):
                     for byte in body:
                         if not (wait(self.owner.trickle_s) and raw(bytes([byte]))):
                             break
-            elif model == "demo-keepalive":
-                if raw(stream_head):
+            elif model in ("demo-keepalive", "demo-keepalive-midway"):
+                first = content("The") if model == "demo-keepalive-midway" else b""
+                if raw(stream_head + first):
                     while wait(0.2) and raw(b": keep-alive\n\n"):
                         sent["chunks"] += 1
             elif model == "demo-flood":
