@@ -28,6 +28,7 @@ Hostile servers (no model runs; each ends on its own after HOSTILE_MAX_S, so no 
     demo-keepalive-midway  the first piece of the answer, then only keep-alive comments
     demo-slow-headers   the status line, then its headers one byte at a time
     demo-flood          an endless stream that ignores max_tokens, as fast as the client reads
+    demo-drip           an endless stream, a piece of the answer every ``trickle_s`` seconds
     demo-huge-line      "data: " and then ``huge_line_bytes`` bytes with no line break
     demo-echo-error     400 whose message echoes the request's Authorization header and path
     demo-echo-answer    an answer that echoes the Authorization header and path, a few
@@ -71,9 +72,9 @@ MODES = (
     "demo-forbidden", "demo-busy", "demo-crash", "demo-gone", "demo-text-only", "demo-no-mmproj",
     "demo-cut", "demo-drop", "demo-bad-json", "demo-fail-midway", "demo-stall", "demo-escape", "demo-whole",
     "demo-trickle", "demo-keepalive", "demo-slow-headers", "demo-flood", "demo-huge-line", "demo-echo-error",
-    "demo-echo-answer", "demo-bad-usage", "demo-keepalive-midway",
+    "demo-echo-answer", "demo-bad-usage", "demo-keepalive-midway", "demo-drip",
 )
-HOSTILE = ("demo-trickle", "demo-keepalive", "demo-keepalive-midway", "demo-slow-headers", "demo-flood", "demo-huge-line",
+HOSTILE = ("demo-drip", "demo-trickle", "demo-keepalive", "demo-keepalive-midway", "demo-slow-headers", "demo-flood", "demo-huge-line",
            "demo-echo-error", "demo-echo-answer")
 HOSTILE_MAX_S = 30.0
 MISBEHAVE_AFTER = 2  # pieces of a real answer sent before a broken mode breaks the stream
@@ -553,6 +554,10 @@ class _Handler(BaseHTTPRequestHandler):
                     # socket's buffers and this write blocks until it closes the connection.
                     piece = content("la ")
                     while time.monotonic() < deadline and not self.owner.stopping.is_set() and raw(piece):
+                        sent["chunks"] += 1
+            elif model == "demo-drip":
+                if raw(stream_head):
+                    while raw(content("drip ")) and wait(self.owner.trickle_s):
                         sent["chunks"] += 1
             elif model == "demo-huge-line":
                 if raw(stream_head) and raw(b"data: "):

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.timeout(120)
 
 QUESTION = "What colour is the shape?"
 # Well under HOSTILE_MAX_S: a vlchat that only stops when the server gives up is too slow.
-PROMPT_S = 12.0
+PROMPT_S = 20.0
 
 
 def ask_timed(vlchat, *args, **kwargs):
@@ -60,12 +60,12 @@ def test_a_model_list_sent_a_byte_at_a_time_is_left_after_the_token_timeout(vlch
 
 
 def test_an_answer_that_never_ends_is_left_at_the_answer_timeout(vlchat, openai_server):
-    # The real (endless) model, a token at a time well within --token-timeout: only the total holds.
-    result, took = ask_timed(vlchat, "--endpoint", openai_server.url, "--model", "demo-endless",
-                             "--max-new-tokens", "100000", "--token-timeout", "30", "--answer-timeout", "3")
+    # A piece every half second, well within --token-timeout: only the total deadline holds.
+    result, took = ask_timed(vlchat, "--endpoint", openai_server.url, "--model", "demo-drip",
+                             "--max-new-tokens", "100000", "--token-timeout", "5", "--answer-timeout", "3")
     assert result.returncode == 1, result.stderr
     one_error_line(result, "did not finish the answer within 3 s", "--answer-timeout", "partial answer was kept")
-    assert result.stdout.strip() and result.stdout.endswith("\n")  # what arrived stays on screen
+    assert result.stdout.startswith("drip drip") and result.stdout.endswith("\n")  # what arrived stays on screen
     assert took < PROMPT_S
 
 
