@@ -196,9 +196,11 @@ def test_ask_session_sends_no_key_to_the_server_the_session_names(vlchat, demo_e
 
 
 @run_async
-async def test_resuming_in_the_app_sends_no_key_to_the_server_the_session_names(vlchat, demo_engine, tmp_path):
+async def test_resuming_in_the_app_sends_no_key_to_the_server_the_session_names(vlchat, demo_engine, tmp_path, monkeypatch):
     from vlchat.commands.app import resume_session
     from vlchat.ui.app import make_app
+
+    monkeypatch.setenv("VLCHAT_CONFIG_DIR", str(tmp_path / "config"))  # never the person's own themes
 
     with OpenAITestServer(demo_engine) as server:
         session_on(vlchat, server, tmp_path / "sessions")
