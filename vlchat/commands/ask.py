@@ -53,7 +53,8 @@ def open_session(args: argparse.Namespace, settings, sources):
         settings.system = None  # the config's system prompt is for new conversations; keep this one's
     from vlchat.commands.remember import apply_remembered
 
-    apply_remembered(session, settings, sources)
+    for note in apply_remembered(session, settings, sources):
+        print(f"vlchat: note: {note}", file=sys.stderr)
     return session
 
 
