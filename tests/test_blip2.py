@@ -6,7 +6,7 @@ import pytest
 
 from vlchat.core.conversation import Conversation, GenerationParams
 from vlchat.engines.blip2 import ANSWER_ROOM, CONTEXT, Blip2Engine, fit_chain, qa_pairs, render_chain
-from tests.tiny_families import QUERY_TOKENS
+from tests.tiny_families import CODE, QUERY_TOKENS
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -98,3 +98,31 @@ def test_no_picture_says_to_add_one(blip2):
     c.add_user("Hello?")
     with pytest.raises(GenerationError, match="/image"):
         blip2.prepare(c)
+
+
+
+
+def test_instructblip_keeps_answering_a_long_conversation_full_of_code(tiny_models, picture):
+    """The Q-Former reads the same chain with BERT, which splits every punctuation mark: the chain
+    must fit its 512 positions too, or the model fails (568 vs 512) from about turn 8 on."""
+    engine = Blip2Engine(str(tiny_models["instructblip"]), quant="none", device="cpu")
+    engine.load()
+    try:
+        bert = engine.processor.qformer_tokenizer
+        c = Conversation()
+        c.add_user("What is in the picture?", [picture().ref])
+        notices = []
+        for turn in range(12):
+            stream = engine.stream(c, GenerationParams(max_new_tokens=2))
+            list(stream)  # a model that fails raises here (GenerationError: size 568 vs 512)
+            assert stream.stats.tokens >= 1, f"turn {turn + 1} gave no answer"
+            notices.append(stream.stats.notice)
+            c.add_assistant(CODE[turn % len(CODE)], model="instructblip")
+            c.add_user(f"And what does the code in answer {turn + 1} print?")
+        # the window was really tight for BERT: turns had to go, and the stream said so
+        assert any(notices), notices
+        assert "the oldest" in [n for n in notices if n][-1]
+        prompt, dropped = engine.prompt_for(c, 2)
+        assert dropped > 0 and len(bert(prompt)["input_ids"]) <= 512
+    finally:
+        engine.unload()

@@ -28,7 +28,7 @@ def _seed():
     torch.manual_seed(0)
 
 
-def build_tokenizer(special: list[str], image_token: str = "<image>", **extra_special):
+def build_tokenizer(special: list[str], image_token: str = "<image>", vocab: int = VOCAB, corpus=(), **extra_special):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -37,12 +37,12 @@ def build_tokenizer(special: list[str], image_token: str = "<image>", **extra_sp
     tok.decoder = decoders.ByteLevel()
     base = ["<s>", "</s>", "<pad>", "<unk>", image_token, *special]
     trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB - 32,
+        vocab_size=vocab - 32,
         special_tokens=base,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    corpus = ["What colour is the shape?", "The shape is red.", "Describe the picture.", "And this one?"] * 20
+    corpus = ["What colour is the shape?", "The shape is red.", "Describe the picture.", "And this one?", *corpus] * 20
     tok.train_from_iterator(corpus, trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
@@ -55,11 +55,11 @@ def build_tokenizer(special: list[str], image_token: str = "<image>", **extra_sp
     )
 
 
-def _llama(**kw):
+def _llama(vocab_size=VOCAB, **kw):
     from transformers import LlamaConfig
 
     return LlamaConfig(
-        vocab_size=VOCAB,
+        vocab_size=vocab_size,
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=1,
@@ -146,6 +146,46 @@ def _blip_image_processor():
 
 
 QUERY_TOKENS = 8
+INSTRUCTBLIP_VOCAB = 1024
+# Answers full of code and punctuation, as a conversation about a screenshot of code has them.
+CODE = (
+    "def f(x): return {'a': [x, x], 'b': (x,)}; print(f(1))  # -> {'a': [1, 1], 'b': (1,)}",
+    "for i in range(3): print(i, i ** 2, [i] * 2, {i: -i}); x += (i, i)",
+    "if (a && b) || !c { return x[0]->y; } else { return *p++; } // ok?",
+    "SELECT a.b, c.d FROM t1 a JOIN t2 c ON (a.id = c.id) WHERE x > 1; -- done",
+)
+BERT_VOCAB = 30523  # bert-base-uncased's 30522 and InstructBLIP's added [DEC]
+
+
+def build_bert_tokenizer():
+    """The Q-Former's tokenizer as InstructBLIP ships it: bert-base-uncased (lower case, every
+    punctuation mark its own token, [PAD] 0, [UNK] 100, [CLS] 101, [SEP] 102, [MASK] 103) with
+    [DEC] added at 30522 as its BOS. The vocabulary between is letters, digits and their ## forms
+    only: enough to show how many more tokens code takes in BERT than in the language model's BPE."""
+    import string
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers import BertTokenizerFast
+
+    vocab = {"[PAD]": 0, **{f"[unused{i}]": i + 1 for i in range(99)}, "[UNK]": 100, "[CLS]": 101, "[SEP]": 102,
+             "[MASK]": 103}
+    for piece in list(string.ascii_lowercase + string.digits + string.punctuation) + [
+        "##" + c for c in string.ascii_lowercase + string.digits
+    ] + ["what", "the", "is", "shape", "colour", "of", "this", "and", "one", "picture"]:
+        vocab.setdefault(piece, len(vocab))
+    # bert's other words stand in as placeholders, so that [DEC] lands at its real id
+    vocab.update({f"[word{i}]": i for i in range(len(vocab), BERT_VOCAB - 1)})
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", 101), ("[SEP]", 102)]
+    )
+    tokenizer = BertTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]",
+                                  cls_token="[CLS]", mask_token="[MASK]", model_max_length=512)
+    tokenizer.add_special_tokens({"bos_token": "[DEC]"})
+    return tokenizer
 
 
 def build_blip2(folder: Path) -> Path:
@@ -170,15 +210,17 @@ def build_instructblip(folder: Path) -> Path:
     from transformers import (InstructBlipConfig, InstructBlipForConditionalGeneration, InstructBlipProcessor,
                               InstructBlipQFormerConfig, InstructBlipVisionConfig)
 
-    tokenizer = build_tokenizer([])
+    # Vicuna's tokenizer has merges for code; BERT splits it at every punctuation mark
+    tokenizer = build_tokenizer([], vocab=INSTRUCTBLIP_VOCAB, corpus=CODE)
     qformer = InstructBlipQFormerConfig(hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
-                                        intermediate_size=128, encoder_hidden_size=64, vocab_size=VOCAB,
+                                        intermediate_size=128, encoder_hidden_size=64, vocab_size=BERT_VOCAB,
                                         max_position_embeddings=512)
     config = InstructBlipConfig(
-        vision_config=_blip_vision(InstructBlipVisionConfig), qformer_config=qformer, text_config=_llama(),
+        vision_config=_blip_vision(InstructBlipVisionConfig), qformer_config=qformer,
+        text_config=_llama(vocab_size=INSTRUCTBLIP_VOCAB),
         num_query_tokens=QUERY_TOKENS, image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
     )
-    processor = InstructBlipProcessor(_blip_image_processor(), tokenizer, build_tokenizer([]),
+    processor = InstructBlipProcessor(_blip_image_processor(), tokenizer, build_bert_tokenizer(),
                                       num_query_tokens=QUERY_TOKENS)
     return _save(folder, InstructBlipForConditionalGeneration(config), processor)
 
