@@ -53,3 +53,45 @@ def test_two_turns_with_a_picture_each_stream(joy, picture):
     ids = joy.prepare(c)["input_ids"][0].tolist()
     assert ids.count(joy.tokenizer.bos_token_id) == 1
     assert list(joy.stream(c, GenerationParams(max_new_tokens=3)))
+
+
+def test_a_joycaption_folder_given_by_path_is_known_by_its_template(tmp_path, run_vlchat, picture):
+    """Its config.json says llava; its string-content Llama 3 template says JoyCaption."""
+    import json
+
+    from vlchat.config import Settings
+    from vlchat.engines import engine_class, make_engine
+    from vlchat.engines.registry import resolve
+    from vlchat.engines.transformers import TransformersEngine
+
+    folder = build_joycaption(tmp_path / "some-captioner")
+    assert json.loads((folder / "config.json").read_text())["model_type"] == "llava"
+    assert engine_class(resolve(str(folder))) is JoyCaptionEngine
+    engine = make_engine(Settings(model=str(folder), quant="none", device="cpu", dtype="float32"))
+    engine.load()
+    try:
+        c = Conversation()
+        c.add_user("Write a short caption for this image.", [picture().ref])
+        ids = engine.prepare(c)["input_ids"][0].tolist()
+        bos = engine.tokenizer.bos_token_id
+        assert ids.count(bos) == 1 and ids[0] == bos
+        assert engine.describe().family == "joycaption"
+    finally:
+        engine.unload()
+    shot = picture()
+    result = run_vlchat("ask", "--model", folder, "--max-new-tokens", "3", "--json", shot.ref.path,
+                        "Write a short caption for this image.")
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert record["tokens"] >= 1 and record["prompt_tokens"] == len(ids)
+    # the generic engine on the same folder: the template places no picture; one clear line, no "internal error"
+    plain = TransformersEngine(str(folder), quant="none", device="cpu")
+    plain.load()
+    try:
+        from vlchat.engines.base import GenerationError
+
+        with pytest.raises(GenerationError) as caught:
+            plain.stream(c, GenerationParams(max_new_tokens=2))
+        assert "chat template" in str(caught.value) and "\n" not in str(caught.value)
+    finally:
+        plain.unload()

@@ -32,9 +32,9 @@ def engine_class(spec: "ModelSpec"):
         from vlchat.engines.blip2 import Blip2Engine
 
         return Blip2Engine
-    if family == "joycaption":
-        from vlchat.engines.joycaption import JoyCaptionEngine
+    from vlchat.engines.joycaption import JoyCaptionEngine, is_joycaption
 
+    if family == "joycaption" or (family == "llava" and config and is_joycaption(spec.source, config)):
         return JoyCaptionEngine
     from vlchat.engines.transformers import TransformersEngine
 

@@ -403,7 +403,13 @@ class TransformersEngine:
         # The clock starts before the prompt is rendered and the pictures processed: the time to
         # the first token is what the person waits, and those grow with the conversation too.
         started = time.perf_counter()
-        inputs = self.prepare(conversation)
+        try:
+            inputs = self.prepare(conversation)
+        except ValueError as error:  # the processor found the template's prompt and the pictures at odds
+            raise GenerationError(
+                f"the chat template of {clean(self.name, keep_newlines=False)} does not fit its pictures: {_first_line(error)}",
+                "the model folder's chat template does not place pictures; use a model whose template does",
+            ) from error
         kwargs = self.generation_kwargs(inputs, params)
         cancel = cancel or threading.Event()
         abandon = threading.Event()  # the reader went away: stop the model too
