@@ -364,6 +364,73 @@ def build_minicpmv4_6(folder: Path) -> Path:
     return folder
 
 
+# -- from the published files -----------------------------------------------------------------
+# tests/data/families/<name>/ holds the non-weight files of the published checkpoints (SOURCES.md
+# there says where each came from); a large file is stored compressed (.xz). The builders below
+# shrink only the sizes in the real config (layers, hidden sizes), keep its token ids, image and
+# patch settings, and save random weights beside the real processor and tokenizer files.
+DATA = Path(__file__).parent / "data" / "families"
+
+
+def real_file(family: str, name: str) -> bytes:
+    import lzma
+
+    folder = DATA / family
+    if (folder / name).is_file():
+        return (folder / name).read_bytes()
+    return lzma.decompress((folder / (name + ".xz")).read_bytes())
+
+
+def real_json(family: str, name: str) -> dict:
+    import json
+
+    return json.loads(real_file(family, name))
+
+
+def bert_uncased_tokenizer(*, bos: str | None = None, extra: tuple[str, ...] = ()):
+    """bert-base-uncased from its real vocab.txt, with the tokens BLIP and InstructBLIP add to it."""
+    from transformers import BertTokenizerFast
+
+    words = real_file("bert-base-uncased", "vocab.txt").decode("utf-8").splitlines()
+    tokenizer = BertTokenizerFast(vocab={word: i for i, word in enumerate(words)}, do_lower_case=True,
+                                  model_max_length=512)
+    if bos:
+        tokenizer.add_special_tokens({"bos_token": bos})
+    if extra:
+        tokenizer.add_special_tokens({"additional_special_tokens": list(extra)})
+    return tokenizer
+
+
+TINY_BERT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2)
+
+
+def build_blip(folder: Path, *, vqa: bool = False) -> Path:
+    """Salesforce/blip-image-captioning-base's config and image processor, its tokenizer made as
+    transformers' BLIP conversion makes it (bert-base-uncased, [DEC] as BOS, [ENC] added); for
+    ``vqa`` the same with the question-answering architecture (blip-vqa-base has BLIP-base's sizes)."""
+    _seed()
+    from transformers import (BlipConfig, BlipForConditionalGeneration, BlipForQuestionAnswering,
+                              BlipImageProcessor, BlipProcessor)
+
+    data = real_json("blip", "config.json")
+    text, vision = data["text_config"], data["vision_config"]
+    text.update(TINY_BERT, encoder_hidden_size=64)
+    vision.update(TINY_BERT)
+    config = BlipConfig(text_config=text, vision_config=vision, projection_dim=64, image_text_hidden_size=64)
+    model_class = BlipForQuestionAnswering if vqa else BlipForConditionalGeneration
+    config.architectures = [model_class.__name__]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "preprocessor_config.json").write_bytes(real_file("blip", "preprocessor_config.json"))
+    image_processor = BlipImageProcessor.from_pretrained(folder)
+    tokenizer = bert_uncased_tokenizer(bos="[DEC]", extra=("[ENC]",))
+    processor = BlipProcessor(image_processor, tokenizer)
+    model = model_class(config)
+    model.generation_config.max_length = None
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
 BUILDERS = {
     "llava": build_llava,
     "llava_next": build_llava_next,

@@ -26,6 +26,10 @@ def engine_class(spec: "ModelSpec"):
         from vlchat.engines.remote import RemoteCodeEngine
 
         return RemoteCodeEngine
+    if family == "blip":
+        from vlchat.engines.blip import BlipEngine
+
+        return BlipEngine
     from vlchat.engines.blip2 import FAMILIES as BLIP_FAMILIES
 
     if family in BLIP_FAMILIES:
