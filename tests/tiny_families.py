@@ -431,6 +431,88 @@ def build_blip(folder: Path, *, vqa: bool = False) -> Path:
     return folder
 
 
+def copy_real(family: str, folder: Path) -> Path:
+    """The stored files of a family into ``folder``, decompressed (SOURCES.md is not a model file)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in sorted((DATA / family).iterdir()):
+        if path.name == "SOURCES.md":
+            continue
+        name = path.name.removesuffix(".xz")
+        (folder / name).write_bytes(real_file(family, name))
+    return folder
+
+
+TINY_TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2,
+                 num_key_value_heads=2)
+TINY_VISION = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2)
+
+
+def shrink_llava(config: dict) -> None:
+    config["text_config"].update(TINY_TEXT)
+    config["vision_config"].update(TINY_VISION, projection_dim=64)
+
+
+def shrink_blip2(config: dict) -> None:
+    config["text_config"].update(hidden_size=64, ffn_dim=128, num_hidden_layers=1, num_attention_heads=2,
+                                 word_embed_proj_dim=64)
+    config["vision_config"].update(TINY_VISION, num_hidden_layers=1)
+    config["qformer_config"].update(TINY_BERT, encoder_hidden_size=64)
+
+
+def shrink_qwen2_5_vl(config: dict) -> None:
+    config.update(TINY_TEXT)
+    # the rotary sections split a head's half (here 32 / 2 = 16) as the real ones split 128 / 2
+    config["rope_scaling"]["mrope_section"] = [4, 6, 6]
+    config["vision_config"].update(depth=1, hidden_size=64, intermediate_size=128, num_heads=2,
+                                   out_hidden_size=64, fullatt_block_indexes=[0])
+
+
+def shrink_minicpmv4_6(config: dict) -> None:
+    text = config["text_config"]
+    text.update(TINY_TEXT, head_dim=32, layer_types=["full_attention"], mtp_num_hidden_layers=0)
+    config["vision_config"].update(TINY_VISION)
+    config["insert_layer_id"] = 0  # its merger sits after this vision layer: there are two
+
+
+SHRINK = {"llava": shrink_llava, "blip-2": shrink_blip2, "qwen2_5_vl": shrink_qwen2_5_vl,
+          "minicpmv4_6": shrink_minicpmv4_6}
+
+
+def build_real(family: str, folder: Path) -> Path:
+    """A tiny random model beside the real processor and tokenizer files of ``family``."""
+    import json
+
+    import transformers
+    from transformers import AutoConfig, GenerationConfig
+
+    _seed()
+    copy_real(family, folder)
+    data = json.loads((folder / "config.json").read_text())
+    SHRINK[data["model_type"]](data)
+    (folder / "config.json").write_text(json.dumps(data, indent=2))
+    config = AutoConfig.from_pretrained(folder)
+    model = getattr(transformers, data["architectures"][0])(config)
+    generation = model.generation_config
+    if (folder / "generation_config.json").is_file():
+        generation = GenerationConfig.from_pretrained(folder)
+    model.save_pretrained(folder)
+    # Random weights pick any token; keeping special ones out means every step shows as text.
+    tokenizer = load_tokenizer(folder)
+    generation.suppress_tokens = sorted(set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder))
+    generation.max_length = None
+    generation.save_pretrained(folder)
+    return folder
+
+
+def load_tokenizer(folder: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder)
+
+
+REAL_FAMILIES = {"llava-1.5": "llava-1.5", "blip-2": "blip-2", "qwen2.5-vl": "qwen2.5-vl"}
+
+
 BUILDERS = {
     "llava": build_llava,
     "llava_next": build_llava_next,
