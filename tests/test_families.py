@@ -171,7 +171,7 @@ def load_pair(folder):
     return engines
 
 
-@pytest.mark.parametrize("family", ["llava-1.5", "qwen2.5-vl"])
+@pytest.mark.parametrize("family", ["llava-1.5", "qwen2.5-vl", "minicpm-v-4.6"])
 def test_real_files_give_the_cards_input_ids_one_bos_and_the_same_answers_with_reuse(real_models, picture, family):
     import torch
 

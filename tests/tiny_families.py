@@ -58,6 +58,7 @@ def build_tokenizer(special: list[str], image_token: str = "<image>", vocab: int
 def _llama(vocab_size=VOCAB, **kw):
     from transformers import LlamaConfig
 
+    kw = {"bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 2, **kw}
     return LlamaConfig(
         vocab_size=vocab_size,
         hidden_size=64,
@@ -66,9 +67,6 @@ def _llama(vocab_size=VOCAB, **kw):
         num_attention_heads=2,
         num_key_value_heads=2,
         max_position_embeddings=1024,
-        bos_token_id=0,
-        eos_token_id=1,
-        pad_token_id=2,
         **kw,
     )
 
@@ -146,7 +144,6 @@ def _blip_image_processor():
 
 
 QUERY_TOKENS = 8
-INSTRUCTBLIP_VOCAB = 1024
 # Answers full of code and punctuation, as a conversation about a screenshot of code has them.
 CODE = (
     "def f(x): return {'a': [x, x], 'b': (x,)}; print(f(1))  # -> {'a': [1, 1], 'b': (1,)}",
@@ -154,38 +151,6 @@ CODE = (
     "if (a && b) || !c { return x[0]->y; } else { return *p++; } // ok?",
     "SELECT a.b, c.d FROM t1 a JOIN t2 c ON (a.id = c.id) WHERE x > 1; -- done",
 )
-BERT_VOCAB = 30523  # bert-base-uncased's 30522 and InstructBLIP's added [DEC]
-
-
-def build_bert_tokenizer():
-    """The Q-Former's tokenizer as InstructBLIP ships it: bert-base-uncased (lower case, every
-    punctuation mark its own token, [PAD] 0, [UNK] 100, [CLS] 101, [SEP] 102, [MASK] 103) with
-    [DEC] added at 30522 as its BOS. The vocabulary between is letters, digits and their ## forms
-    only: enough to show how many more tokens code takes in BERT than in the language model's BPE."""
-    import string
-
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-    from transformers import BertTokenizerFast
-
-    vocab = {"[PAD]": 0, **{f"[unused{i}]": i + 1 for i in range(99)}, "[UNK]": 100, "[CLS]": 101, "[SEP]": 102,
-             "[MASK]": 103}
-    for piece in list(string.ascii_lowercase + string.digits + string.punctuation) + [
-        "##" + c for c in string.ascii_lowercase + string.digits
-    ] + ["what", "the", "is", "shape", "colour", "of", "this", "and", "one", "picture"]:
-        vocab.setdefault(piece, len(vocab))
-    # bert's other words stand in as placeholders, so that [DEC] lands at its real id
-    vocab.update({f"[word{i}]": i for i in range(len(vocab), BERT_VOCAB - 1)})
-    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece()
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", 101), ("[SEP]", 102)]
-    )
-    tokenizer = BertTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]",
-                                  cls_token="[CLS]", mask_token="[MASK]", model_max_length=512)
-    tokenizer.add_special_tokens({"bos_token": "[DEC]"})
-    return tokenizer
 
 
 def build_blip2(folder: Path) -> Path:
@@ -210,17 +175,21 @@ def build_instructblip(folder: Path) -> Path:
     from transformers import (InstructBlipConfig, InstructBlipForConditionalGeneration, InstructBlipProcessor,
                               InstructBlipQFormerConfig, InstructBlipVisionConfig)
 
-    # Vicuna's tokenizer has merges for code; BERT splits it at every punctuation mark
-    tokenizer = build_tokenizer([], vocab=INSTRUCTBLIP_VOCAB, corpus=CODE)
+    # InstructBLIP-Vicuna's own files were not found (tests/data/families/SOURCES.md): its two real
+    # tokenizers stand in. Vicuna's is Llama 2's (LLaVA 1.5's published files, which add <image>
+    # and <pad>); the Q-Former's is bert-base-uncased with [DEC] as BOS, as transformers' conversion
+    # makes it. Code takes far more BERT tokens than Llama tokens: BERT splits every punctuation mark.
+    tokenizer = llama2_tokenizer()
+    qformer_tokenizer = bert_uncased_tokenizer(bos="[DEC]")
     qformer = InstructBlipQFormerConfig(hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
-                                        intermediate_size=128, encoder_hidden_size=64, vocab_size=BERT_VOCAB,
-                                        max_position_embeddings=512)
+                                        intermediate_size=128, encoder_hidden_size=64,
+                                        vocab_size=len(qformer_tokenizer), max_position_embeddings=512)
     config = InstructBlipConfig(
         vision_config=_blip_vision(InstructBlipVisionConfig), qformer_config=qformer,
-        text_config=_llama(vocab_size=INSTRUCTBLIP_VOCAB),
+        text_config=_llama(vocab_size=len(tokenizer), bos_token_id=1, eos_token_id=2, pad_token_id=32001),
         num_query_tokens=QUERY_TOKENS, image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
     )
-    processor = InstructBlipProcessor(_blip_image_processor(), tokenizer, build_bert_tokenizer(),
+    processor = InstructBlipProcessor(_blip_image_processor(), tokenizer, qformer_tokenizer,
                                       num_query_tokens=QUERY_TOKENS)
     return _save(folder, InstructBlipForConditionalGeneration(config), processor)
 
@@ -381,6 +350,18 @@ def real_file(family: str, name: str) -> bytes:
     return lzma.decompress((folder / (name + ".xz")).read_bytes())
 
 
+def llama2_tokenizer():
+    """Llama 2's tokenizer (Vicuna's) from LLaVA 1.5's published files."""
+    import tempfile
+
+    from transformers import AutoTokenizer
+
+    with tempfile.TemporaryDirectory() as folder:
+        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json"):
+            (Path(folder) / name).write_bytes(real_file("llava-1.5", name))
+        return AutoTokenizer.from_pretrained(folder)
+
+
 def real_json(family: str, name: str) -> dict:
     import json
 
@@ -439,7 +420,25 @@ def copy_real(family: str, folder: Path) -> Path:
             continue
         name = path.name.removesuffix(".xz")
         (folder / name).write_bytes(real_file(family, name))
+    head = folder / "tokenizer.head.json"
+    if head.is_file():
+        fill_tokenizer(head, folder / "tokenizer.json")
+        head.unlink()
     return folder
+
+
+def fill_tokenizer(head: Path, out: Path) -> None:
+    """A tokenizer.json whose byte tokens and added tokens keep their real ids, from a file that
+    holds only those (its BPE vocabulary cut to the 256 byte tokens, no merges): the ids between are
+    filled with placeholders no text can produce, since the tokenizers library numbers added tokens
+    after the vocabulary, not where the file says."""
+    import json
+
+    data = json.loads(head.read_text(encoding="utf-8"))
+    vocab = data["model"]["vocab"]
+    first_added = min(token["id"] for token in data["added_tokens"])
+    vocab.update({f"\u2400unused{i}\u2400": i for i in range(len(vocab), first_added)})
+    out.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
 
 
 TINY_TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2,
@@ -510,7 +509,6 @@ def load_tokenizer(folder: Path):
     return AutoTokenizer.from_pretrained(folder)
 
 
-REAL_FAMILIES = {"llava-1.5": "llava-1.5", "blip-2": "blip-2", "qwen2.5-vl": "qwen2.5-vl"}
 
 
 BUILDERS = {
