@@ -151,3 +151,29 @@ def test_registry_names_load_blip():
         spec = resolve(name)
         assert spec.source == hub_id and spec.family == "blip"
         assert engine_class(spec) is BlipEngine
+
+
+def test_in_the_app_a_question_to_a_captioner_says_what_it_can_do_and_shows_the_caption(blip_folders, picture):
+    from tests.test_app import ask, run_async, settings, transcript_text
+    from vlchat.ui.app import make_app
+
+    shot = picture()
+    engine = load(blip_folders["caption"])
+    expected = card(blip_folders["caption"], shot.ref.path)
+
+    @run_async
+    async def scenario():
+        app = make_app(settings(model=str(blip_folders["caption"]), max_new_tokens=TOKENS), [shot.ref],
+                       engine=engine, engine_loaded=True)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await ask(pilot, "What colour is the shape?")
+            answers = [m for m in app.conversation.messages if m.role == "assistant"]
+            assert answers[-1].text == expected
+            text = " ".join(transcript_text(app).split())
+            assert expected in text
+            assert "writes captions and cannot answer questions" in text
+
+    try:
+        scenario()
+    finally:
+        engine.unload()
