@@ -95,3 +95,41 @@ def test_a_joycaption_folder_given_by_path_is_known_by_its_template(tmp_path, ru
         assert "chat template" in str(caught.value) and "\n" not in str(caught.value)
     finally:
         plain.unload()
+
+
+def test_four_turns_with_a_second_picture_keep_one_bos_and_the_same_answers_with_reuse(tmp_path, picture):
+    """No published copy of JoyCaption's files was found (tests/data/families/SOURCES.md): on the
+    JoyCaption-shaped folder, every turn's prompt has one BOS and its pictures where they were added,
+    and greedy answers with the cache reused equal those without."""
+    from vlchat.config import Settings
+    from vlchat.engines import make_engine
+
+    folder = build_joycaption(tmp_path / "joy")
+    engines = []
+    for reuse in (True, False):
+        engine = make_engine(Settings(model=str(folder), quant="none", device="cpu", dtype="float32", kv_cache_reuse=reuse))
+        engine.load()
+        engines.append(engine)
+    reuse, fresh = engines
+    try:
+        a, b = Conversation(), Conversation()
+        turns = [("Caption this.", picture()), ("Shorter, please.", None), ("And this one?", picture("square", "green")),
+                 ("Which is brighter?", None)]
+        cached = []
+        for question, shot in turns:
+            for c in (a, b):
+                c.add_user(question, [shot.ref] if shot else [])
+            ids = reuse.prepare(a)["input_ids"][0].tolist()
+            bos = reuse.tokenizer.bos_token_id
+            assert ids.count(bos) == 1 and ids[0] == bos
+            first, second = reuse.stream(a, GenerationParams(max_new_tokens=4)), fresh.stream(b, GenerationParams(max_new_tokens=4))
+            text = "".join(first)
+            assert text == "".join(second)
+            cached.append(first.stats.cached_tokens)
+            a.add_assistant(text, model="joycaption")
+            b.add_assistant(text, model="joycaption")
+        assert reuse.render(a)[0].count("<image>") == 2
+        assert cached[0] == 0 and all(n > 0 for n in cached[1:]), cached
+    finally:
+        reuse.unload()
+        fresh.unload()
