@@ -6,7 +6,7 @@ import pytest
 
 from vlchat.core.conversation import Conversation, GenerationParams
 from vlchat.engines.blip2 import ANSWER_ROOM, CONTEXT, Blip2Engine, fit_chain, qa_pairs, render_chain
-from tests.tiny_families import CODE, QUERY_TOKENS
+from tests.tiny_families import CODE
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -42,7 +42,9 @@ def test_empty_prompt_is_a_plain_caption(blip2, picture):
     assert blip2.prompt_for(c) == ("", 0)
     ids = blip2.prepare(c)["input_ids"][0].tolist()
     image_id = blip2.model.config.image_token_id
-    assert ids == [image_id] * QUERY_TOKENS  # the picture alone: BLIP-2 captions it
+    # the picture alone and the BOS, as Blip2ForConditionalGeneration.generate starts without text
+    bos = blip2.model.config.text_config.bos_token_id
+    assert ids == [image_id] * blip2.model.config.num_query_tokens + [bos]
     stream = blip2.stream(c, GenerationParams(max_new_tokens=3))
     list(stream)
     assert stream.stats.tokens == 3 and stream.stats.notice is None
@@ -54,7 +56,7 @@ def test_prompt_follows_the_chain_after_the_picture(blip2, picture):
     c.add_assistant("a red circle", model="blip2")
     c.add_user("Where is it?")
     ids = blip2.prepare(c)["input_ids"][0].tolist()
-    text = blip2.tokenizer.decode(ids[QUERY_TOKENS:])
+    text = blip2.tokenizer.decode(ids[blip2.model.config.num_query_tokens :], skip_special_tokens=True)
     assert text == "Question: What is in the picture? Answer: a red circle. Question: Where is it? Answer:"
 
 
@@ -65,7 +67,7 @@ def test_oldest_turns_are_dropped_to_fit_and_the_stream_says_so(blip2, picture):
         c.add_assistant(f"The shape is red and it is the answer number {n}.", model="blip2")
         c.add_user(f"What colour is the shape in question number {n}?")
     params = GenerationParams(max_new_tokens=200)
-    budget = CONTEXT - QUERY_TOKENS - ANSWER_ROOM
+    budget = CONTEXT - blip2.model.config.num_query_tokens - ANSWER_ROOM
     prompt, dropped = blip2.prompt_for(c, params.max_new_tokens)
     pairs, question = qa_pairs(c)
     assert dropped > 0 and prompt == render_chain(pairs[dropped:], question)

@@ -1,8 +1,11 @@
 """Tiny random models of each native family, saved as folders the engine loads like hub downloads.
 
-Sizes are the smallest the architectures allow, with hidden sizes multiples of 64 so bitsandbytes
-can quantize the linear layers to 4-bit on the CPU. Weights are random: tests check the plumbing
-(image tokens in the prompt, a stream of tokens), never the words.
+Where the published non-weight files of a checkpoint were found (tests/data/families, SOURCES.md
+there) a family's model is built on them: the real config shrunk (few layers, small hidden sizes;
+token ids, image token and patch settings kept), the real tokenizer, template and processor files.
+The others are made here, hidden sizes multiples of 64 so bitsandbytes can quantize the linear
+layers to 4-bit on the CPU. Weights are random: tests check the plumbing and the prompts, never the
+words.
 """
 
 from __future__ import annotations
@@ -92,25 +95,6 @@ def _save(folder: Path, model, processor) -> Path:
     return folder
 
 
-def build_llava(folder: Path) -> Path:
-    _seed()
-    from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
-    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
-
-    tokenizer = build_tokenizer([])
-    config = LlavaConfig(
-        vision_config=_clip(), text_config=_llama(), image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-        projector_hidden_act="gelu", vision_feature_select_strategy="default", vision_feature_layer=-1,
-    )
-    processor = LlavaProcessor(
-        image_processor=CLIPImageProcessorPil(size={"height": IMAGE, "width": IMAGE}, do_center_crop=False,
-                                              crop_size={"height": IMAGE, "width": IMAGE}),
-        tokenizer=tokenizer, patch_size=PATCH, vision_feature_select_strategy="default",
-        num_additional_image_tokens=1, chat_template=TEMPLATE.replace("@IMG@", "<image>"),
-    )
-    return _save(folder, LlavaForConditionalGeneration(config), processor)
-
-
 def build_llava_next(folder: Path) -> Path:
     _seed()
     from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextProcessor
@@ -151,23 +135,6 @@ CODE = (
     "if (a && b) || !c { return x[0]->y; } else { return *p++; } // ok?",
     "SELECT a.b, c.d FROM t1 a JOIN t2 c ON (a.id = c.id) WHERE x > 1; -- done",
 )
-
-
-def build_blip2(folder: Path) -> Path:
-    _seed()
-    from transformers import (Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, Blip2QFormerConfig,
-                              Blip2VisionConfig, OPTConfig)
-
-    tokenizer = build_tokenizer([])
-    text = OPTConfig(vocab_size=VOCAB, hidden_size=64, ffn_dim=128, num_hidden_layers=1, num_attention_heads=2,
-                     max_position_embeddings=512, word_embed_proj_dim=64, bos_token_id=0, eos_token_id=1,
-                     pad_token_id=2)
-    qformer = Blip2QFormerConfig(hidden_size=64, num_hidden_layers=1, num_attention_heads=2, intermediate_size=128,
-                                 encoder_hidden_size=64, vocab_size=VOCAB)
-    config = Blip2Config(vision_config=_blip_vision(Blip2VisionConfig), qformer_config=qformer, text_config=text,
-                         num_query_tokens=QUERY_TOKENS, image_token_index=tokenizer.convert_tokens_to_ids("<image>"))
-    processor = Blip2Processor(_blip_image_processor(), tokenizer, num_query_tokens=QUERY_TOKENS)
-    return _save(folder, Blip2ForConditionalGeneration(config), processor)
 
 
 def build_instructblip(folder: Path) -> Path:
@@ -288,56 +255,9 @@ def build_joycaption(folder: Path) -> Path:
     return _save(folder, LlavaForConditionalGeneration(config), processor)
 
 
-MINICPM_TOKENS = {
-    "video_token": "<video>",
-    "image_start_token": "<image_start>",
-    "image_end_token": "</image_start>",
-    "slice_start_token": "<slice>",
-    "slice_end_token": "</slice>",
-    "image_id_start_token": "<image_id>",
-    "image_id_end_token": "</image_id>",
-}
-
-
-def build_minicpmv4_6(folder: Path) -> Path:
-    """MiniCPM-V 4.6 (native in transformers 5.23): SigLIP-style tower with window merger, Qwen3.5 text."""
-    _seed()
-    from transformers import MiniCPMV4_6Config, MiniCPMV4_6ForConditionalGeneration
-    from transformers.models.minicpmv4_6.image_processing_pil_minicpmv4_6 import MiniCPMV4_6ImageProcessorPil
-
-    tokenizer = build_tokenizer(list(MINICPM_TOKENS.values()), **MINICPM_TOKENS)
-    config = MiniCPMV4_6Config(
-        text_config=dict(
-            model_type="qwen3_5_text", vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
-            num_attention_heads=2, num_key_value_heads=2, head_dim=32, layer_types=["full_attention"],
-            max_position_embeddings=1024, bos_token_id=0, eos_token_id=1, pad_token_id=2,
-        ),
-        vision_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=IMAGE, patch_size=PATCH),
-        insert_layer_id=0,
-        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-        video_token_id=tokenizer.convert_tokens_to_ids("<video>"),
-    )
-    image_processor = MiniCPMV4_6ImageProcessorPil(
-        patch_size=PATCH, scale_resolution=IMAGE, max_slice_nums=1, slice_mode=False, use_image_id=False,
-    )
-    folder.mkdir(parents=True, exist_ok=True)
-    model = MiniCPMV4_6ForConditionalGeneration(config)
-    model.generation_config.max_length = None
-    model.generation_config.suppress_tokens = sorted(set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder))
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    image_processor.save_pretrained(folder)
-    (folder / "chat_template.jinja").write_text(TEMPLATE.replace("@IMG@", "<image>"))
-    (folder / "processor_config.json").write_text('{"processor_class": "MiniCPMV4_6Processor"}')
-    return folder
-
-
 # -- from the published files -----------------------------------------------------------------
 # tests/data/families/<name>/ holds the non-weight files of the published checkpoints (SOURCES.md
-# there says where each came from); a large file is stored compressed (.xz). The builders below
-# shrink only the sizes in the real config (layers, hidden sizes), keep its token ids, image and
-# patch settings, and save random weights beside the real processor and tokenizer files.
+# there says where each came from); a large file is stored compressed (.xz).
 DATA = Path(__file__).parent / "data" / "families"
 
 
@@ -495,9 +415,11 @@ def build_real(family: str, folder: Path) -> Path:
     if (folder / "generation_config.json").is_file():
         generation = GenerationConfig.from_pretrained(folder)
     model.save_pretrained(folder)
-    # Random weights pick any token; keeping special ones out means every step shows as text.
+    # Random weights pick any token; keeping special ones and lone blank bytes (a tiny model can
+    # repeat one newline for ever) out means every step shows as text.
     tokenizer = load_tokenizer(folder)
-    generation.suppress_tokens = sorted(set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder))
+    blank = {i for i in range(256) if not tokenizer.decode([i]).strip()}
+    generation.suppress_tokens = sorted(set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder) | blank)
     generation.max_length = None
     generation.save_pretrained(folder)
     return folder
@@ -511,12 +433,15 @@ def load_tokenizer(folder: Path):
 
 
 
+# The tiny model of each native family, by the name tests use (conftest.tiny_models builds them once).
+# Where the published files were found they are used (build_real); the rest are made here.
 BUILDERS = {
-    "llava": build_llava,
+    "llava": lambda folder: build_real("llava-1.5", folder),
     "llava_next": build_llava_next,
-    "blip-2": build_blip2,
+    "blip-2": lambda folder: build_real("blip-2", folder),
     "instructblip": build_instructblip,
     "idefics3": build_idefics3,
-    "qwen2_vl": build_qwen2_vl,
-    "minicpmv4_6": build_minicpmv4_6,
+    "qwen2_vl": build_qwen2_vl,  # Qwen2-VL (not a seed family): small pictures for the batching tests
+    "qwen2_5_vl": lambda folder: build_real("qwen2.5-vl", folder),
+    "minicpmv4_6": lambda folder: build_real("minicpm-v-4.6", folder),
 }
