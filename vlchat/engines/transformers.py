@@ -413,7 +413,11 @@ class TransformersEngine:
         started = time.perf_counter()
         try:
             inputs = self.prepare(conversation)
-        except ValueError as error:  # the processor found the template's prompt and the pictures at odds
+        except ValueError as error:
+            if "image" not in str(error).lower():
+                raise
+            # the processor found the template's prompt and the pictures at odds ("Found total 0
+            # <image> tokens and 1 images"): the model folder's doing, said in one line
             raise GenerationError(
                 f"the chat template of {clean(self.name, keep_newlines=False)} does not fit its pictures: {_first_line(error)}",
                 "the model folder's chat template does not place pictures; use a model whose template does",
