@@ -1,0 +1,152 @@
+"""A tiny MiniCPM-V 2.6 checkpoint, laid out exactly as the published one, with seeded random weights.
+
+Used twice: by ``run_reference.py`` (in a throwaway environment, with the authors' own code) to
+record prompt ids, logits and greedy answers, and by ``tests/test_minicpm.py`` to load the same
+checkpoint with vlchat's native family and compare. Only this file and the non-weight files in
+tests/data/minicpm are committed; the weights are rebuilt from the recipe below each time.
+
+The recipe: every tensor of the published weight names (``llm.*``, ``vpm.*``, ``resampler.*``) is
+drawn from a torch generator seeded with the CRC-32 of its name. Matrices are normal with standard
+deviation 1/sqrt(fan-in); norm weights 1 + 0.1 N(0,1), biases and the resampler's query 0.1 N(0,1)
+(a random init would leave these constant, and a mistake in them would go unseen). This file needs
+only torch, safetensors and PIL: no transformers, no authors' code.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import zlib
+from pathlib import Path
+
+DATA = Path(__file__).resolve().parents[2] / "data" / "minicpm"
+
+
+def config() -> dict:
+    return json.loads((DATA / "config.json").read_text(encoding="utf-8"))
+
+
+def weight_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
+    """Every tensor of the checkpoint by its published name."""
+    h = cfg["hidden_size"]
+    heads, kv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    hd = h // heads
+    inter = cfg["intermediate_size"]
+    vocab = cfg["vocab_size"]
+    shapes: dict[str, tuple[int, ...]] = {"llm.model.embed_tokens.weight": (vocab, h)}
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"llm.model.layers.{i}."
+        shapes[p + "self_attn.q_proj.weight"] = (heads * hd, h)
+        shapes[p + "self_attn.q_proj.bias"] = (heads * hd,)
+        shapes[p + "self_attn.k_proj.weight"] = (kv * hd, h)
+        shapes[p + "self_attn.k_proj.bias"] = (kv * hd,)
+        shapes[p + "self_attn.v_proj.weight"] = (kv * hd, h)
+        shapes[p + "self_attn.v_proj.bias"] = (kv * hd,)
+        shapes[p + "self_attn.o_proj.weight"] = (h, heads * hd)
+        shapes[p + "mlp.gate_proj.weight"] = (inter, h)
+        shapes[p + "mlp.up_proj.weight"] = (inter, h)
+        shapes[p + "mlp.down_proj.weight"] = (h, inter)
+        shapes[p + "input_layernorm.weight"] = (h,)
+        shapes[p + "post_attention_layernorm.weight"] = (h,)
+    shapes["llm.model.norm.weight"] = (h,)
+    shapes["llm.lm_head.weight"] = (vocab, h)
+
+    v = cfg["vision_config"]
+    d, vi, patch = v["hidden_size"], v["intermediate_size"], v["patch_size"]
+    side = v["image_size"] // patch
+    shapes["vpm.embeddings.patch_embedding.weight"] = (d, 3, patch, patch)
+    shapes["vpm.embeddings.patch_embedding.bias"] = (d,)
+    shapes["vpm.embeddings.position_embedding.weight"] = (side * side, d)
+    layers = v["num_hidden_layers"] - (1 if cfg.get("drop_vision_last_layer") else 0)
+    for i in range(layers):
+        p = f"vpm.encoder.layers.{i}."
+        for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            shapes[p + f"self_attn.{proj}.weight"] = (d, d)
+            shapes[p + f"self_attn.{proj}.bias"] = (d,)
+        for norm in ("layer_norm1", "layer_norm2"):
+            shapes[p + f"{norm}.weight"] = (d,)
+            shapes[p + f"{norm}.bias"] = (d,)
+        shapes[p + "mlp.fc1.weight"] = (vi, d)
+        shapes[p + "mlp.fc1.bias"] = (vi,)
+        shapes[p + "mlp.fc2.weight"] = (d, vi)
+        shapes[p + "mlp.fc2.bias"] = (d,)
+    shapes["vpm.post_layernorm.weight"] = (d,)
+    shapes["vpm.post_layernorm.bias"] = (d,)
+
+    shapes["resampler.query"] = (cfg["query_num"], h)
+    shapes["resampler.kv_proj.weight"] = (h, d)
+    shapes["resampler.attn.in_proj_weight"] = (3 * h, h)
+    shapes["resampler.attn.in_proj_bias"] = (3 * h,)
+    shapes["resampler.attn.out_proj.weight"] = (h, h)
+    shapes["resampler.attn.out_proj.bias"] = (h,)
+    for norm in ("ln_q", "ln_kv", "ln_post"):
+        shapes[f"resampler.{norm}.weight"] = (h,)
+        shapes[f"resampler.{norm}.bias"] = (h,)
+    shapes["resampler.proj"] = (h, h)
+    return shapes
+
+
+def tensor(name: str, shape: tuple[int, ...]):
+    import torch
+
+    gen = torch.Generator().manual_seed(zlib.crc32(name.encode()))
+    noise = torch.randn(shape, generator=gen, dtype=torch.float32)
+    last = name.rsplit(".", 1)[-1]
+    is_norm = any(key in name for key in ("norm", "ln_q", "ln_kv", "ln_post"))
+    if is_norm and last == "weight":
+        return 1.0 + 0.1 * noise
+    if last in ("bias", "in_proj_bias") or name.endswith("resampler.query"):
+        return 0.1 * noise
+    if name.endswith("embed_tokens.weight") or name.endswith("position_embedding.weight"):
+        return 0.5 * noise
+    fan_in = 1
+    for size in shape[1:]:
+        fan_in *= size
+    return noise / fan_in**0.5
+
+
+def state_dict(cfg: dict | None = None) -> dict:
+    cfg = cfg or config()
+    return {name: tensor(name, shape) for name, shape in weight_shapes(cfg).items()}
+
+
+def build(folder: Path, *, extra_tensors: dict | None = None) -> Path:
+    """Write the checkpoint: the committed non-weight files and model.safetensors from the recipe."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in DATA.iterdir():
+        if path.is_file() and path.suffix in (".json", ".txt", ".jinja"):
+            shutil.copy(path, folder / path.name)
+    weights = state_dict()
+    if extra_tensors:
+        weights.update(extra_tensors)
+    save_file({k: v.contiguous() for k, v in weights.items()}, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    return folder
+
+
+def pictures() -> dict:
+    """The pictures of the recorded conversations, drawn here so that nothing binary is committed."""
+    from PIL import Image, ImageDraw
+
+    red = Image.new("RGB", (200, 150), "white")
+    ImageDraw.Draw(red).ellipse((50, 25, 150, 125), fill=(220, 30, 30))
+    blue = Image.new("RGB", (1300, 900), (245, 240, 230))
+    draw = ImageDraw.Draw(blue)
+    draw.rectangle((400, 200, 900, 700), fill=(20, 40, 200))
+    draw.line((0, 0, 1299, 899), fill=(0, 0, 0), width=9)
+    green = Image.new("RGB", (120, 160), "black")
+    ImageDraw.Draw(green).polygon([(60, 10), (110, 150), (10, 150)], fill=(30, 200, 60))
+    return {"red": red, "blue": blue, "green": green}
+
+
+# The recorded conversations: (picture name or None, text) per user turn; every assistant turn
+# is the greedy answer to the turn before it.
+CONVERSATIONS = {
+    "one_turn": [("red", "What colour is the shape?")],
+    "two_turns": [("red", "What colour is the shape?"), ("green", "And this one?")],
+    "sliced": [("blue", "Describe the picture.")],
+    "text_second": [("red", "What colour is the shape?"), (None, "Say it again.")],
+}
+MAX_NEW_TOKENS = 12
