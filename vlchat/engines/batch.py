@@ -49,6 +49,8 @@ def can_batch(engine: Any) -> bool:
     if not isinstance(engine, TransformersEngine):
         return False
     cls = type(engine)
+    if getattr(cls, "batches", False):  # a family whose processor takes a batch as the generic one does
+        return True
     return all(
         getattr(cls, name) is getattr(TransformersEngine, name) for name in ("prepare", "chat_messages", "stream")
     )

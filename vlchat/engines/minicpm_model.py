@@ -20,6 +20,8 @@ What follows the authors' code to the letter, because a difference shows in ever
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import torch
 from torch import nn
@@ -27,6 +29,8 @@ from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel, Qwe
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.models.idefics2.configuration_idefics2 import Idefics2VisionConfig
 from transformers.models.idefics2.modeling_idefics2 import Idefics2VisionEmbeddings, Idefics2VisionTransformer
+
+_LLM_TAKES_CACHE = "cache" in inspect.signature(Qwen2ForCausalLM.forward).parameters
 
 # config.json keys that are not the language model's
 _NOT_TEXT = {
@@ -233,10 +237,15 @@ class MiniCPM26Model(PreTrainedModel, GenerationMixin):
         return embeds
 
     def forward(self, input_ids=None, pixel_values=None, tgt_sizes=None, attention_mask=None, position_ids=None,
-                inputs_embeds=None, **kwargs):
+                cache=None, past_key_values=None, inputs_embeds=None, use_cache=None, logits_to_keep=0, **kwargs):
         if inputs_embeds is None:
             inputs_embeds = self.embed(input_ids, pixel_values, tgt_sizes)
-        return self.llm(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, **kwargs)
+        # transformers renamed past_key_values to cache in 5.x; hand it on under the name this one takes
+        cache = cache if cache is not None else past_key_values
+        if cache is not None:
+            kwargs["cache" if _LLM_TAKES_CACHE else "past_key_values"] = cache
+        return self.llm(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
+                        use_cache=use_cache, logits_to_keep=logits_to_keep, **kwargs)
 
     def prepare_inputs_for_generation(self, input_ids, pixel_values=None, tgt_sizes=None, is_first_iteration=False,
                                       **kwargs):

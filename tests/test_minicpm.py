@@ -1,0 +1,260 @@
+"""MiniCPM-V 2.6 / MiniCPM-o 2.6 natively, proven against the authors' own code.
+
+tests/reference/minicpm/figures.json was recorded by run_reference.py: the authors' published
+MiniCPM-V 2.6 code (transformers 4.44.2, trust_remote_code) calling its ``chat()`` greedily on a
+tiny checkpoint. The same checkpoint is rebuilt here from its recipe (tiny.py) and loaded with
+vlchat's native family, which must build the same prompt ids, give the same first-step logits and
+the same greedy tokens, turn after turn. Where each real file came from: tests/reference/minicpm/README.md.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from tests.reference.minicpm import tiny
+from vlchat.core.conversation import Conversation, GenerationParams
+from vlchat.core.images import load_image
+
+pytestmark = pytest.mark.timeout(120)
+
+FIGURES = json.loads((Path(tiny.__file__).parent / "figures.json").read_text(encoding="utf-8"))
+GREEDY = GenerationParams(max_new_tokens=tiny.MAX_NEW_TOKENS)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    folder = tiny.build(tmp_path_factory.mktemp("minicpm") / "MiniCPM-V-2_6-tiny")
+    # Any Python file in the folder (the published checkpoint ships several) must never be imported.
+    for name in ("modeling_minicpmv.py", "configuration_minicpm.py", "processing_minicpmv.py",
+                 "image_processing_minicpmv.py", "tokenization_minicpmv_fast.py"):
+        (folder / name).write_text(
+            f"import pathlib\npathlib.Path({str(folder / 'IMPORTED')!r}).write_text({name!r})\n"
+            f"raise RuntimeError('the checkpoint code {name} was imported')\n",
+            encoding="utf-8",
+        )
+    return folder
+
+
+@pytest.fixture(scope="module")
+def engine(checkpoint):
+    from vlchat.engines.minicpm import MiniCPMEngine
+
+    engine = MiniCPMEngine(str(checkpoint), quant="none", device="cpu", dtype="float32")
+    engine.load()
+    yield engine
+    engine.unload()
+
+
+@pytest.fixture(scope="module")
+def pictures(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("minicpm-pictures")
+    loaded = {}
+    for name, image in tiny.pictures().items():
+        path = folder / f"{name}.png"
+        image.save(path)
+        loaded[name] = load_image(path)
+    return loaded
+
+
+def conversation_of(name: str, pictures, upto: int) -> Conversation:
+    """The recorded conversation up to its ``upto``-th user turn, with the authors' answers before it."""
+    conversation = Conversation()
+    calls = FIGURES["conversations"][name]
+    for i, (picture, text) in enumerate(tiny.CONVERSATIONS[name][: upto + 1]):
+        conversation.add_user(text, [pictures[picture].ref] if picture else [])
+        if i < upto:
+            conversation.add_assistant(calls[i]["answer"], model="reference")
+    return conversation
+
+
+CASES = [(name, turn) for name, calls in FIGURES["conversations"].items() for turn in range(len(calls))]
+
+
+@pytest.mark.parametrize(("name", "turn"), CASES, ids=[f"{n}-turn{t + 1}" for n, t in CASES])
+def test_prompt_ids_logits_and_greedy_tokens_match_the_authors_code(engine, pictures, name, turn):
+    import torch
+
+    recorded = FIGURES["conversations"][name][turn]
+    inputs = engine.prepare(conversation_of(name, pictures, turn))
+    assert inputs["input_ids"][0].tolist() == recorded["input_ids"]
+    assert inputs["tgt_sizes"].tolist()[-len(recorded["tgt_sizes"]):] == recorded["tgt_sizes"]
+    with torch.inference_mode():
+        logits = engine.model(**inputs).logits[0, -1]
+    torch.testing.assert_close(logits, torch.tensor(recorded["first_logits"]), atol=2e-4, rtol=1e-4)
+
+    kwargs = engine.generation_kwargs(inputs, GREEDY)
+    with torch.inference_mode():
+        out = engine.model.generate(**kwargs)
+    assert out[0, inputs["input_ids"].shape[1]:].tolist() == recorded["generated"]
+
+
+def test_the_pictures_reach_the_logits(engine, pictures):
+    """Without the vision features the first step's logits differ: the comparison above sees the tower."""
+    import torch
+
+    recorded = FIGURES["conversations"]["sliced"][0]
+    inputs = engine.prepare(conversation_of("sliced", pictures, 0))
+    with torch.inference_mode():
+        blind = engine.model(input_ids=inputs["input_ids"]).logits[0, -1]
+    assert (blind - torch.tensor(recorded["first_logits"])).abs().max() > 1e-2
+
+
+def test_a_sliced_picture_has_the_authors_slice_layout(engine, pictures):
+    processor = engine.processor
+    blue = pictures["blue"].image
+    grid = processor.grid(blue.size)
+    assert grid == [3, 2]  # 1300x900: six slices in two rows
+    text = processor.placeholder(blue.size, 0)
+    assert text.startswith("<image_id>0</image_id><image>") and text.count("<slice>") == 6
+    assert text.count("\n") == 1 and text.count("<unk>") == 64 * 7
+
+
+def test_streaming_answers_as_greedy_generate_and_counts_the_context(engine, pictures):
+    conversation = conversation_of("one_turn", pictures, 0)
+    stream = engine.stream(conversation, GREEDY)
+    text = "".join(stream)
+    recorded = FIGURES["conversations"]["one_turn"][0]
+    expected = engine.tokenizer.decode(recorded["generated"], skip_special_tokens=True).strip()
+    assert text.strip() == expected.replace("\ufffd", "").strip() or text.strip() == expected
+    assert stream.stats.tokens == len(recorded["generated"])
+    total, picture_tokens = engine.count_context(conversation)
+    assert total == len(recorded["input_ids"])
+    # <image_id>0</image_id> <image> 64 x <unk> </image>: the thumbnail of a picture that needs no slicing
+    assert picture_tokens == 3 + 1 + 64 + 1
+    info = engine.describe()
+    assert info.family == "minicpm-2.6" and info.context_length == 32768
+
+
+def test_cache_reuse_gives_the_same_greedy_tokens_as_a_fresh_prompt(checkpoint, engine, pictures):
+    from vlchat.engines.minicpm import MiniCPMEngine
+
+    fresh = MiniCPMEngine(str(checkpoint), quant="none", device="cpu", dtype="float32", kv_cache_reuse=False)
+    fresh.load()
+    try:
+        reuse_conv, fresh_conv = Conversation(), Conversation()
+        turns = [("red", "What colour is the shape?"), (None, "Say it again."), ("green", "And this one?")]
+        for i, (picture, text) in enumerate(turns):
+            refs = [pictures[picture].ref] if picture else []
+            reuse_conv.add_user(text, refs)
+            fresh_conv.add_user(text, refs)
+            a = engine.stream(reuse_conv, GREEDY)
+            a_text = "".join(a)
+            b = fresh.stream(fresh_conv, GREEDY)
+            b_text = "".join(b)
+            assert a_text == b_text
+            assert b.stats.cached_tokens == 0
+            if i:
+                # the earlier turns (and the first picture) come from the cache, not the model
+                assert a.stats.cached_tokens > 60, a.stats.cached_tokens
+            reuse_conv.add_assistant(a_text, model="tiny")
+            fresh_conv.add_assistant(b_text, model="tiny")
+    finally:
+        fresh.unload()
+
+
+def test_cancel_stops_within_a_step(engine, pictures):
+    conversation = conversation_of("one_turn", pictures, 0)
+    cancel = threading.Event()
+    stream = engine.stream(conversation, GenerationParams(max_new_tokens=400), cancel)
+    for _piece in stream:
+        cancel.set()
+    assert stream.stats.stopped
+    assert stream.stats.tokens <= 4, stream.stats.tokens
+
+
+def test_batched_captions_equal_one_at_a_time(engine, pictures):
+    from vlchat.engines.batch import can_batch, caption_one_by_one, generate_batch, prepare_batch
+
+    assert can_batch(engine)
+    names = ["red", "blue", "green"]
+    batch = prepare_batch(engine, [pictures[n].image for n in names], ["Describe the picture."] * 3)
+    assert batch.inputs["attention_mask"][:, -1].all() and not batch.inputs["attention_mask"][:, 0].all()
+    batched = generate_batch(engine, batch, GREEDY)
+    alone = caption_one_by_one(engine, [pictures[n].ref for n in names], "Describe the picture.", GREEDY)
+    assert [c.text for c in batched] == [c.text for c in alone]
+
+
+def test_vlchat_ask_answers_natively_without_running_the_folders_code(checkpoint, pictures, run_vlchat):
+    recorded = FIGURES["conversations"]["one_turn"][0]
+    from vlchat.core.text import clean
+
+    question = ("ask", "--model", checkpoint, "--max-new-tokens", tiny.MAX_NEW_TOKENS, pictures["red"].ref.path,
+                "What colour is the shape?")
+    result = run_vlchat(*question, "--json")
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert record["tokens"] == len(recorded["generated"])
+    # the authors' greedy tokens, as vlchat shows any answer: special tokens left out, control characters too
+    expected = clean(engine_tokenizer(checkpoint).decode(recorded["generated"], skip_special_tokens=True)).strip()
+    assert record["answer"] == expected
+    assert not (checkpoint / "IMPORTED").exists()
+    plain = run_vlchat(*question)
+    assert plain.returncode == 0 and plain.stdout.strip() == expected, plain.stderr
+    assert not (checkpoint / "IMPORTED").exists()
+
+
+def engine_tokenizer(checkpoint):
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast.from_pretrained(str(checkpoint))
+
+
+def test_minicpm_o_weights_load_and_its_audio_parts_are_skipped_quietly(tmp_path, pictures, caplog):
+    """A MiniCPM-o 2.6 config (model_type minicpmo) goes to the native family; apm/tts weights are left out."""
+    import torch
+
+    from vlchat.engines import engine_class
+    from vlchat.engines.minicpm import MiniCPMEngine
+    from vlchat.engines.registry import resolve
+
+    extra = {"apm.layers.0.fc1.weight": torch.zeros(4, 4), "tts.emb_text.weight": torch.zeros(4, 4),
+             "audio_projection_layer.linear1.weight": torch.zeros(4, 4)}
+    folder = tiny.build(tmp_path / "MiniCPM-o-2_6-tiny", extra_tensors=extra)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(model_type="minicpmo", architectures=["MiniCPMO"], init_audio=True, init_tts=True,
+                  auto_map={"AutoConfig": "configuration_minicpm.MiniCPMOConfig",
+                            "AutoModel": "modeling_minicpmo.MiniCPMO"},
+                  audio_config={"model_type": "whisper"}, tts_config={"model_type": "conditional_chattts"})
+    (folder / "config.json").write_text(json.dumps(config))
+    assert engine_class(resolve(str(folder))) is MiniCPMEngine
+    engine = MiniCPMEngine(str(folder), quant="none", device="cpu", dtype="float32")
+    engine.load()
+    try:
+        assert not any(name.startswith(("apm.", "tts.", "audio_")) for name in engine.model.state_dict())
+        inputs = engine.prepare(conversation_of("one_turn", pictures, 0))
+        assert inputs["input_ids"][0].tolist() == FIGURES["conversations"]["one_turn"][0]["input_ids"]
+    finally:
+        engine.unload()
+
+
+def test_registry_names_use_the_native_family():
+    from vlchat.engines import engine_class
+    from vlchat.engines.minicpm import MiniCPMEngine
+    from vlchat.engines.registry import resolve
+
+    for name in ("minicpm-o-2.6", "minicpm-v-2.6"):
+        spec = resolve(name)
+        assert spec.family == "minicpm-2.6" and not spec.remote_code
+        assert engine_class(spec) is MiniCPMEngine
+    assert resolve("minicpm-v-2.6").source == "openbmb/MiniCPM-V-2_6"
+
+
+def test_4bit_loads_and_answers(checkpoint, pictures):
+    pytest.importorskip("bitsandbytes")
+    from vlchat.engines.minicpm import MiniCPMEngine
+
+    engine = MiniCPMEngine(str(checkpoint), quant="4bit", device="cpu", dtype="float32")
+    engine.load()
+    try:
+        assert engine.describe().quantization == "nf4 4-bit"
+        assert type(engine.model.llm.model.layers[0].mlp.up_proj).__name__ == "Linear4bit"
+        assert type(engine.model.vpm.encoder.layers[0].mlp.fc1).__name__ == "Linear"  # vision stays exact
+        stream = engine.stream(conversation_of("one_turn", pictures, 0), GREEDY)
+        "".join(stream)
+        assert stream.stats.tokens > 0
+    finally:
+        engine.unload()
