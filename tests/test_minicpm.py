@@ -243,15 +243,16 @@ def test_registry_names_use_the_native_family():
     assert resolve("minicpm-v-2.6").source == "openbmb/MiniCPM-V-2_6"
 
 
-def test_4bit_loads_and_answers(checkpoint, pictures):
-    pytest.importorskip("bitsandbytes")
+@pytest.mark.parametrize(("quant", "label", "layer"), [("4bit", "nf4 4-bit", "Linear4bit"), ("8bit", "int8", "Linear8bitLt")])
+def test_quantized_loads_and_answers(checkpoint, pictures, quant, label, layer):
+    pytest.importorskip("bitsandbytes")  # it runs on CPU here, as the demo model's 4-bit test shows
     from vlchat.engines.minicpm import MiniCPMEngine
 
-    engine = MiniCPMEngine(str(checkpoint), quant="4bit", device="cpu", dtype="float32")
+    engine = MiniCPMEngine(str(checkpoint), quant=quant, device="cpu", dtype="float32")
     engine.load()
     try:
-        assert engine.describe().quantization == "nf4 4-bit"
-        assert type(engine.model.llm.model.layers[0].mlp.up_proj).__name__ == "Linear4bit"
+        assert engine.describe().quantization == label
+        assert type(engine.model.llm.model.layers[0].mlp.up_proj).__name__ == layer
         assert type(engine.model.vpm.encoder.layers[0].mlp.fc1).__name__ == "Linear"  # vision stays exact
         stream = engine.stream(conversation_of("one_turn", pictures, 0), GREEDY)
         "".join(stream)

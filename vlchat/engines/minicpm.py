@@ -83,11 +83,15 @@ class MiniCPMProcessor:
 
     @classmethod
     def from_folder(cls, folder: str, kwargs: dict[str, Any]) -> "MiniCPMProcessor":
-        from transformers import PreTrainedTokenizerFast
+        from transformers import PreTrainedTokenizerFast, Qwen2Tokenizer
 
         # tokenizer_config.json names the checkpoint's own class (MiniCPMVTokenizerFast, a Qwen2
-        # tokenizer with bracket names added); tokenizer.json itself is all there is to it
-        tokenizer = PreTrainedTokenizerFast.from_pretrained(folder, **kwargs)
+        # tokenizer with bracket names added); tokenizer.json itself is all there is to it, and
+        # without one, Qwen2's tokenizer from vocab.json and merges.txt is the same thing
+        if (Path(folder) / "tokenizer.json").is_file():
+            tokenizer = PreTrainedTokenizerFast.from_pretrained(folder, **kwargs)
+        else:
+            tokenizer = Qwen2Tokenizer.from_pretrained(folder, **kwargs)
         settings = _read_json(Path(folder) / "preprocessor_config.json")
         return cls(tokenizer, settings)
 
