@@ -259,3 +259,13 @@ def test_quantized_loads_and_answers(checkpoint, pictures, quant, label, layer):
         assert stream.stats.tokens > 0
     finally:
         engine.unload()
+
+
+def test_a_folder_without_its_tokenizer_is_one_clear_line(tmp_path, pictures, run_vlchat):
+    folder = tiny.build(tmp_path / "MiniCPM-V-2_6-broken")
+    (folder / "tokenizer.json").unlink()
+    result = run_vlchat("ask", "--model", folder, pictures["red"].ref.path, "What colour is the shape?")
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.startswith("vlchat: error:")]
+    assert len(lines) == 1 and "tokenizer.json" in lines[0], result.stderr
+    assert "Traceback" not in result.stderr

@@ -27,6 +27,7 @@ from typing import Any
 
 from vlchat.core.conversation import Conversation
 from vlchat.core.errors import VlchatError
+from vlchat.core.text import clean
 from vlchat.engines.base import GenerationError, LoadProgress, ModelLoadError, ProgressCallback
 from vlchat.engines.transformers import TransformersEngine, skip_patterns
 
@@ -83,15 +84,16 @@ class MiniCPMProcessor:
 
     @classmethod
     def from_folder(cls, folder: str, kwargs: dict[str, Any]) -> "MiniCPMProcessor":
-        from transformers import PreTrainedTokenizerFast, Qwen2Tokenizer
+        from transformers import PreTrainedTokenizerFast
 
         # tokenizer_config.json names the checkpoint's own class (MiniCPMVTokenizerFast, a Qwen2
-        # tokenizer with bracket names added); tokenizer.json itself is all there is to it, and
-        # without one, Qwen2's tokenizer from vocab.json and merges.txt is the same thing
-        if (Path(folder) / "tokenizer.json").is_file():
-            tokenizer = PreTrainedTokenizerFast.from_pretrained(folder, **kwargs)
-        else:
-            tokenizer = Qwen2Tokenizer.from_pretrained(folder, **kwargs)
+        # tokenizer with bracket names added); tokenizer.json itself is all there is to it
+        if not (Path(folder) / "tokenizer.json").is_file():
+            raise ModelLoadError(
+                f"the MiniCPM folder {clean(folder, keep_newlines=False)} has no tokenizer.json",
+                "download the whole checkpoint again (hf download openbmb/MiniCPM-V-2_6)",
+            )
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(folder, **kwargs)
         settings = _read_json(Path(folder) / "preprocessor_config.json")
         return cls(tokenizer, settings)
 
