@@ -4,7 +4,9 @@ tests/reference/minicpm/figures.json was recorded by run_reference.py: the autho
 MiniCPM-V 2.6 code (transformers 4.44.2, trust_remote_code) calling its ``chat()`` greedily on a
 tiny checkpoint. The same checkpoint is rebuilt here from its recipe (tiny.py) and loaded with
 vlchat's native family, which must build the same prompt ids, give the same first-step logits and
-the same greedy tokens, turn after turn. Where each real file came from: tests/reference/minicpm/README.md.
+the same greedy tokens, turn after turn. The checkpoint's non-weight files are the published ones
+(tests/data/minicpm, sources in its README): the real Qwen2 vocabulary with MiniCPM-V 2.6's added
+tokens at their published ids, so the prompt ids are those the real checkpoint gets.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from vlchat.core.images import load_image
 pytestmark = pytest.mark.timeout(120)
 
 FIGURES = json.loads((Path(tiny.__file__).parent / "figures.json").read_text(encoding="utf-8"))
+LOGIT_IDS = FIGURES["logit_ids"]  # every 101st id of the real vocabulary and all its special ids
 GREEDY = GenerationParams(max_new_tokens=tiny.MAX_NEW_TOKENS)
 
 
@@ -84,7 +87,8 @@ def test_prompt_ids_logits_and_greedy_tokens_match_the_authors_code(engine, pict
     assert inputs["tgt_sizes"].tolist()[-len(recorded["tgt_sizes"]):] == recorded["tgt_sizes"]
     with torch.inference_mode():
         logits = engine.model(**inputs).logits[0, -1]
-    torch.testing.assert_close(logits, torch.tensor(recorded["first_logits"]), atol=2e-4, rtol=1e-4)
+    torch.testing.assert_close(logits[LOGIT_IDS], torch.tensor(recorded["first_logits"]), atol=2e-4, rtol=1e-4)
+    assert logits.topk(10).indices.tolist() == recorded["top_ids"]
 
     kwargs = engine.generation_kwargs(inputs, GREEDY)
     with torch.inference_mode():
@@ -100,7 +104,7 @@ def test_the_pictures_reach_the_logits(engine, pictures):
     inputs = engine.prepare(conversation_of("sliced", pictures, 0))
     with torch.inference_mode():
         blind = engine.model(input_ids=inputs["input_ids"]).logits[0, -1]
-    assert (blind - torch.tensor(recorded["first_logits"])).abs().max() > 1e-2
+    assert (blind[LOGIT_IDS] - torch.tensor(recorded["first_logits"])).abs().max() > 1e-2
 
 
 def test_a_sliced_picture_has_the_authors_slice_layout(engine, pictures):
@@ -111,6 +115,18 @@ def test_a_sliced_picture_has_the_authors_slice_layout(engine, pictures):
     text = processor.placeholder(blue.size, 0)
     assert text.startswith("<image_id>0</image_id><image>") and text.count("<slice>") == 6
     assert text.count("\n") == 1 and text.count("<unk>") == 64 * 7
+
+
+def test_the_prompt_uses_the_published_token_ids(engine):
+    """MiniCPM-V 2.6's added_tokens.json puts <image> at 151646 ... </image_id> at 151659 and its
+    tokenizer_config.json marks Qwen2's own <unk> (128244) special; a sliced picture's prompt carries them."""
+    ids = FIGURES["conversations"]["sliced"][0]["input_ids"]
+    published = {"<|im_start|>": 151644, "<|im_end|>": 151645, "<image>": 151646, "</image>": 151647,
+                 "<slice>": 151656, "</slice>": 151657, "<image_id>": 151658, "</image_id>": 151659, "<unk>": 128244}
+    for token, token_id in published.items():
+        assert engine.processor.token_id(token) == token_id
+        assert token_id in ids
+    assert ids.count(128244) == 64 * 7 and ids.count(151656) == 6
 
 
 def test_streaming_answers_as_greedy_generate_and_counts_the_context(engine, pictures):

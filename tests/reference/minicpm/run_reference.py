@@ -10,8 +10,9 @@ throwaway environment with transformers 4.44.2 (what that code was written for),
 For each conversation in tiny.CONVERSATIONS it calls their ``chat()`` turn by turn, greedily:
 ``sampling=False`` alone would be beam search with 3 beams and repetition penalty 1.2, so
 ``num_beams=1, repetition_penalty=1.0`` are passed too. It records the prompt ids their processor
-builds, the first decoding step's logits (all of them: the vocabulary is tiny) and the generated
-token ids and answer text.
+builds, the first decoding step's logits at ``tiny.logit_ids`` (every 101st id and all the special
+ones: the vocabulary is the real 151,666) with the ten highest ids, and the generated token ids and
+answer text.
 """
 
 from __future__ import annotations
@@ -84,7 +85,9 @@ def main(code: Path, out: Path) -> None:
                      "pixel_values": kwargs["pixel_values"], "tgt_sizes": kwargs["tgt_sizes"]}
                 )
                 logits = model.llm(inputs_embeds=embeds, attention_mask=kwargs["attention_mask"]).logits
-            record["first_logits"] = [round(float(x), 6) for x in logits[0, -1]]
+            last = logits[0, -1]
+            record["first_logits"] = [round(float(last[i]), 6) for i in logit_ids]
+            record["top_ids"] = last.topk(10).indices.tolist()
             record["tgt_sizes"] = [t.tolist() for t in kwargs["tgt_sizes"][0]] if len(kwargs["tgt_sizes"][0]) else []
             kwargs["decode_text"] = False
             result = original(*args, **kwargs)
@@ -95,7 +98,8 @@ def main(code: Path, out: Path) -> None:
 
         model.generate = recording_generate
 
-        figures: dict = {"conversations": {}}
+        logit_ids = tiny.logit_ids(tiny.config()["vocab_size"])
+        figures: dict = {"logit_ids": logit_ids, "conversations": {}}
         for name, turns in tiny.CONVERSATIONS.items():
             msgs: list[dict] = []
             recorded = []

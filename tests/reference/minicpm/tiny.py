@@ -9,12 +9,18 @@ The recipe: every tensor of the published weight names (``llm.*``, ``vpm.*``, ``
 drawn from a torch generator seeded with the CRC-32 of its name. Matrices are normal with standard
 deviation 1/sqrt(fan-in); norm weights 1 + 0.1 N(0,1), biases and the resampler's query 0.1 N(0,1)
 (a random init would leave these constant, and a mistake in them would go unseen). This file needs
-only torch, safetensors and PIL: no transformers, no authors' code.
+only torch, safetensors, tokenizers and PIL: no transformers, no authors' code.
+
+The tokenizer is the published one: Qwen2's byte-level BPE (vocab.json and merges.txt, stored
+compressed in tests/data/minicpm) with MiniCPM-V 2.6's added tokens at their published ids
+(added_tokens.json, and ``<unk>`` at 128244, where Qwen2's vocabulary already has it).
+``write_tokenizer`` writes the checkpoint's vocab.json, merges.txt and tokenizer.json from them.
 """
 
 from __future__ import annotations
 
 import json
+import lzma
 import shutil
 import zlib
 from pathlib import Path
@@ -110,8 +116,43 @@ def state_dict(cfg: dict | None = None) -> dict:
     return {name: tensor(name, shape) for name, shape in weight_shapes(cfg).items()}
 
 
+# Qwen2's pre-tokenizer split, as its tokenizer.json has it
+QWEN2_SPLIT = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
+UNK_ID = 128244  # MiniCPM-V 2.6's tokenizer_config.json marks Qwen2's own "<unk>" entry special
+
+
+def write_tokenizer(folder: Path) -> None:
+    """vocab.json, merges.txt and tokenizer.json of the checkpoint: Qwen2's BPE plus the added tokens."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+    vocab_text = lzma.decompress((DATA / "vocab.json.xz").read_bytes()).decode("utf-8")
+    merges_text = lzma.decompress((DATA / "merges.txt.xz").read_bytes()).decode("utf-8")
+    (folder / "vocab.json").write_text(vocab_text, encoding="utf-8")
+    (folder / "merges.txt").write_text(merges_text, encoding="utf-8")
+    vocab = json.loads(vocab_text)
+    merges = [tuple(line.split(" ")) for line in merges_text.splitlines() if line and not line.startswith("#version")]
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, dropout=None, unk_token=None,
+                                     continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False,
+                                     byte_fallback=False))
+    tokenizer.normalizer = normalizers.NFC()
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    added = json.loads((DATA / "added_tokens.json").read_text(encoding="utf-8"))
+    specials = [(UNK_ID, "<unk>")] + sorted((i, t) for t, i in added.items())
+    for token_id, text in specials:  # in id order, so each new token takes the next id
+        tokenizer.add_special_tokens([AddedToken(text, special=True, normalized=False)])
+        assert tokenizer.token_to_id(text) == token_id, (text, tokenizer.token_to_id(text), token_id)
+    tokenizer.save(str(folder / "tokenizer.json"))
+
+
 def build(folder: Path, *, extra_tensors: dict | None = None) -> Path:
-    """Write the checkpoint: the committed non-weight files and model.safetensors from the recipe."""
+    """Write the checkpoint: the committed non-weight files, the tokenizer, and model.safetensors from the recipe."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
@@ -119,6 +160,7 @@ def build(folder: Path, *, extra_tensors: dict | None = None) -> Path:
     for path in DATA.iterdir():
         if path.is_file() and path.suffix in (".json", ".txt", ".jinja"):
             shutil.copy(path, folder / path.name)
+    write_tokenizer(folder)
     weights = state_dict()
     if extra_tensors:
         weights.update(extra_tensors)
@@ -150,3 +192,9 @@ CONVERSATIONS = {
     "text_second": [("red", "What colour is the shape?"), (None, "Say it again.")],
 }
 MAX_NEW_TOKENS = 12
+
+
+def logit_ids(vocab_size: int) -> list[int]:
+    """The vocabulary positions whose first-step logits are recorded (all 151,666 would be megabytes):
+    every 101st id, and every id from 151,643 on (the special and added tokens), plus ``<unk>``."""
+    return sorted(set(range(0, vocab_size, 101)) | set(range(151643, vocab_size)) | {UNK_ID})
