@@ -1,4 +1,4 @@
-"""MiniCPM-V 2.6 / MiniCPM-o 2.6 natively, proven against the authors' own code.
+"""MiniCPM-V 2.6 / MiniCPM-o 2.6 natively, proven against the authors' own code (both models' chat()).
 
 tests/reference/minicpm/figures.json was recorded by run_reference.py: the authors' published
 MiniCPM-V 2.6 code (transformers 4.44.2, trust_remote_code) calling its ``chat()`` greedily on a
@@ -7,6 +7,8 @@ vlchat's native family, which must build the same prompt ids, give the same firs
 the same greedy tokens, turn after turn. The checkpoint's non-weight files are the published ones
 (tests/data/minicpm, sources in its README): the real Qwen2 vocabulary with MiniCPM-V 2.6's added
 tokens at their published ids, so the prompt ids are those the real checkpoint gets.
+figures_o.json is the same for the authors' MiniCPM-o 2.6 code (run_reference_o.py) on a tiny -o
+checkpoint built from MiniCPM-o's own config and tokenizer files.
 """
 
 from __future__ import annotations
@@ -25,21 +27,27 @@ pytestmark = pytest.mark.timeout(120)
 
 FIGURES = json.loads((Path(tiny.__file__).parent / "figures.json").read_text(encoding="utf-8"))
 LOGIT_IDS = FIGURES["logit_ids"]  # every 101st id of the real vocabulary and all its special ids
+# The same conversations through the authors' MiniCPM-o 2.6 chat() (run_reference_o.py)
+FIGURES_O = json.loads((Path(tiny.__file__).parent / "figures_o.json").read_text(encoding="utf-8"))
 GREEDY = GenerationParams(max_new_tokens=tiny.MAX_NEW_TOKENS)
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    folder = tiny.build(tmp_path_factory.mktemp("minicpm") / "MiniCPM-V-2_6-tiny")
-    # Any Python file in the folder (the published checkpoint ships several) must never be imported.
-    for name in ("modeling_minicpmv.py", "configuration_minicpm.py", "processing_minicpmv.py",
-                 "image_processing_minicpmv.py", "tokenization_minicpmv_fast.py"):
+def poison_code(folder: Path, names: tuple[str, ...]) -> Path:
+    """Any Python file in the folder (the published checkpoints ship several) must never be imported."""
+    for name in names:
         (folder / name).write_text(
             f"import pathlib\npathlib.Path({str(folder / 'IMPORTED')!r}).write_text({name!r})\n"
             f"raise RuntimeError('the checkpoint code {name} was imported')\n",
             encoding="utf-8",
         )
     return folder
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    folder = tiny.build(tmp_path_factory.mktemp("minicpm") / "MiniCPM-V-2_6-tiny")
+    return poison_code(folder, ("modeling_minicpmv.py", "configuration_minicpm.py", "processing_minicpmv.py",
+                                "image_processing_minicpmv.py", "tokenization_minicpmv_fast.py"))
 
 
 @pytest.fixture(scope="module")
@@ -63,10 +71,10 @@ def pictures(tmp_path_factory):
     return loaded
 
 
-def conversation_of(name: str, pictures, upto: int) -> Conversation:
+def conversation_of(name: str, pictures, upto: int, figures: dict = FIGURES) -> Conversation:
     """The recorded conversation up to its ``upto``-th user turn, with the authors' answers before it."""
     conversation = Conversation()
-    calls = FIGURES["conversations"][name]
+    calls = figures["conversations"][name]
     for i, (picture, text) in enumerate(tiny.CONVERSATIONS[name][: upto + 1]):
         conversation.add_user(text, [pictures[picture].ref] if picture else [])
         if i < upto:
@@ -219,32 +227,57 @@ def engine_tokenizer(checkpoint):
     return PreTrainedTokenizerFast.from_pretrained(str(checkpoint))
 
 
-def test_minicpm_o_weights_load_and_its_audio_parts_are_skipped_quietly(tmp_path, pictures, caplog):
-    """A MiniCPM-o 2.6 config (model_type minicpmo) goes to the native family; apm/tts weights are left out."""
+@pytest.fixture(scope="module")
+def engine_o(tmp_path_factory):
+    """MiniCPM-o 2.6's own files (config with audio and speech parts, its tokenizer) and, in its
+    weights, audio and speech tensors that the native family must leave out."""
     import torch
 
-    from vlchat.engines import engine_class
     from vlchat.engines.minicpm import MiniCPMEngine
-    from vlchat.engines.registry import resolve
 
     extra = {"apm.layers.0.fc1.weight": torch.zeros(4, 4), "tts.emb_text.weight": torch.zeros(4, 4),
              "audio_projection_layer.linear1.weight": torch.zeros(4, 4)}
-    folder = tiny.build(tmp_path / "MiniCPM-o-2_6-tiny", extra_tensors=extra)
-    config = json.loads((folder / "config.json").read_text())
-    config.update(model_type="minicpmo", architectures=["MiniCPMO"], init_audio=True, init_tts=True,
-                  auto_map={"AutoConfig": "configuration_minicpm.MiniCPMOConfig",
-                            "AutoModel": "modeling_minicpmo.MiniCPMO"},
-                  audio_config={"model_type": "whisper"}, tts_config={"model_type": "conditional_chattts"})
-    (folder / "config.json").write_text(json.dumps(config))
-    assert engine_class(resolve(str(folder))) is MiniCPMEngine
+    folder = tiny.build(tmp_path_factory.mktemp("minicpm-o") / "MiniCPM-o-2_6-tiny", variant="o", extra_tensors=extra)
+    poison_code(folder, ("modeling_minicpmo.py", "configuration_minicpm.py", "processing_minicpmo.py",
+                         "image_processing_minicpmv.py", "tokenization_minicpmo_fast.py", "utils.py"))
     engine = MiniCPMEngine(str(folder), quant="none", device="cpu", dtype="float32")
     engine.load()
-    try:
-        assert not any(name.startswith(("apm.", "tts.", "audio_")) for name in engine.model.state_dict())
-        inputs = engine.prepare(conversation_of("one_turn", pictures, 0))
-        assert inputs["input_ids"][0].tolist() == FIGURES["conversations"]["one_turn"][0]["input_ids"]
-    finally:
-        engine.unload()
+    yield engine
+    engine.unload()
+    assert not (folder / "IMPORTED").exists()
+
+
+def test_minicpm_o_goes_to_the_native_family_and_its_audio_parts_are_skipped(engine_o):
+    from vlchat.engines import engine_class
+    from vlchat.engines.minicpm import MiniCPMEngine
+
+    assert engine_class(engine_o.spec) is MiniCPMEngine
+    assert not any(name.startswith(("apm.", "tts.", "audio_")) for name in engine_o.model.state_dict())
+    assert engine_o.processor.token_id("<image>") == 151665 and engine_o.processor.token_id("<|tts_eos|>") == 151692
+
+
+O_CASES = [(name, turn) for name, calls in FIGURES_O["conversations"].items() for turn in range(len(calls))]
+
+
+@pytest.mark.parametrize(("name", "turn"), O_CASES, ids=[f"{n}-turn{t + 1}" for n, t in O_CASES])
+def test_minicpm_o_prompt_ids_logits_and_greedy_tokens_match_the_authors_chat(engine_o, pictures, name, turn):
+    """The authors' MiniCPM-o 2.6 chat() (init_tts=False, greedy) on the tiny -o checkpoint."""
+    import torch
+
+    recorded = FIGURES_O["conversations"][name][turn]
+    assert recorded["attention_mask_zeros"] == 0
+    inputs = engine_o.prepare(conversation_of(name, pictures, turn, FIGURES_O))
+    assert inputs["input_ids"][0].tolist() == recorded["input_ids"]
+    assert inputs["tgt_sizes"].tolist()[-len(recorded["tgt_sizes"]):] == recorded["tgt_sizes"]
+    with torch.inference_mode():
+        logits = engine_o.model(**inputs).logits[0, -1]
+    torch.testing.assert_close(logits[FIGURES_O["logit_ids"]], torch.tensor(recorded["first_logits"]), atol=2e-4, rtol=1e-4)
+    assert logits.topk(10).indices.tolist() == recorded["top_ids"]
+
+    kwargs = engine_o.generation_kwargs(inputs, GREEDY)
+    with torch.inference_mode():
+        out = engine_o.model.generate(**kwargs)
+    assert out[0, inputs["input_ids"].shape[1]:].tolist() == recorded["generated"]
 
 
 def test_registry_names_use_the_native_family():

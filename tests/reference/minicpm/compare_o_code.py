@@ -5,7 +5,7 @@
 V26_CODE_DIR: the MiniCPM-V 2.6 files run by run_reference.py. O26_CODE_DIR: MiniCPM-o 2.6's
 modeling_minicpmo.py and image_processing_minicpmv.py (never committed here). Prints, function by
 function, whether the code is the same once formatting, docstrings and timing prints are set
-aside, and the differences where it is not. MiniCPM-o's code could not be run here (see README.md).
+aside, and the differences where it is not. (Written before the -o code could be run; run_reference_o.py now runs it.)
 """
 
 import ast

@@ -26,10 +26,12 @@ import zlib
 from pathlib import Path
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "minicpm"
+# MiniCPM-o 2.6's own non-weight files (its config, a Qwen2.5 tokenizer with more added tokens)
+VARIANTS = {"v": DATA, "o": DATA / "o"}
 
 
-def config() -> dict:
-    return json.loads((DATA / "config.json").read_text(encoding="utf-8"))
+def config(variant: str = "v") -> dict:
+    return json.loads((VARIANTS[variant] / "config.json").read_text(encoding="utf-8"))
 
 
 def weight_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
@@ -123,8 +125,9 @@ QWEN2_SPLIT = (
 UNK_ID = 128244  # MiniCPM-V 2.6's tokenizer_config.json marks Qwen2's own "<unk>" entry special
 
 
-def write_tokenizer(folder: Path) -> None:
-    """vocab.json, merges.txt and tokenizer.json of the checkpoint: Qwen2's BPE plus the added tokens."""
+def write_tokenizer(folder: Path, variant: str = "v") -> None:
+    """vocab.json, merges.txt and tokenizer.json of the checkpoint: Qwen2's BPE plus the added tokens,
+    at the ids and with the special flags of the variant's tokenizer_config.json."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
     vocab_text = lzma.decompress((DATA / "vocab.json.xz").read_bytes()).decode("utf-8")
@@ -143,25 +146,35 @@ def write_tokenizer(folder: Path) -> None:
     ])
     tokenizer.decoder = decoders.ByteLevel()
     tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
-    added = json.loads((DATA / "added_tokens.json").read_text(encoding="utf-8"))
-    specials = [(UNK_ID, "<unk>")] + sorted((i, t) for t, i in added.items())
-    for token_id, text in specials:  # in id order, so each new token takes the next id
-        tokenizer.add_special_tokens([AddedToken(text, special=True, normalized=False)])
-        assert tokenizer.token_to_id(text) == token_id, (text, tokenizer.token_to_id(text), token_id)
+    data = VARIANTS[variant]
+    added = json.loads((data / "added_tokens.json").read_text(encoding="utf-8"))
+    decoder = json.loads((data / "tokenizer_config.json").read_text(encoding="utf-8"))["added_tokens_decoder"]
+    assert decoder[str(UNK_ID)]["content"] == "<unk>"
+    assert all(decoder[str(i)]["content"] == t for t, i in added.items())
+    for token_id in sorted(int(i) for i in decoder):  # in id order, so each new token takes the next id
+        entry = decoder[str(token_id)]
+        token = AddedToken(entry["content"], special=entry["special"], normalized=entry["normalized"])
+        if entry["special"]:
+            tokenizer.add_special_tokens([token])
+        else:
+            tokenizer.add_tokens([token])
+        assert tokenizer.token_to_id(entry["content"]) == token_id, (entry, tokenizer.token_to_id(entry["content"]))
     tokenizer.save(str(folder / "tokenizer.json"))
 
 
-def build(folder: Path, *, extra_tensors: dict | None = None) -> Path:
-    """Write the checkpoint: the committed non-weight files, the tokenizer, and model.safetensors from the recipe."""
+def build(folder: Path, *, variant: str = "v", extra_tensors: dict | None = None) -> Path:
+    """Write the checkpoint: the committed non-weight files, the tokenizer, and model.safetensors from the recipe.
+
+    ``variant`` "v" is MiniCPM-V 2.6, "o" MiniCPM-o 2.6 (its audio and speech weights are not written)."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    for path in DATA.iterdir():
+    for path in VARIANTS[variant].iterdir():
         if path.is_file() and path.suffix in (".json", ".txt", ".jinja"):
             shutil.copy(path, folder / path.name)
-    write_tokenizer(folder)
-    weights = state_dict()
+    write_tokenizer(folder, variant)
+    weights = state_dict(config(variant))
     if extra_tensors:
         weights.update(extra_tensors)
     save_file({k: v.contiguous() for k, v in weights.items()}, str(folder / "model.safetensors"), metadata={"format": "pt"})
