@@ -125,6 +125,24 @@ def test_a_sliced_picture_has_the_authors_slice_layout(engine, pictures):
     assert text.count("\n") == 1 and text.count("<unk>") == 64 * 7
 
 
+def test_the_written_tokenizer_is_qwen2s_own_from_the_published_vocabulary(checkpoint):
+    """tokenizer.json (not stored: 7 MB) is written from vocab.json and merges.txt; transformers'
+    own Qwen2 tokenizer built from those two files alone must be the same BPE and encode alike."""
+    import shutil
+
+    from transformers import PreTrainedTokenizerFast, Qwen2Tokenizer
+
+    bare = checkpoint.parent / "vocab-and-merges-only"
+    bare.mkdir(exist_ok=True)
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copy(checkpoint / name, bare / name)
+    qwen2 = json.loads(Qwen2Tokenizer.from_pretrained(str(bare)).backend_tokenizer.to_str())
+    ours = json.loads(PreTrainedTokenizerFast.from_pretrained(str(checkpoint)).backend_tokenizer.to_str())
+    for part in ("normalizer", "pre_tokenizer", "decoder", "model"):
+        assert ours[part] == qwen2[part], part
+    assert len(ours["model"]["vocab"]) == 151643 and len(ours["model"]["merges"]) == 151387
+
+
 def test_the_prompt_uses_the_published_token_ids(engine):
     """MiniCPM-V 2.6's added_tokens.json puts <image> at 151646 ... </image_id> at 151659 and its
     tokenizer_config.json marks Qwen2's own <unk> (128244) special; a sliced picture's prompt carries them."""
