@@ -41,7 +41,7 @@ def test_models_lists_registry_and_cached_vision_models(run_vlchat, tmp_path):
     assert rows["llava-1.5-7b"]["downloaded"] is True
     assert rows["llava-1.5-13b"]["downloaded"] is False
     assert rows["qwen2.5-vl-7b"]["hub_id"] == "Qwen/Qwen2.5-VL-7B-Instruct"
-    assert rows["minicpm-o-2.6"]["remote_code"] is True
+    assert rows["minicpm-o-2.6"]["remote_code"] is False and rows["minicpm-o-2.6"]["family"] == "minicpm-2.6"
     assert rows["Someone/Tiny-VLM"]["named"] is False and rows["Someone/Tiny-VLM"]["family"] == "llava_next"
     assert "Someone/text-only" not in rows  # not a vision model
 

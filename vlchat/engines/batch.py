@@ -53,6 +53,8 @@ def can_batch(engine: Any) -> bool:
     if callable(getattr(engine, "batch_inputs", None)) and callable(getattr(engine, "batch_outputs", None)):
         return True
     cls = type(engine)
+    if getattr(cls, "batches", False):  # a family whose processor takes a batch as the generic one does
+        return True
     return all(
         getattr(cls, name) is getattr(TransformersEngine, name) for name in ("prepare", "chat_messages", "stream")
     )
