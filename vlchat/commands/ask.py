@@ -19,12 +19,21 @@ from vlchat.core.text import clean
 from vlchat.engines.base import EngineError, TokenStream
 
 
+def _names_a_file(text: str) -> bool:
+    """Whether ``text`` is the path of an existing file; a long question (over the 255 bytes a file
+    name may have) or one with a NUL in it is simply not one."""
+    try:
+        return Path(text).is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def split_items(items: list[str]) -> tuple[list[str], str]:
     """Pictures first, the question last; a lone picture with no question is a mistake worth naming."""
     *images, question = items
     if not question.strip():
         raise InputError("the question is empty", "put the question last, in quotes")
-    if not images and Path(question).is_file():
+    if not images and _names_a_file(question):
         raise InputError(
             f"no question after the picture {clean(question, keep_newlines=False)}",
             'put the question last, in quotes: vlchat ask photo.jpg "What is in the picture?"',
@@ -36,7 +45,7 @@ def write_stream(stream: TokenStream, out: TextIO | None) -> str:
     """Consume the stream, writing each piece as it comes (flushed: a pipe sees it at once)."""
     for piece in stream:
         if out is not None:
-            out.write(piece)
+            out.write(clean(piece))
             out.flush()
     return stream.text
 
@@ -215,7 +224,7 @@ def _ask(args, settings, engine, pictures, question, session) -> int:
         }
         if session is not None:
             record["session"] = {"id": session.id, "title": session.title, "path": str(session.folder)}
-        out.write(json.dumps(record, ensure_ascii=False) + "\n")
+        out.write(clean(json.dumps(record, ensure_ascii=False)) + "\n")
     elif not text.endswith("\n"):
         out.write("\n")
     out.flush()
