@@ -61,15 +61,15 @@ class NoteView(Static):
         super().__init__(Text(clean(text)), classes=f"note {kind}")
 
 
-def wrap_rows(text: str, width: int, start: int = 0) -> list[int]:
-    """Where each row starts when ``text[start:]`` (one line, no newlines) is wrapped greedily at
+def wrap_rows(text: str, width: int, start: int = 0, end: int | None = None) -> list[int]:
+    """Where each row starts when ``text[start:end]`` (one line, no newlines) is wrapped greedily at
     ``width`` cells: at the last space that fits, or mid-word for a word longer than a row.
 
     Greedy wrapping never moves a row break once the text after it is longer than a row, so a
     growing line only needs its last row wrapped again.
     """
     starts = [start]
-    pos, end = start, len(text)
+    pos, end = start, len(text) if end is None else end
     width = max(1, width)
     while True:
         cells, i = 0, pos
@@ -147,6 +147,92 @@ class LiveText(Widget):
         return Strip([Segment(self.text[starts[row]:end].rstrip(" "), self._style)])
 
 
+# Past these, the rest of an answer is shown as plain text: Textual's Markdown builds widgets for
+# every block, table row and cell, and parses a growing block again at every frame, so a
+# 3,000-row table cost minutes of CPU and gigabytes, and the app took no keys meanwhile.
+MARKDOWN_MAX_LINES = 200
+MARKDOWN_MAX_CHARS = 20_000
+
+
+def markdown_cut(text: str) -> int | None:
+    """Where Markdown rendering stops in ``text`` (the start of a line), or None if it all fits.
+
+    It depends only on the text before it, so it stays put while an answer grows."""
+    if len(text) <= MARKDOWN_MAX_CHARS and text.count("\n", 0, MARKDOWN_MAX_CHARS) < MARKDOWN_MAX_LINES:
+        return None
+    cut, pos = 0, -1
+    for _ in range(MARKDOWN_MAX_LINES):
+        pos = text.find("\n", pos + 1)
+        if pos < 0 or pos >= MARKDOWN_MAX_CHARS:
+            break
+        cut = pos + 1
+    if cut == len(text):
+        return None
+    return cut
+
+
+class PlainText(Widget):
+    """Many lines of plain text, wrapped at spaces and drawn row by row: the cost of a frame is the
+    rows on screen and the text that is new, however long the text is."""
+
+    DEFAULT_CSS = """
+    PlainText {
+        height: auto;
+    }
+    """
+
+    def __init__(self, text: str = "", **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.text = ""
+        self._rows: list[tuple[int, int]] = []
+        self._width = 0
+        self._last_line = 0  # where the last line starts in ``text``
+        self._last_rows = 0  # and its first row in ``_rows``
+        self.text = text.expandtabs(4)
+
+    def show(self, text: str) -> None:
+        text = text.expandtabs(4)
+        if text == self.text:
+            return
+        if self._width and text.startswith(self.text):
+            del self._rows[self._last_rows:]
+            self._wrap(text, self._last_line)
+        else:
+            self._rows = []
+            if self._width:
+                self._wrap(text, 0)
+        self.text = text
+        self.refresh(layout=True)
+
+    def _wrap(self, text: str, pos: int) -> None:
+        while True:
+            newline = text.find("\n", pos)
+            end = len(text) if newline < 0 else newline
+            self._last_line, self._last_rows = pos, len(self._rows)
+            starts = wrap_rows(text, self._width, pos, end)
+            self._rows += zip(starts, [*starts[1:], end])
+            if newline < 0:
+                return
+            pos = newline + 1
+
+    def get_content_height(self, container, viewport, width: int) -> int:
+        if width != self._width or not self._rows and self.text:
+            self._width = width
+            self._rows = []
+            self._wrap(self.text, 0)
+        return len(self._rows) if self.text else 0
+
+    def render_lines(self, crop):
+        self._style = self.rich_style
+        return super().render_lines(crop)
+
+    def render_line(self, y: int) -> Strip:
+        if y >= len(self._rows) or not self.text:
+            return Strip.blank(self.size.width)
+        start, end = self._rows[y]
+        return Strip([Segment(self.text[start:end].rstrip(" "), self._style)])
+
+
 class AnswerView(Vertical):
     """One assistant answer: a Markdown body that can be streamed into, and a footer.
 
@@ -164,10 +250,25 @@ class AnswerView(Vertical):
 
     def compose(self) -> ComposeResult:
         yield Static(Text(self.model or "model", style="bold"), classes="answer-head")
-        yield Markdown(clean(self.message.text) if self.message else "", classes="answer-body")
+        text = clean(self.message.text) if self.message else ""
+        cut = markdown_cut(text)
+        yield Markdown(text if cut is None else text[:cut], classes="answer-body")
+        if cut is not None:
+            yield from self._plain(text[cut:])
         if self.message is None:
             yield LiveText(classes="answer-live")
         yield Static(answer_footer(self.message) if self.message else Text("…", style="dim"), classes="answer-foot")
+
+    def _plain(self, text: str) -> list[Widget]:
+        note = Text("(a long answer: the rest of it is shown as plain text)", style="dim italic")
+        return [Static(note, classes="answer-plain-note"), PlainText(text, classes="answer-plain")]
+
+    async def _show_plain(self, text: str) -> None:
+        found = self.query(PlainText)
+        if found:
+            found.first().show(text)
+        else:
+            await self.mount_all(self._plain(text), before=self.query_one(".answer-foot"))
 
     @property
     def body(self) -> Markdown:
@@ -179,7 +280,8 @@ class AnswerView(Vertical):
         text = clean(text)
         if text == self.shown:
             return
-        cut = text.rfind("\n") + 1
+        plain = markdown_cut(text)
+        cut = text.rfind("\n") + 1 if plain is None else plain
         if not text.startswith(self.shown[: self._settled]) or cut < self._settled:
             self._settled = 0
             await self.body.update(text[:cut])
@@ -189,7 +291,11 @@ class AnswerView(Vertical):
             await self.body.append(text[self._settled:cut])
         self._settled = cut
         self.shown = text
-        self.query_one(LiveText).show(text[cut:], cap)
+        if plain is None:
+            self.query_one(LiveText).show(text[cut:], cap)
+        else:
+            self.query_one(LiveText).show("", cap)
+            await self._show_plain(text[cut:])
 
     async def finish(self, message: Message) -> None:
         """The final text in one full update (streamed Markdown can differ at block edges)."""
@@ -199,8 +305,11 @@ class AnswerView(Vertical):
         # The app may be closing (quit as the answer ends): then there is nothing left to draw on.
         for live in self.query(LiveText):
             await live.remove()
+        cut = markdown_cut(self.shown)
         for body in self.query(Markdown):
-            await body.update(self.shown)
+            await body.update(self.shown if cut is None else self.shown[:cut])
+        if cut is not None and self.is_attached:
+            await self._show_plain(self.shown[cut:])
         for foot in self.query(".answer-foot"):
             foot.update(answer_footer(message))
 
