@@ -15,7 +15,7 @@ from vlchat.commands.remember import model_record
 from vlchat.core.conversation import Conversation, GenerationParams
 from vlchat.core.errors import InputError
 from vlchat.core.images import load_image
-from vlchat.core.text import clean
+from vlchat.core.text import clean, clean_data
 from vlchat.engines.base import EngineError, TokenStream
 
 
@@ -224,7 +224,7 @@ def _ask(args, settings, engine, pictures, question, session) -> int:
         }
         if session is not None:
             record["session"] = {"id": session.id, "title": session.title, "path": str(session.folder)}
-        out.write(clean(json.dumps(record, ensure_ascii=False)) + "\n")
+        out.write(json.dumps(clean_data(record), ensure_ascii=False) + "\n")
     elif not text.endswith("\n"):
         out.write("\n")
     out.flush()

@@ -9,7 +9,7 @@ from datetime import datetime
 from pathlib import Path
 
 from vlchat.core.sessions import SessionInfo, SessionStore, parse_iso, store_root
-from vlchat.core.text import clean
+from vlchat.core.text import clean, clean_data
 
 
 def store_from(args: argparse.Namespace) -> SessionStore:
@@ -48,7 +48,7 @@ def run_sessions(args: argparse.Namespace) -> int:
     infos = store.list()
     good = [i for i in infos if not i.error]
     if args.json:
-        print(clean(json.dumps([i.to_dict() for i in infos], ensure_ascii=False, indent=1)))
+        print(json.dumps(clean_data([i.to_dict() for i in infos]), ensure_ascii=False, indent=1))
     elif good:
         print(table(good))
     elif infos:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from typing import Any
 
 _REMOVE = (
     "\x00-\x08\x0b-\x1f\x7f-\x9f"  # C0 (but tab and newline), DEL, C1
@@ -30,10 +31,15 @@ _REMOVE = (
     "\U000e0001"  # language tag
 )
 # A whole escape sequence goes, not only its ESC, so "\x1b]0;title\x07" leaves no "]0;title" behind:
-# CSI (ESC [ ... final byte), OSC (ESC ] ... BEL or ST), DCS/SOS/PM/APC strings, and two-byte escapes.
+# CSI (ESC [ ... final byte), OSC (ESC ] ... BEL or ST), DCS/SOS/PM/APC strings, two-byte escapes,
+# and the 8-bit (C1) forms of the first three, which some terminals honour too.
 _SEQUENCE = re.compile(
-    r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]{0,4096}(?:\x07|\x1b\\)|\x1b[PX^_][^\x1b]{0,4096}\x1b\\|\x1b[ -/]*[0-~]"
+    r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]"
+    r"|(?:\x1b\]|\x9d)[^\x07\x1b\x9c]{0,4096}(?:\x07|\x1b\\|\x9c)"
+    r"|(?:\x1b[PX^_]|[\x90\x98\x9e\x9f])[^\x1b\x9c]{0,4096}(?:\x1b\\|\x9c)"
+    r"|\x1b[ -/]*[0-~]"
 )
+_STARTS = re.compile("[\x1b\x90\x98\x9b\x9d\x9e\x9f]")
 _UNSAFE = re.compile(f"[{_REMOVE}]")
 _JOINER = re.compile("[\u200c\u200d]")
 _TAGS = re.compile("(\U0001f3f4[\U000e0020-\U000e007e]+\U000e007f)|[\U000e0020-\U000e007f]")
@@ -80,7 +86,7 @@ def clean(text: str, *, keep_newlines: bool = True) -> str:
     cell, an error line, a title). Cleaning cleaned text changes nothing.
     """
     text = text.replace("\r\n", "\n")
-    if "\x1b" in text:
+    if _STARTS.search(text):
         text = _SEQUENCE.sub("", text)
     text = _UNSAFE.sub("", text)
     if "\u2028" in text or "\u2029" in text:
@@ -92,3 +98,18 @@ def clean(text: str, *, keep_newlines: bool = True) -> str:
     if not keep_newlines:
         text = text.replace("\n", " ").replace("\t", " ")
     return text
+
+
+def clean_data(value: Any) -> Any:
+    """``value`` (JSON-like: dicts, lists, strings, numbers) with every string in it cleaned.
+
+    JSON output escapes control characters (ESC becomes \\u001b) but a script that prints a value
+    puts the escape back on the terminal, and bidi and invisible characters are not escaped at all.
+    """
+    if isinstance(value, str):
+        return clean(value)
+    if isinstance(value, dict):
+        return {clean_data(k): clean_data(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clean_data(v) for v in value]
+    return value

@@ -1,0 +1,180 @@
+"""Issue 13, what reaches the terminal and what it costs: escape sequences, bidi and invisible
+characters from session files, model answers and cache folders; long questions; broken chat
+templates; huge answers; big pictures; and a few small crashes.
+
+Each printer is given hostile text and what reaches stdout, stderr or the written file is checked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.test_models_cli import cache_model
+from vlchat.core.sessions import SessionStore, store_root
+from vlchat.core.text import clean
+from vlchat.demo import MODEL_DIR, SAMPLES_DIR
+
+pytestmark = pytest.mark.timeout(240)
+
+RED_CIRCLE = SAMPLES_DIR / "red-circle.png"
+# Everything that must never get through: escape sequences (a title change, a cleared screen),
+# BEL, C1 CSI, the bidi controls, and the invisible characters.
+HOSTILE = "\x1b]0;pwned\x07\x1b[2J\x9b31m\u202e\u2066\u2067\u2068\u2069\u202a\u202b\u202c\u202d\u200e\u200f\u061c\u200b\u200d\ufeff"
+FORBIDDEN = {c for c in HOSTILE if not " " <= c <= "~"}
+
+
+def assert_clean(text: str) -> None:
+    found = sorted({f"U+{ord(c):04X}" for c in text if c in FORBIDDEN})
+    assert not found, f"{found} got through in {text!r}"
+    assert "pwned" not in text  # a whole escape sequence goes, not only its ESC
+
+
+# -- the sanitiser ---------------------------------------------------------------------------------------------
+def test_clean_takes_out_controls_bidi_and_invisible_characters():
+    assert clean(f"A{HOSTILE}B") == "AB"
+    assert clean("abc\u202edef\u2066g") == "abcdefg"
+    assert clean("one\u2028two") == "one\ntwo"
+    assert clean("x\U000e0041\U000e0042y") == "xy"  # tag characters smuggle text invisibly
+    assert clean("tab\there\nnext", keep_newlines=False) == "tab here next"
+
+
+def test_clean_keeps_emoji_sequences_and_the_joiners_scripts_need():
+    family = "\U0001f468\u200d\U0001f469\u200d\U0001f467"  # 👨‍👩‍👧
+    coder = "\U0001f469\u200d\U0001f4bb"  # 👩‍💻
+    england = "\U0001f3f4\U000e0067\U000e0062\U000e0065\U000e006e\U000e0067\U000e007f"
+    persian = "می\u200cخواهم"  # the non-joiner is part of the word's spelling
+    for text in (family, coder, england, persian, "क्\u200dष"):
+        assert clean(text) == text
+    assert clean("pay\u200dpal") == "paypal"  # a joiner between Latin letters only hides something
+    assert clean("\u200d" + coder) == coder
+    # A streamed answer comes in pieces: a joiner at the end of one piece waits for the next emoji.
+    assert clean(family[:2]) + clean(family[2:]) == family
+
+
+@pytest.mark.parametrize("text", [HOSTILE, "plain", "a\u200d\u200d\U0001f469", "\U0001f468\u200b\u200d\U0001f469", "\x1b\x1b[2Jz"])
+def test_cleaning_twice_changes_nothing(text):
+    assert clean(clean(text)) == clean(text)
+
+
+# -- vlchat sessions and export ------------------------------------------------------------------------------
+def hostile_session(title: str = "Shapes") -> Path:
+    store = SessionStore(store_root())
+    session = store.create(title=title)
+    session.conversation.add_user("What is it?" + HOSTILE, [])
+    session.conversation.add_assistant("It is red." + HOSTILE + " Really.", model="demo")
+    session.save()
+    folder = session.folder
+    session.close()
+    data = json.loads((folder / "session.json").read_text())
+    data["id"] = "abc" + HOSTILE
+    (folder / "session.json").write_text(json.dumps(data))
+    return folder
+
+
+def test_sessions_never_print_what_a_session_file_says_raw(run_vlchat):
+    hostile_session()
+    table = run_vlchat("sessions")
+    assert table.returncode == 0, table.stderr
+    assert_clean(table.stdout + table.stderr)
+    listed = run_vlchat("sessions", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert_clean(listed.stdout + listed.stderr)
+    json.loads(listed.stdout)  # still JSON
+
+
+def test_export_writes_no_escape_or_bidi_characters(run_vlchat, tmp_path):
+    hostile_session("Shapes")
+    target = tmp_path / "out.md"
+    result = run_vlchat("export", "Shapes", "-o", target)
+    assert result.returncode == 0, result.stderr
+    assert_clean(result.stdout + result.stderr)
+    written = target.read_bytes().decode("utf-8")
+    assert_clean(written)
+    assert "It is red. Really." in written
+
+
+# -- answers from a server that sends escapes, bidi overrides and zero-width spaces -----------------------------
+def test_an_answer_reaches_stdout_the_session_and_the_export_clean(run_vlchat, openai_server, tmp_path):
+    args = ("ask", RED_CIRCLE, "What colour is the shape?", "--endpoint", openai_server.url, "--model", "demo-escape")
+    result = run_vlchat(*args)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "The shape is red.\n"
+
+    as_json = run_vlchat(*args, "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    assert_clean(as_json.stdout)
+    assert json.loads(as_json.stdout)["answer"] == "The shape is red."
+
+    saved = run_vlchat(*args, "--session", "new")
+    assert saved.returncode == 0, saved.stderr
+    assert_clean(saved.stdout + saved.stderr)
+    [folder] = SessionStore(store_root()).folders()
+    assert_clean((folder / "session.json").read_text())
+    target = tmp_path / "answer.md"
+    exported = run_vlchat("export", folder, "-o", target)
+    assert exported.returncode == 0, exported.stderr
+    assert_clean(target.read_text())
+    assert "The shape is red." in target.read_text()
+
+
+# -- vlchat models ---------------------------------------------------------------------------------------------
+def test_models_marks_cached_models_with_their_own_code_and_prints_names_clean(run_vlchat, tmp_path):
+    hf_home = tmp_path / "hf-home"
+    cache_model(hf_home, "Someone/Own-Code-VLM", {"model_type": "custom_vlm", "vision_config": {},
+                                                  "auto_map": {"AutoModelForCausalLM": "modeling_custom.CustomVLM"}})
+    cache_model(hf_home, "Someone/Plain-VLM", {"model_type": "llava", "vision_config": {}})
+    cache_model(hf_home, "Someone/evil\u202eFDP.exe", {"model_type": "llava\u2066x", "vision_config": {}})
+    rows = {row["name"]: row for row in map(json.loads, run_vlchat("models", "--json").stdout.splitlines())}
+    assert rows["Someone/Own-Code-VLM"]["remote_code"] is True
+    assert rows["Someone/Plain-VLM"]["remote_code"] is False
+
+    table = run_vlchat("models")
+    assert table.returncode == 0, table.stderr
+    assert_clean(table.stdout)
+    own = next(line for line in table.stdout.splitlines() if "Someone/Own-Code-VLM" in line)
+    assert "custom_vlm (remote code)" in own
+    plain = next(line for line in table.stdout.splitlines() if "Someone/Plain-VLM" in line)
+    assert "remote code" not in plain
+    assert any("Someone/evilFDP.exe" in line for line in table.stdout.splitlines())
+    assert_clean(run_vlchat("models", "--json").stdout)
+
+
+# -- vlchat ask: a long question, a chat template the sandbox blocks ------------------------------------------
+def test_a_question_longer_than_a_file_name_is_asked(run_vlchat, tmp_path):
+    question = "What colour is the shape? " * 12  # 312 bytes: more than a file name may have
+    plain = run_vlchat("ask", RED_CIRCLE, question)
+    assert plain.returncode == 0, plain.stderr
+    assert "red" in plain.stdout
+    alone = run_vlchat("ask", question)  # no picture: the question alone is still not a file name
+    assert "internal error" not in alone.stderr and "Traceback" not in alone.stderr
+    assert alone.returncode == 0, alone.stderr
+    saved = run_vlchat("ask", "--session", "new", question)
+    assert saved.returncode == 0, saved.stderr
+    [folder] = SessionStore(store_root()).folders()
+    messages = json.loads((folder / "session.json").read_text())["conversation"]["messages"]
+    assert messages[0]["text"] == question and messages[1]["role"] == "assistant"
+
+
+@pytest.fixture
+def blocked_template_model(tmp_path) -> Path:
+    """The demo model with a chat template that reaches for what the jinja sandbox blocks."""
+    folder = tmp_path / "blocked-template"
+    shutil.copytree(MODEL_DIR, folder)
+    template = folder / "chat_template.jinja"
+    template.write_text("{{ ''.__class__.__mro__[1].__subclasses__() }}" + template.read_text())
+    return folder
+
+
+def test_a_chat_template_the_sandbox_blocks_is_one_clear_line(run_vlchat, blocked_template_model):
+    result = run_vlchat("ask", "--model", blocked_template_model, RED_CIRCLE, "What colour is the shape?")
+    assert result.returncode == 1
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("vlchat: error")]
+    assert line.startswith("vlchat: error: the model's chat template could not be used: access to attribute '__class__'")
+    assert "internal error" not in result.stderr and "Traceback" not in result.stderr
