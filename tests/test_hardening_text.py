@@ -178,3 +178,157 @@ def test_a_chat_template_the_sandbox_blocks_is_one_clear_line(run_vlchat, blocke
     [line] = [line for line in result.stderr.splitlines() if line.startswith("vlchat: error")]
     assert line.startswith("vlchat: error: the model's chat template could not be used: access to attribute '__class__'")
     assert "internal error" not in result.stderr and "Traceback" not in result.stderr
+
+
+# -- the app ---------------------------------------------------------------------------------------------------
+def test_the_app_shows_a_hostile_session_clean(demo_engine):
+    from tests.test_app import run_async, screen_text, settings, transcript_text
+    from vlchat.ui.app import make_app
+
+    store = SessionStore(store_root())
+    session = store.create(title="Shapes" + HOSTILE)
+    session.conversation.add_user("What is it?" + HOSTILE, [])
+    session.conversation.add_assistant("It is **red**." + HOSTILE, model="demo" + HOSTILE)
+    session.save()
+    folder = session.folder
+    session.close()
+
+    @run_async
+    async def check():
+        opened = store.open(folder)
+        app = make_app(settings(), [], engine=demo_engine, engine_loaded=True, store=store, session=opened)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.pause(0.2)
+            shown = transcript_text(app) + screen_text(app)
+            assert "It is" in shown and "What is it?" in shown
+            assert_clean(shown)
+            assert_clean("".join(str(n.message) + str(n.title) for n in app._notifications))
+        opened.close()
+
+    check()
+
+
+def test_a_read_only_app_does_not_answer_a_dangling_question(tmp_path):
+    from tests.test_app import run_async, settings, settle, until
+    from vlchat.engines.transformers import TransformersEngine
+    from vlchat.ui.app import make_app
+
+    store = SessionStore(store_root())
+    holder = store.create()
+    holder.conversation.add_user("What colour is the shape?", [])
+    holder.save()  # the question has no answer; this vlchat still holds the session's lock
+    before = (holder.folder / "session.json").read_text()
+
+    @run_async
+    async def check():
+        opened = store.open(holder.folder, read_only=True)
+        engine = TransformersEngine("demo", quant="none", device="cpu")  # loaded by the app
+        app = make_app(settings(), [], engine=engine, store=store, session=opened)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await until(pilot, lambda: app.loaded, timeout=120)
+            assert app.generating is None
+            await settle(pilot)
+            assert [m.role for m in app.conversation.messages] == ["user"]
+        opened.close()
+        engine.unload()
+
+    try:
+        check()
+        assert (holder.folder / "session.json").read_text() == before
+    finally:
+        holder.close()
+
+
+BIG_TABLE_APP = """
+import asyncio, sys, time
+from vlchat.config import Settings
+from vlchat.core.sessions import SessionStore
+from vlchat.engines import make_engine
+from vlchat.ui.app import make_app
+
+def status_mb(field):
+    # VmHWM, not ru_maxrss: a process started with vfork has its parent's peak in ru_maxrss.
+    line = next(l for l in open("/proc/self/status") if l.startswith(field + ":"))
+    return int(line.split()[1]) / 1024
+
+async def main():
+    store = SessionStore(sys.argv[1])
+    # No model is needed to read a session: a server that is not there will do.
+    settings = Settings(model="x", endpoint="http://127.0.0.1:9/v1", image_protocol="halfblock")
+    session = store.open(sys.argv[2])
+    app = make_app(settings, [], engine=make_engine(settings), session=session, store=store)
+    before = status_mb("VmRSS")
+    started = time.monotonic()
+    async with app.run_test(size=(120, 40)) as pilot:
+        up = time.monotonic() - started
+        started = time.monotonic()
+        await pilot.pause(0.5)  # a responsive app gives the time back when it is up
+        paused = time.monotonic() - started
+        started = time.monotonic()
+        await pilot.press("ctrl+q")
+        while app.is_running:
+            await asyncio.sleep(0.01)
+    print(up, paused, time.monotonic() - started, before, status_mb("VmHWM"))
+    session.close()
+
+asyncio.run(main())
+"""
+
+
+def big_table(rows: int) -> str:
+    return ("Here it is:\n\n| n | square | name |\n|---|---|---|\n"
+            + "".join(f"| {i} | {i * i} | row number {i} |\n" for i in range(rows)) + "\nThat is all.")
+
+
+def test_a_session_with_a_3000_row_table_opens_and_quits_at_once_in_bounded_memory():
+    store = SessionStore(store_root())
+    session = store.create()
+    session.conversation.add_user("Make me a big table", [])
+    session.conversation.add_assistant(big_table(3000), model="demo")
+    session.save()
+    session.close()
+    result = subprocess.run([sys.executable, "-c", BIG_TABLE_APP, str(store.root), str(session.folder)],
+                            capture_output=True, text=True, timeout=120, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    up, paused, quit, before, peak = map(float, result.stdout.split())
+    # Before: tens of seconds at 100% CPU (minutes in a real terminal) and hundreds of MB, keys not taken.
+    assert up < 10, f"the app took {up:.1f} s to come up"
+    assert paused < 3, f"the app was busy for {paused:.1f} s after coming up"
+    assert quit < 3, f"ctrl+q took {quit:.1f} s"
+    assert peak - before < 250, f"memory grew by {peak - before:.0f} MB"
+
+
+def test_a_streamed_3000_row_table_costs_little_per_frame(demo_engine):
+    import time
+
+    from tests.test_app import app_for, run_async, screen_text
+    from vlchat.core.conversation import Message
+    from vlchat.ui.transcript import AnswerView
+
+    text = big_table(3000)
+
+    @run_async
+    async def check():
+        app = app_for(demo_engine)
+        async with app.run_test(size=(120, 40)) as pilot:
+            view = AnswerView(model="demo")
+            await app.transcript.mount(view)
+            slowest, shown = 0.0, 0
+            while shown < len(text):
+                shown = min(len(text), shown + 2000)  # a frame's worth of a fast model, and more
+                started = time.monotonic()
+                await view.show_progress(text[:shown], app.transcript.size.height)
+                await pilot.pause()
+                slowest = max(slowest, time.monotonic() - started)
+                assert slowest < 2.0, f"a frame took {slowest:.1f} s at {shown} characters"
+            started = time.monotonic()
+            await view.finish(Message("assistant", text, model="demo"))
+            await pilot.pause()
+            assert time.monotonic() - started < 5.0
+            # The rest is plain text, all of it there; the start is still Markdown.
+            plain = view.query_one("PlainText")
+            assert plain.text.endswith("| 2999 | 8994001 | row number 2999 |\n\nThat is all.")
+            assert "a long answer: the rest of it is shown as plain text" in screen_text(app) or app.transcript.max_scroll_y > 0
+            assert view.query_one(".answer-body").source.startswith("Here it is:")
+
+    check()
