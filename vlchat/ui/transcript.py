@@ -149,8 +149,10 @@ class LiveText(Widget):
 
 # Past these, the rest of an answer is shown as plain text: Textual's Markdown builds widgets for
 # every block, table row and cell, and parses a growing block again at every frame, so a
-# 3,000-row table cost minutes of CPU and gigabytes, and the app took no keys meanwhile.
+# 3,000-row table cost minutes of CPU and gigabytes, and the app took no keys meanwhile. Table
+# rows cost the most (about 13 ms each), so they have a lower limit of their own.
 MARKDOWN_MAX_LINES = 200
+MARKDOWN_MAX_TABLE_ROWS = 50
 MARKDOWN_MAX_CHARS = 20_000
 
 
@@ -158,22 +160,25 @@ def markdown_cut(text: str) -> int | None:
     """Where Markdown rendering stops in ``text`` (the start of a line), or None if it all fits.
 
     It depends only on the text before it, so it stays put while an answer grows."""
-    if len(text) <= MARKDOWN_MAX_CHARS and text.count("\n", 0, MARKDOWN_MAX_CHARS) < MARKDOWN_MAX_LINES:
+    if len(text) <= MARKDOWN_MAX_CHARS and text.count("\n") <= MARKDOWN_MAX_TABLE_ROWS:
         return None
-    cut, pos = 0, -1
-    for _ in range(MARKDOWN_MAX_LINES):
-        pos = text.find("\n", pos + 1)
-        if pos < 0 or pos >= MARKDOWN_MAX_CHARS:
-            break
-        cut = pos + 1
-    if cut == len(text):
-        return None
-    return cut
+    cut = pos = lines = rows = 0
+    while True:
+        newline = text.find("\n", pos, MARKDOWN_MAX_CHARS)
+        if newline < 0:  # no more whole lines within the character limit
+            return cut if len(text) > MARKDOWN_MAX_CHARS else None
+        lines += 1
+        rows += text[pos:newline].lstrip().startswith("|")
+        if lines > MARKDOWN_MAX_LINES or rows > MARKDOWN_MAX_TABLE_ROWS:
+            return cut
+        cut = pos = newline + 1
 
 
 class PlainText(Widget):
     """Many lines of plain text, wrapped at spaces and drawn row by row: the cost of a frame is the
-    rows on screen and the text that is new, however long the text is."""
+    rows on screen and the text that is new, however long the text is. With ``cap`` rows (while
+    the transcript follows the answer) only the last ``cap`` rows are shown, as LiveText does, so
+    its height stops changing and a frame lays nothing out again."""
 
     DEFAULT_CSS = """
     PlainText {
@@ -188,11 +193,17 @@ class PlainText(Widget):
         self._width = 0
         self._last_line = 0  # where the last line starts in ``text``
         self._last_rows = 0  # and its first row in ``_rows``
+        self._height = 0  # rows shown, as of the last layout
+        self.cap: int | None = None
         self.text = text.expandtabs(4)
 
-    def show(self, text: str) -> None:
+    def _shown(self) -> int:
+        rows = len(self._rows) if self.text else 0
+        return rows if self.cap is None else min(rows, self.cap)
+
+    def show(self, text: str, cap: int | None = None) -> None:
         text = text.expandtabs(4)
-        if text == self.text:
+        if text == self.text and cap == self.cap:
             return
         if self._width and text.startswith(self.text):
             del self._rows[self._last_rows:]
@@ -202,7 +213,8 @@ class PlainText(Widget):
             if self._width:
                 self._wrap(text, 0)
         self.text = text
-        self.refresh(layout=True)
+        self.cap = cap
+        self.refresh(layout=self._shown() != self._height or not self._width)
 
     def _wrap(self, text: str, pos: int) -> None:
         while True:
@@ -220,16 +232,18 @@ class PlainText(Widget):
             self._width = width
             self._rows = []
             self._wrap(self.text, 0)
-        return len(self._rows) if self.text else 0
+        self._height = self._shown()
+        return self._height
 
     def render_lines(self, crop):
         self._style = self.rich_style
         return super().render_lines(crop)
 
     def render_line(self, y: int) -> Strip:
-        if y >= len(self._rows) or not self.text:
+        row = y + max(0, len(self._rows) - self._height)  # the last rows, when capped
+        if row >= len(self._rows) or not self.text:
             return Strip.blank(self.size.width)
-        start, end = self._rows[y]
+        start, end = self._rows[row]
         return Strip([Segment(self.text[start:end].rstrip(" "), self._style)])
 
 
@@ -263,12 +277,14 @@ class AnswerView(Vertical):
         note = Text("(a long answer: the rest of it is shown as plain text)", style="dim italic")
         return [Static(note, classes="answer-plain-note"), PlainText(text, classes="answer-plain")]
 
-    async def _show_plain(self, text: str) -> None:
+    async def _show_plain(self, text: str, cap: int | None = None) -> None:
         found = self.query(PlainText)
         if found:
-            found.first().show(text)
+            found.first().show(text, cap)
         else:
-            await self.mount_all(self._plain(text), before=self.query_one(".answer-foot"))
+            widgets = self._plain(text)
+            widgets[-1].cap = cap
+            await self.mount_all(widgets, before=self.query_one(".answer-foot"))
 
     @property
     def body(self) -> Markdown:
@@ -295,7 +311,7 @@ class AnswerView(Vertical):
             self.query_one(LiveText).show(text[cut:], cap)
         else:
             self.query_one(LiveText).show("", cap)
-            await self._show_plain(text[cut:])
+            await self._show_plain(text[cut:], cap)
 
     async def finish(self, message: Message) -> None:
         """The final text in one full update (streamed Markdown can differ at block edges)."""
