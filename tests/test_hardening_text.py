@@ -332,3 +332,86 @@ def test_a_streamed_3000_row_table_costs_little_per_frame(demo_engine):
             assert view.query_one(".answer-body").source.startswith("Here it is:")
 
     check()
+
+
+# -- pictures --------------------------------------------------------------------------------------------------
+def test_a_png_whose_text_chunk_unpacks_to_50_mb_is_read(tmp_path, run_vlchat):
+    from PIL import Image, PngImagePlugin
+
+    from vlchat.core.images import load_image
+
+    # 50 MB of text packed into a few KB: Pillow refuses any compressed text chunk over
+    # PngImagePlugin.MAX_TEXT_CHUNK (1 MB unpacked), a guard against decompression bombs.
+    path = tmp_path / "metadata.png"
+    image = Image.open(RED_CIRCLE)
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Comment", "x" * 50_000_000, zip=True)
+    image.save(path, pnginfo=info)
+    assert path.stat().st_size < 200_000
+    loaded = load_image(path)
+    assert loaded.image.tobytes() == load_image(RED_CIRCLE).image.tobytes()
+    result = run_vlchat("ask", path, "What colour is the shape?")
+    assert result.returncode == 0, result.stderr
+    assert "red" in result.stdout
+
+
+PEAK_OF_CHILD = """
+import resource, subprocess, sys
+done = subprocess.run(sys.argv[1:], capture_output=True, text=True)
+print(done.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024)
+sys.stderr.write(done.stderr)
+"""
+
+
+def caption_peak_mb(folder: Path, out: Path) -> int:
+    from tests.conftest import vlchat_command
+
+    # A small parent of its own: ru_maxrss of a child started by vfork includes its parent's peak.
+    result = subprocess.run([sys.executable, "-c", PEAK_OF_CHILD, *vlchat_command(), "caption", str(folder), "-o", str(out)],
+                            capture_output=True, text=True, timeout=240, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    code, peak = map(int, result.stdout.split())
+    assert code == 0, result.stderr
+    return peak
+
+
+def test_caption_memory_follows_the_number_of_pictures_not_their_size(tmp_path):
+    from PIL import Image, ImageDraw
+
+    small, big = tmp_path / "small", tmp_path / "big"
+    small.mkdir(), big.mkdir()
+    for n in range(4):  # 4 pictures of 50 megapixels, about 170 KB each on disk
+        image = Image.new("RGB", (10_000, 5_000), (0, 0, 200))
+        ImageDraw.Draw(image).ellipse((1000 + 1000 * n, 1000, 5000 + 1000 * n, 4000), fill=(220, 0, 0))
+        image.save(big / f"{n}.png", compress_level=9)
+        image.resize((400, 200)).save(small / f"{n}.png")
+        del image
+    baseline = caption_peak_mb(small, tmp_path / "small.jsonl")
+    peak = caption_peak_mb(big, tmp_path / "big.jsonl")
+    records = [json.loads(line) for line in (tmp_path / "big.jsonl").read_text().splitlines()]
+    assert len(records) == 4 and all(r.get("caption") for r in records)
+    # Each picture is 150 MB decoded: all four held at once (as before) was 1.6 GB over the baseline.
+    assert peak - baseline < 700, f"captioning peaked at {peak} MB, {peak - baseline} MB over {baseline} MB for small pictures"
+
+
+# -- the app in a real terminal --------------------------------------------------------------------------------
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+def test_invalid_utf8_typed_into_the_app_does_not_end_it(tmp_path):
+    from tests.test_e2e_tmux import Terminal, ready
+
+    terminal = Terminal(tmp_path)
+    try:
+        terminal.start(f"--model demo --image-protocol halfblock {RED_CIRCLE}")
+        terminal.wait_for(ready, what="the picture and the loaded model")
+        terminal.type("What colour")
+        terminal.keys("-H", "ff", "fe", "c0", "20")  # bytes that are not UTF-8 (a Latin-1 terminal, a paste)
+        terminal.type(" is the shape?")
+        terminal.keys("Enter")
+        screen = terminal.wait_for(lambda s: "first token" in s or "vlchat exited" in s, what="the answer")
+        assert "vlchat exited" not in screen and "Traceback" not in terminal.history()
+        assert "is the shape?" in screen  # the question went, with what was typed after the bad bytes
+        terminal.type("/quit")
+        terminal.keys("Enter")
+        terminal.wait_for(lambda s: "vlchat exited 0" in s, timeout=30, what="vlchat to exit")
+        assert "Traceback" not in terminal.history() and "UnicodeDecodeError" not in terminal.history()
+    finally:
+        terminal.close()

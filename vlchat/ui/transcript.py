@@ -153,7 +153,7 @@ class LiveText(Widget):
 # rows cost the most (about 13 ms each), so they have a lower limit of their own.
 MARKDOWN_MAX_LINES = 200
 MARKDOWN_MAX_TABLE_ROWS = 50
-MARKDOWN_MAX_CHARS = 20_000
+MARKDOWN_MAX_CHARS = 100_000
 
 
 def markdown_cut(text: str) -> int | None:
