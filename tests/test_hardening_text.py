@@ -415,3 +415,33 @@ def test_invalid_utf8_typed_into_the_app_does_not_end_it(tmp_path):
         assert "Traceback" not in terminal.history() and "UnicodeDecodeError" not in terminal.history()
     finally:
         terminal.close()
+
+
+def test_the_model_picker_marks_cached_models_with_their_own_code(demo_engine, tmp_path, monkeypatch):
+    from textual.widgets import OptionList
+
+    from tests.test_app import app_for, command, run_async, until
+    from vlchat.ui.models_screen import ModelPicker
+
+    hf_home = tmp_path / "hf-home"
+    cache_model(hf_home, "Someone/Own-Code-VLM", {"model_type": "custom_vlm", "vision_config": {},
+                                                  "auto_map": {"AutoModelForCausalLM": "modeling_custom.CustomVLM"}})
+    cache_model(hf_home, "Someone/Plain-VLM", {"model_type": "llava", "vision_config": {}})
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(hf_home / "hub"))
+
+    @run_async
+    async def check():
+        app = app_for(demo_engine)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await command(pilot, "/model")
+            assert isinstance(app.screen, ModelPicker)
+            await until(pilot, lambda: bool(app.screen.rows))
+            options = app.screen.query_one(OptionList)
+            shown = [str(options.get_option_at_index(i).prompt) for i in range(options.option_count)]
+            own = next(line for line in shown if "Someone/Own-Code-VLM" in line)
+            plain = next(line for line in shown if "Someone/Plain-VLM" in line)
+            assert "custom_vlm, own code" in own
+            assert "own code" not in plain
+            await pilot.press("escape")
+
+    check()

@@ -35,9 +35,9 @@ class ModelRow:
 def _scan_cache() -> dict[str, tuple[int, Path | None]]:
     """hub id (lower case) -> (bytes on disk, the newest snapshot folder) for every cached model."""
     try:
-        from huggingface_hub import scan_cache_dir
+        from huggingface_hub import constants, scan_cache_dir
 
-        info = scan_cache_dir()
+        info = scan_cache_dir(constants.HF_HUB_CACHE)  # looked up now, so the cache can be changed at run time
     except Exception:  # no cache yet, or one we cannot read: nothing is downloaded
         return {}
     found: dict[str, tuple[int, Path | None]] = {}
