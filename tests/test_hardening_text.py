@@ -33,12 +33,12 @@ FORBIDDEN = {c for c in HOSTILE if not " " <= c <= "~"}
 def assert_clean(text: str) -> None:
     found = sorted({f"U+{ord(c):04X}" for c in text if c in FORBIDDEN})
     assert not found, f"{found} got through in {text!r}"
-    assert "pwned" not in text  # a whole escape sequence goes, not only its ESC
 
 
 # -- the sanitiser ---------------------------------------------------------------------------------------------
 def test_clean_takes_out_controls_bidi_and_invisible_characters():
-    assert clean(f"A{HOSTILE}B") == "AB"
+    # The control characters go; the printable rest of a sequence stays, harmless, as a sign.
+    assert clean(f"A{HOSTILE}B") == "A]0;pwned[2J31mB"
     assert clean("abc\u202edef\u2066g") == "abcdefg"
     assert clean("one\u2028two") == "one\ntwo"
     assert clean("x\U000e0041\U000e0042y") == "xy"  # tag characters smuggle text invisibly
@@ -97,7 +97,7 @@ def test_export_writes_no_escape_or_bidi_characters(run_vlchat, tmp_path):
     assert_clean(result.stdout + result.stderr)
     written = target.read_bytes().decode("utf-8")
     assert_clean(written)
-    assert "It is red. Really." in written
+    assert "It is red.]0;pwned[2J31m Really." in written
 
 
 # -- answers from a server that sends escapes, bidi overrides and zero-width spaces -----------------------------
@@ -105,12 +105,13 @@ def test_an_answer_reaches_stdout_the_session_and_the_export_clean(run_vlchat, o
     args = ("ask", RED_CIRCLE, "What colour is the shape?", "--endpoint", openai_server.url, "--model", "demo-escape")
     result = run_vlchat(*args)
     assert result.returncode == 0, result.stderr
-    assert result.stdout == "The shape is red.\n"
+    assert_clean(result.stdout)
+    assert result.stdout.replace("]0;pwned", "").replace("[2J", "") == "The shape is red.\n"
 
     as_json = run_vlchat(*args, "--json")
     assert as_json.returncode == 0, as_json.stderr
     assert_clean(as_json.stdout)
-    assert json.loads(as_json.stdout)["answer"] == "The shape is red."
+    assert json.loads(as_json.stdout)["answer"].replace("]0;pwned", "").replace("[2J", "") == "The shape is red."
 
     saved = run_vlchat(*args, "--session", "new")
     assert saved.returncode == 0, saved.stderr
@@ -121,7 +122,7 @@ def test_an_answer_reaches_stdout_the_session_and_the_export_clean(run_vlchat, o
     exported = run_vlchat("export", folder, "-o", target)
     assert exported.returncode == 0, exported.stderr
     assert_clean(target.read_text())
-    assert "The shape is red." in target.read_text()
+    assert "The shape is red." in target.read_text().replace("]0;pwned", "").replace("[2J", "")
 
 
 # -- vlchat models ---------------------------------------------------------------------------------------------

@@ -30,16 +30,6 @@ _REMOVE = (
     "\u200b\u2060-\u2064\u206a-\u206f\ufeff\ufff9-\ufffb"  # invisible and format characters
     "\U000e0001"  # language tag
 )
-# A whole escape sequence goes, not only its ESC, so "\x1b]0;title\x07" leaves no "]0;title" behind:
-# CSI (ESC [ ... final byte), OSC (ESC ] ... BEL or ST), DCS/SOS/PM/APC strings, two-byte escapes,
-# and the 8-bit (C1) forms of the first three, which some terminals honour too.
-_SEQUENCE = re.compile(
-    r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]"
-    r"|(?:\x1b\]|\x9d)[^\x07\x1b\x9c]{0,4096}(?:\x07|\x1b\\|\x9c)"
-    r"|(?:\x1b[PX^_]|[\x90\x98\x9e\x9f])[^\x1b\x9c]{0,4096}(?:\x1b\\|\x9c)"
-    r"|\x1b[ -/]*[0-~]"
-)
-_STARTS = re.compile("[\x1b\x90\x98\x9b\x9d\x9e\x9f]")
 _UNSAFE = re.compile(f"[{_REMOVE}]")
 _JOINER = re.compile("[\u200c\u200d]")
 _TAGS = re.compile("(\U0001f3f4[\U000e0020-\U000e007e]+\U000e007f)|[\U000e0020-\U000e007f]")
@@ -86,8 +76,6 @@ def clean(text: str, *, keep_newlines: bool = True) -> str:
     cell, an error line, a title). Cleaning cleaned text changes nothing.
     """
     text = text.replace("\r\n", "\n")
-    if _STARTS.search(text):
-        text = _SEQUENCE.sub("", text)
     text = _UNSAFE.sub("", text)
     if "\u2028" in text or "\u2029" in text:
         text = _SEPARATORS.sub("\n", text)

@@ -309,6 +309,8 @@ class AnswerView(Vertical):
         self.shown = text
         if plain is None:
             self.query_one(LiveText).show(text[cut:], cap)
+            for widget in self.query(".answer-plain, .answer-plain-note"):  # the text was replaced by a shorter one
+                await widget.remove()
         else:
             self.query_one(LiveText).show("", cap)
             await self._show_plain(text[cut:], cap)
