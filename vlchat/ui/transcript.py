@@ -261,6 +261,7 @@ class AnswerView(Vertical):
         self.model = model_label(message.model or model if message else model)
         self.shown = ""
         self._settled = 0  # how much of ``shown`` the Markdown body has
+        self._has_plain = False  # past the Markdown limits: the rest is a PlainText
 
     def compose(self) -> ComposeResult:
         yield Static(Text(self.model or "model", style="bold"), classes="answer-head")
@@ -274,6 +275,7 @@ class AnswerView(Vertical):
         yield Static(answer_footer(self.message) if self.message else Text("…", style="dim"), classes="answer-foot")
 
     def _plain(self, text: str) -> list[Widget]:
+        self._has_plain = True
         note = Text("(a long answer: the rest of it is shown as plain text)", style="dim italic")
         return [Static(note, classes="answer-plain-note"), PlainText(text, classes="answer-plain")]
 
@@ -309,8 +311,10 @@ class AnswerView(Vertical):
         self.shown = text
         if plain is None:
             self.query_one(LiveText).show(text[cut:], cap)
-            for widget in self.query(".answer-plain, .answer-plain-note"):  # the text was replaced by a shorter one
-                await widget.remove()
+            if self._has_plain:  # the text was replaced by a shorter one
+                self._has_plain = False
+                for widget in self.query(".answer-plain, .answer-plain-note"):
+                    await widget.remove()
         else:
             self.query_one(LiveText).show("", cap)
             await self._show_plain(text[cut:], cap)
