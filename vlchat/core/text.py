@@ -15,7 +15,9 @@ letters or marks of a non-Latin script (Persian, Arabic and the Indic scripts ne
 words). At the very end of the text they are kept too when the character before qualifies, because
 a streamed answer arrives in pieces and the next piece may start with the second emoji. Tag
 characters are kept only as the tail of an emoji flag (🏴 + tags + cancel tag, e.g. the flag of
-England). U+2028/U+2029 (line and paragraph separators) become newlines.
+England). U+2028/U+2029 (line and paragraph separators) become newlines. Of an escape sequence only
+its control characters go: the printable rest ("]0;title") is harmless, and a sign that something
+was there (a file name stays recognisable).
 """
 
 from __future__ import annotations
