@@ -11,7 +11,7 @@ from vlchat.engines.registry import NAMED, resolve
 pytestmark = pytest.mark.timeout(120)
 
 
-def _cache_model(hf_home, repo: str, config: dict, weights: bool = True) -> None:
+def cache_model(hf_home, repo: str, config: dict, weights: bool = True) -> None:
     """A model in the hub cache's own layout (blobs, snapshots, refs), as `hf download` leaves it."""
     folder = hf_home / "hub" / ("models--" + repo.replace("/", "--"))
     snapshot = folder / "snapshots" / ("a" * 40)
@@ -31,9 +31,9 @@ def _cache_model(hf_home, repo: str, config: dict, weights: bool = True) -> None
 
 def test_models_lists_registry_and_cached_vision_models(run_vlchat, tmp_path):
     hf_home = tmp_path / "hf-home"
-    _cache_model(hf_home, "llava-hf/llava-1.5-7b-hf", {"model_type": "llava", "vision_config": {}})
-    _cache_model(hf_home, "Someone/Tiny-VLM", {"model_type": "llava_next", "vision_config": {}})
-    _cache_model(hf_home, "Someone/text-only", {"model_type": "llama"})
+    cache_model(hf_home, "llava-hf/llava-1.5-7b-hf", {"model_type": "llava", "vision_config": {}})
+    cache_model(hf_home, "Someone/Tiny-VLM", {"model_type": "llava_next", "vision_config": {}})
+    cache_model(hf_home, "Someone/text-only", {"model_type": "llama"})
     result = run_vlchat("models", "--json")
     assert result.returncode == 0, result.stderr
     rows = {row["name"]: row for row in map(json.loads, result.stdout.splitlines())}  # JSON lines

@@ -58,6 +58,9 @@ def run_app(args: argparse.Namespace, *, demo: bool = False) -> int:
 
     from vlchat.engines import make_engine
     from vlchat.ui.app import make_app
+    from vlchat.ui.driver import accept_invalid_utf8
+
+    accept_invalid_utf8()
 
     engine = make_engine(settings, separate=True)  # the model in its own process: see engines/process.py
     try:

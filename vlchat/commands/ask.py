@@ -15,8 +15,17 @@ from vlchat.commands.remember import model_record
 from vlchat.core.conversation import Conversation, GenerationParams
 from vlchat.core.errors import InputError
 from vlchat.core.images import load_image
-from vlchat.core.text import clean
+from vlchat.core.text import clean, clean_data
 from vlchat.engines.base import EngineError, TokenStream
+
+
+def _names_a_file(text: str) -> bool:
+    """Whether ``text`` is the path of an existing file; a long question (over the 255 bytes a file
+    name may have) or one with a NUL in it is simply not one."""
+    try:
+        return Path(text).is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def split_items(items: list[str]) -> tuple[list[str], str]:
@@ -24,7 +33,7 @@ def split_items(items: list[str]) -> tuple[list[str], str]:
     *images, question = items
     if not question.strip() and not images:  # with pictures, a captioner takes it as "caption this"
         raise InputError("the question is empty", "put the question last, in quotes")
-    if not images and Path(question).is_file():
+    if not images and _names_a_file(question):
         raise InputError(
             f"no question after the picture {clean(question, keep_newlines=False)}",
             'put the question last, in quotes: vlchat ask photo.jpg "What is in the picture?"',
@@ -36,7 +45,7 @@ def write_stream(stream: TokenStream, out: TextIO | None) -> str:
     """Consume the stream, writing each piece as it comes (flushed: a pipe sees it at once)."""
     for piece in stream:
         if out is not None:
-            out.write(piece)
+            out.write(clean(piece))
             out.flush()
     return stream.text
 
@@ -218,7 +227,7 @@ def _ask(args, settings, engine, pictures, question, session) -> int:
         }
         if session is not None:
             record["session"] = {"id": session.id, "title": session.title, "path": str(session.folder)}
-        out.write(json.dumps(record, ensure_ascii=False) + "\n")
+        out.write(json.dumps(clean_data(record), ensure_ascii=False) + "\n")
     elif not text.endswith("\n"):
         out.write("\n")
     out.flush()

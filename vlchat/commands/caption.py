@@ -222,7 +222,7 @@ class Reader(threading.Thread):
 
     def _look(self, found: Found) -> tuple[str, Item, Any]:
         """What to do with one picture: ("skip"|"copy"|"error"|"picture", item, earlier record)."""
-        from vlchat.core.images import ImageError, load_image, sha256_file
+        from vlchat.core.images import MODEL_MAX_SIDE, ImageError, load_image, sha256_file
 
         item = Item(found)
         done = self.store.done
@@ -239,7 +239,7 @@ class Reader(threading.Thread):
         if not self.retry_errors and done.has_error(found.path, self.model, self.prompt):
             return "skip", item, None
         try:
-            item.picture = load_image(found.path)
+            item.picture = load_image(found.path, max_side=MODEL_MAX_SIDE)
         except ImageError as error:
             item.error = error.line()
             return "error", item, None

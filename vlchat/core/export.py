@@ -164,7 +164,7 @@ def render(session: Session, assets_link: str, asset_names: dict[str, str], miss
                 lines += [f"![{_alt(name)}]({quote(f'{assets_link}/{asset_names[sha]}', safe='/')})", ""]
         lines.pop()
     lines += ["", "---", "", f"{MARKER}{session.id}: exporting again replaces this file -->", ""]
-    return "\n".join(lines)
+    return clean("\n".join(lines))
 
 
 def _assistant_heading(message: Message) -> str:
