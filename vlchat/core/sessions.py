@@ -1332,7 +1332,7 @@ def _info(folder: Path) -> SessionInfo:
         model = next((m.get("model") for m in reversed(messages) if m.get("role") == "assistant" and m.get("model")), None)
         model = model or (data.get("model") or {}).get("name") or ""
         return SessionInfo(
-            folder=folder, id=str(data["id"]), title=clean(str(data.get("title") or "Untitled"), keep_newlines=False),
+            folder=folder, id=str(data["id"]), title=shown_path(str(data.get("title") or "Untitled")),
             created=str(data["created"]), updated=str(data.get("updated") or data["created"]),
             turns=sum(1 for m in messages if m.get("role") == "user"),
             pictures=len(data.get("pictures") or {}), model=clean(str(model), keep_newlines=False),
