@@ -1027,7 +1027,7 @@ def check_session_data(data: dict[str, Any], path: StrPath) -> dict[str, Any]:
     else a SessionDamagedError naming the first broken field. Whole numbers written as 64.0 are
     made ints. Fields vlchat does not know are not checked."""
     try:
-        for key in ("id", "title", "title_is_auto", "created", "updated", "conversation"):
+        for key in ("id", "title", "title_is_auto", "created", "updated", "model", "params", "pictures", "conversation"):
             if key not in data:
                 _fail(key, "it is missing")
         if not isinstance(data["id"], str) or not _ID.fullmatch(data["id"]):
@@ -1037,7 +1037,7 @@ def check_session_data(data: dict[str, Any], path: StrPath) -> dict[str, Any]:
             _fail("title_is_auto", f"{_brief(data['title_is_auto'])} is not true or false")
         _time(data["created"], "created")
         _time(data["updated"], "updated")
-        model = _object(data.get("model", {}), "model")
+        model = _object(data["model"], "model")
         for key in ("name", "model", "device"):
             if key in model:
                 _text(model[key], f"model.{key}", null=True, plain=True)
@@ -1046,8 +1046,8 @@ def check_session_data(data: dict[str, Any], path: StrPath) -> dict[str, Any]:
                 _fail(f"model.{key}", f"{_brief(model[key])} is not one of {', '.join(allowed)}")
         if "endpoint" in model:
             _text(model["endpoint"], "model.endpoint", plain=True)
-        _check_params(data.get("params", {}), "params")
-        pictures = _object(data.get("pictures", {}), "pictures")
+        _check_params(data["params"], "params")
+        pictures = _object(data["pictures"], "pictures")
         for sha, entry in pictures.items():
             where = f"pictures.{sha[:12]}"
             entry = _object(entry, where)
