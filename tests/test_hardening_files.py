@@ -310,7 +310,8 @@ def _edit(data: dict, change: str) -> dict:
 
 
 DAMAGE = ["updated not a date", "created 1e20", "width 1e999", "temperature hot", "model name a list",
-          "endpoint with ESC", "message tokens a string", "deep nesting"]
+          "endpoint with ESC", "message tokens a string", "deep nesting", "a pipe"]
+NOT_JSON = ("deep nesting", "a pipe")
 BAD_ID = "bad000000bad"
 
 
@@ -318,7 +319,10 @@ def _damaged_copy(sessions_dir: Path, change: str) -> Path:
     folder = sessions_dir / BAD_ID
     shutil.copytree(EXAMPLE, folder)
     file = folder / "session.json"
-    if change == "deep nesting":
+    if change == "a pipe":
+        file.unlink()
+        os.mkfifo(file)  # reading it would wait for a writer forever
+    elif change == "deep nesting":
         file.write_text('{"format": "vlchat-session", "schema_version": 1, "id": "' + BAD_ID + '", "x": '
                         + "[" * 100_000 + "]" * 100_000 + "}")
     else:
@@ -332,24 +336,25 @@ def _damaged_copy(sessions_dir: Path, change: str) -> Path:
 @pytest.mark.parametrize("change", DAMAGE)
 def test_one_damaged_session_never_stops_the_others(tmp_path, sessions_dir, change):
     file = _damaged_copy(sessions_dir, change)
-    before = file.read_bytes()
+    before = None if change == "a pipe" else file.read_bytes()
 
-    listed = run_in(tmp_path, "sessions", "--sessions-dir", sessions_dir)
+    listed = run_in(tmp_path, "sessions", "--sessions-dir", sessions_dir, timeout=60)
     assert listed.returncode == 0, listed.stderr
     no_traceback(listed)
     assert EXAMPLE_ID in listed.stdout and BAD_ID not in listed.stdout
     warnings = [line for line in listed.stderr.splitlines() if line.startswith("vlchat: warning:")]
     assert len(warnings) == 1 and "session.json" in warnings[0] and "\x1b" not in listed.stderr
 
-    assert json.loads(run_in(tmp_path, "sessions", "--json", "--sessions-dir", sessions_dir).stdout)
-    exported = run_in(tmp_path, "export", "--sessions-dir", sessions_dir, EXAMPLE_ID[:4], "-o", tmp_path / "t.md")
+    assert json.loads(run_in(tmp_path, "sessions", "--json", "--sessions-dir", sessions_dir, timeout=60).stdout)
+    exported = run_in(tmp_path, "export", "--sessions-dir", sessions_dir, EXAMPLE_ID[:4], "-o", tmp_path / "t.md", timeout=60)
     assert exported.returncode == 0, exported.stderr
 
-    refused = run_in(tmp_path, "ask", "--sessions-dir", sessions_dir, "--session", BAD_ID, "What is it?")
+    refused = run_in(tmp_path, "ask", "--sessions-dir", sessions_dir, "--session", BAD_ID, "What is it?", timeout=60)
     assert refused.returncode == 2
     one_error_line(refused.stderr, "session.json")
     assert "\x1b" not in refused.stderr
-    assert file.read_bytes() == before
+    if before is not None:
+        assert file.read_bytes() == before
 
     store = SessionStore(sessions_dir)
     with store.open(EXAMPLE_ID) as good:  # as --resume and ask --session open it
@@ -357,7 +362,7 @@ def test_one_damaged_session_never_stops_the_others(tmp_path, sessions_dir, chan
     assert store.most_recent().id == EXAMPLE_ID
 
 
-@pytest.mark.parametrize("change", [c for c in DAMAGE if c != "deep nesting"])
+@pytest.mark.parametrize("change", [c for c in DAMAGE if c not in NOT_JSON])
 def test_the_json_schema_refuses_what_vlchat_refuses(change):
     jsonschema = pytest.importorskip("jsonschema")
     validator = jsonschema.Draft202012Validator(json.loads(SCHEMA.read_text()))
@@ -428,3 +433,22 @@ def test_caption_output_on_a_full_disk_stops_with_one_line_and_the_next_run_goes
     assert again.returncode == 0, again.stderr
     lines = out.read_text().splitlines()
     assert len(lines) == 1001 and json.loads(lines[-1])["path"] == str(tmp_path / "pictures" / "a.png")
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux drives the app in a real terminal")
+def test_resume_on_a_read_only_folder_opens_read_only_and_says_so(tmp_path, sessions_dir):
+    from tests.test_e2e_tmux import Terminal
+
+    terminal = Terminal(tmp_path)
+    with unwritable(sessions_dir / EXAMPLE_ID):
+        try:
+            terminal.start(f"--resume {EXAMPLE_ID} --model demo --image-protocol halfblock --sessions-dir {sessions_dir}")
+            screen = terminal.wait_for(lambda s: "opened read-only" in " ".join(s.split()), what="the read-only note")
+            assert "for writing" in screen and "still open" not in screen
+            assert "What colour are they?" in screen  # the conversation is there
+            terminal.type("/quit")
+            terminal.keys("Enter")
+            terminal.wait_for(lambda s: "vlchat exited 0" in s, timeout=30, what="vlchat to exit")
+            assert "Traceback" not in terminal.history()
+        finally:
+            terminal.close()

@@ -239,6 +239,25 @@ def read_file_nofollow(path: StrPath, *, dir_fd: int | None = None) -> bytes:
         os.close(fd)
 
 
+def read_regular_file(path: StrPath) -> bytes:
+    """The bytes of a regular file (a link to one is followed: it is the person's own picture),
+    never of a pipe or device, which could block or never end."""
+    fd = os.open(path, os.O_RDONLY | _NONBLOCK | _CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "it is not a regular file", os.fsdecode(path))
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+class _NotAFolderError(OSError):
+    """images/ is a link or a file where vlchat's folder should be."""
+
+
 def atomic_write_at(dir_fd: int, name: str, data: bytes, *, mode: int | None = None) -> None:
     """``atomic_write`` into the folder open as ``dir_fd``: the temporary file is made there with
     O_EXCL|O_NOFOLLOW and renamed over ``name`` there, so a link swapped in for the folder or the
@@ -550,7 +569,7 @@ class Session:
             raise SessionReadOnlyError(f"the session {self.title!r} is open read-only", "pictures are not added to it")
         source = Path(ref.path)
         try:
-            data = source.read_bytes()
+            data = read_regular_file(source)
         except OSError:
             data = b""
         if hashlib.sha256(data).hexdigest() != ref.sha256:
@@ -580,6 +599,12 @@ class Session:
                     atomic_write_at(images, name, data)
             finally:
                 os.close(images)
+        except _NotAFolderError as error:
+            raise SessionSaveError(
+                f"could not save the picture {_show(source.name)} in {_show(self.folder)}: {error.strerror}, and vlchat does not write through it",
+                "move that images link or file away, then attach the picture again (the conversation is still open)",
+                errno_=error.errno,
+            ) from None
         except OSError as error:
             raise _save_error(f"the picture {_show(source.name)}", target, error) from None
         self.pictures[ref.sha256] = picture
@@ -597,8 +622,8 @@ class Session:
             return open_folder_nofollow(self.images_dir)
         except OSError as error:
             if is_link_error(error) or error.errno == errno.ENOTDIR:
-                raise OSError(errno.ENOTDIR, f"{IMAGES_DIR}/ is a link or a file, not a folder; vlchat does not write through it",
-                              os.fsdecode(self.images_dir)) from None
+                raise _NotAFolderError(errno.ENOTDIR, f"{IMAGES_DIR}/ is a link or a file, not a folder of its own",
+                                       os.fsdecode(self.images_dir)) from None
             raise
 
     def read_picture(self, sha256: str) -> bytes | None:
