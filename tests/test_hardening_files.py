@@ -443,8 +443,10 @@ def test_resume_on_a_read_only_folder_opens_read_only_and_says_so(tmp_path, sess
     with unwritable(sessions_dir / EXAMPLE_ID):
         try:
             terminal.start(f"--resume {EXAMPLE_ID} --model demo --image-protocol halfblock --sessions-dir {sessions_dir}")
-            screen = terminal.wait_for(lambda s: "opened read-only" in " ".join(s.split()), what="the read-only note")
-            assert "for writing" in screen and "still open" not in screen
+            screen = terminal.wait_for(lambda s: "for writing: " in s and "nothing you add here is saved" in s,
+                                       what="the read-only note")
+            assert "still open" not in screen
+            assert "read-only" in screen.splitlines()[-2]  # the status line
             assert "What colour are they?" in screen  # the conversation is there
             terminal.type("/quit")
             terminal.keys("Enter")

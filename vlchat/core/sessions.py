@@ -21,7 +21,6 @@ cannot be read as a vlchat session is never overwritten, moved or deleted by thi
 
 from __future__ import annotations
 
-import base64
 import errno
 import hashlib
 import json
