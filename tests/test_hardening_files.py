@@ -255,6 +255,24 @@ def test_ask_session_with_a_picture_whose_name_is_not_utf8(tmp_path):
     assert "photo-\ufffd\ufffd" in text and len(list((tmp_path / "t_assets").iterdir())) == 1
 
 
+def test_a_session_saves_and_reopens_a_picture_whose_name_is_not_utf8(tmp_path):
+    """What the app does after every turn: attach, save, and later open again."""
+    from vlchat.core.images import load_image
+
+    odd = draw(Path(os.fsdecode(os.fsencode(str(tmp_path)) + b"/\xff\xfe-shape.png")))
+    store = SessionStore(tmp_path / "sessions")
+    with store.create(model={"name": "demo"}) as session:
+        session.conversation.add_user("What is it?", [session.attach(load_image(odd))])
+        session.save()
+        session.conversation.add_assistant("A red circle.", model="demo")
+        session.save()
+    with store.open(session.id) as again:
+        (picture,) = again.pictures.values()
+        assert os.fsencode(picture.source) == os.fsencode(str(odd))
+        assert picture.name == "\ufffd\ufffd-shape.png"
+        assert [m.text for m in again.conversation.messages] == ["What is it?", "A red circle."]
+
+
 # -- 10, 11. export ----------------------------------------------------------------------------------
 def test_export_leaves_out_a_tampered_picture_and_says_so(tmp_path, sessions_dir):
     stored = sorted((sessions_dir / EXAMPLE_ID / "images").iterdir())[0]
@@ -282,6 +300,13 @@ def test_a_file_that_only_quotes_the_export_marker_is_not_overwritten(tmp_path, 
     assert run_in(tmp_path, "export", "--sessions-dir", sessions_dir, EXAMPLE_ID, "-o", out).returncode == 0
     again = run_in(tmp_path, "export", "--sessions-dir", sessions_dir, EXAMPLE_ID, "-o", out)
     assert again.returncode == 0, again.stderr
+
+
+def test_export_on_a_full_disk_is_one_line(tmp_path, sessions_dir):
+    result = run_in(tmp_path, "export", "--sessions-dir", sessions_dir, EXAMPLE_ID, "-o", tmp_path / "t.md",
+                    limit_file_size=0)
+    assert result.returncode == 2
+    one_error_line(result.stderr, "could not write the transcript", "free some disk space")
 
 
 def test_export_to_a_folder_is_one_line(tmp_path, sessions_dir):

@@ -11,6 +11,7 @@ bytes. A file that is not a previous vlchat export is never overwritten unless `
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from dataclasses import dataclass, field
@@ -252,8 +253,9 @@ def export_markdown(session: Session, path: str | os.PathLike, *, force: bool = 
         text = render(session, link, asset_names, missing, changed)
         atomic_write(path, text.encode("utf-8", "replace"), mode=0o644)
     except OSError as error:
+        full = error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
         raise ExportError(
             f"could not write the transcript to {shown}: {clean(error.strerror or str(error), keep_newlines=False)}",
-            "choose another place with -o",
+            "free some disk space, or choose another place with -o" if full else "choose another place with -o",
         ) from None
     return result
