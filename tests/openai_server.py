@@ -21,6 +21,22 @@ wild can be produced here:
     demo-escape         the answer with terminal escape sequences mixed in
     demo-whole          ignores stream: true and sends the whole completion as one JSON body
 
+Hostile servers (no model runs; each ends on its own after HOSTILE_MAX_S, so no test can hang):
+
+    demo-trickle        a valid stream, one byte every ``trickle_s`` seconds
+    demo-keepalive      headers, then only ": keep-alive" comments, never a piece of the answer
+    demo-keepalive-midway  the first piece of the answer, then only keep-alive comments
+    demo-slow-headers   the status line, then its headers one byte at a time
+    demo-flood          an endless stream that ignores max_tokens, as fast as the client reads
+    demo-drip           an endless stream, a piece of the answer every ``trickle_s`` seconds
+    demo-huge-line      "data: " and then ``huge_line_bytes`` bytes with no line break
+    demo-echo-error     400 whose message echoes the request's Authorization header and path
+    demo-echo-answer    an answer that echoes the Authorization header and path, a few
+                        characters per chunk (so a secret arrives split across chunks)
+    demo-bad-usage      the demo model's answer with usage figures no model could have counted
+    /moved/...          any path under /moved answers 302 to the same path without /moved
+    GET /trickle/...    the model list as demo-slow-headers answers: its headers a byte at a time
+
 Per server: ``api_key`` (401 without it) and ``max_body`` (413 above it, after reading the body,
 as proxies do). Every generation loop watches its client's socket: when the client goes away the
 time is recorded in ``disconnects`` and the model is stopped.
@@ -55,7 +71,12 @@ ENDLESS = "demo-endless"
 MODES = (
     "demo-forbidden", "demo-busy", "demo-crash", "demo-gone", "demo-text-only", "demo-no-mmproj",
     "demo-cut", "demo-drop", "demo-bad-json", "demo-fail-midway", "demo-stall", "demo-escape", "demo-whole",
+    "demo-trickle", "demo-keepalive", "demo-slow-headers", "demo-flood", "demo-huge-line", "demo-echo-error",
+    "demo-echo-answer", "demo-bad-usage", "demo-keepalive-midway", "demo-drip",
 )
+HOSTILE = ("demo-drip", "demo-trickle", "demo-keepalive", "demo-keepalive-midway", "demo-slow-headers", "demo-flood", "demo-huge-line",
+           "demo-echo-error", "demo-echo-answer")
+HOSTILE_MAX_S = 30.0
 MISBEHAVE_AFTER = 2  # pieces of a real answer sent before a broken mode breaks the stream
 STALL_MAX_S = 30.0  # a stalled answer still ends, so no test can hang on it
 CONTEXT = 2048
@@ -76,7 +97,11 @@ class OpenAITestServer:
         self.endless_engine = endless_engine
         self.api_key = api_key
         self.max_body = max_body
+        self.trickle_s = 0.5
+        self.huge_line_bytes = 64 << 20
         self.requests: list[dict[str, Any]] = []
+        # What each hostile answer got out before the client left: {"model", "bytes", "chunks", "seconds"}.
+        self.hostile_sent: list[dict[str, Any]] = []
         self.disconnects: list[float] = []  # time.monotonic() when a generation saw its client gone
         self.generations_done: list[str] = []  # how each generation ended: "done", "client gone", "stopped"
         self.stopping = threading.Event()
@@ -238,11 +263,23 @@ class _Handler(BaseHTTPRequestHandler):
         return False
 
     # -- routes ------------------------------------------------------------------------------------------------
+    def moved(self) -> bool:
+        if not self.path.startswith("/moved/"):
+            return False
+        self.send_response(302)
+        self.send_header("Location", f"http://127.0.0.1:{self.owner.port}{self.path.removeprefix('/moved')}")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+        return True
+
     def do_GET(self) -> None:
         self.owner.requests.append({"method": "GET", "path": self.path, "authorization": self.headers.get("Authorization")})
-        if not self.authorised():
+        if self.moved() or not self.authorised():
             return
-        if self.path.rstrip("/") == "/v1/models":
+        if self.path.startswith("/trickle/"):
+            self.hostile("demo-slow-headers")
+            return
+        if self.path.split("?")[0].rstrip("/") == "/v1/models":
             created = int(time.time())
             cards = []
             for name in self.owner.models:
@@ -270,9 +307,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(page)
             return
-        if not self.authorised():
+        if self.moved() or not self.authorised():
             return
-        if self.path.rstrip("/") != "/v1/chat/completions":
+        if self.path.split("?")[0].rstrip("/") != "/v1/chat/completions":
             self.send_json(404, {"detail": "Not Found"})
             return
         try:
@@ -292,6 +329,9 @@ class _Handler(BaseHTTPRequestHandler):
             for m in body.get("messages", [])
         )
         if self.refused(model, has_pictures):
+            return
+        if model in HOSTILE:
+            self.hostile(model)
             return
         try:
             conversation = self.owner.conversation(body.get("messages", []), record["pictures"])
@@ -432,6 +472,8 @@ class _Handler(BaseHTTPRequestHandler):
                     return
                 usage = {"prompt_tokens": stream.stats.prompt_tokens or 0, "completion_tokens": stream.stats.tokens,
                          "total_tokens": (stream.stats.prompt_tokens or 0) + stream.stats.tokens}
+                if model == "demo-bad-usage":
+                    usage = {"prompt_tokens": 10**15, "completion_tokens": -7, "total_tokens": -1}
                 self.event(chunk({"role": "assistant", "content": ""} if ollama else {"content": ""}, finish="stop"))
                 if include_usage:
                     self.event(chunk(None, usage=usage))
@@ -448,6 +490,93 @@ class _Handler(BaseHTTPRequestHandler):
                     outcome = "client gone"
                 stream.close()  # stops the model itself
                 owner.generations_done.append(outcome)
+
+    # -- hostile servers ------------------------------------------------------------------------------------------
+    def hostile(self, model: str) -> None:
+        """Answer as the hostile mode says, until the client leaves or HOSTILE_MAX_S passes."""
+        self.gone = threading.Event()
+        self.close_connection = True
+        sent = {"model": model, "bytes": 0, "chunks": 0, "seconds": 0.0}
+        started = time.monotonic()
+        deadline = started + HOSTILE_MAX_S
+
+        def wait(seconds: float) -> bool:
+            """Sleep, watching the client; False once it has gone or time is up."""
+            end = min(time.monotonic() + seconds, deadline)
+            while True:
+                if client_gone(self.connection):
+                    self.client_left()
+                    return False
+                if self.owner.stopping.is_set() or time.monotonic() >= deadline:
+                    return False
+                if time.monotonic() >= end:
+                    return True
+                time.sleep(0.01)
+
+        def raw(data: bytes) -> bool:
+            try:
+                self.wfile.write(data)
+                self.wfile.flush()
+            except OSError:
+                self.client_left()
+                return False
+            sent["bytes"] += len(data)
+            return True
+
+        echoed = f"Authorization={self.headers.get('Authorization')} path={self.path}"
+        stream_head = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+                       b"Connection: close\r\n\r\n")
+
+        def content(text: str) -> bytes:
+            return b"data: " + json.dumps({"choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]}).encode() + b"\n\n"
+
+        try:
+            if model == "demo-echo-error":
+                self.send_error_json(400, f"bad request ({echoed})", "BadRequestError")
+            elif model == "demo-slow-headers":
+                for byte in stream_head:
+                    if not (raw(bytes([byte])) and wait(self.owner.trickle_s)):
+                        break
+            elif model == "demo-trickle":
+                body = content("The shape is red.") + b"data: [DONE]\n\n"
+                if raw(stream_head):
+                    for byte in body:
+                        if not (wait(self.owner.trickle_s) and raw(bytes([byte]))):
+                            break
+            elif model in ("demo-keepalive", "demo-keepalive-midway"):
+                first = content("The") if model == "demo-keepalive-midway" else b""
+                if raw(stream_head + first):
+                    while wait(0.2) and raw(b": keep-alive\n\n"):
+                        sent["chunks"] += 1
+            elif model == "demo-flood":
+                if raw(stream_head):
+                    # Written as fast as the client reads: a client that stops reading fills the
+                    # socket's buffers and this write blocks until it closes the connection.
+                    piece = content("la ")
+                    while time.monotonic() < deadline and not self.owner.stopping.is_set() and raw(piece):
+                        sent["chunks"] += 1
+            elif model == "demo-drip":
+                if raw(stream_head):
+                    while raw(content("drip ")) and wait(self.owner.trickle_s):
+                        sent["chunks"] += 1
+            elif model == "demo-huge-line":
+                if raw(stream_head) and raw(b"data: "):
+                    block = b"x" * (64 << 10)
+                    while sent["bytes"] < self.owner.huge_line_bytes and time.monotonic() < deadline and raw(block):
+                        pass
+            elif model == "demo-echo-answer":
+                if raw(stream_head):
+                    text = f"You sent {echoed}."
+                    for i in range(0, len(text), 3):
+                        if not raw(content(text[i:i + 3])):
+                            break
+                        sent["chunks"] += 1
+                    else:
+                        raw(b"data: " + json.dumps({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}).encode()
+                            + b"\n\ndata: [DONE]\n\n")
+        finally:
+            sent["seconds"] = time.monotonic() - started
+            self.owner.hostile_sent.append(sent)
 
     def misbehave(self, model: str) -> bool:
         """Break the stream the way the mode says; True when the response is over."""

@@ -264,8 +264,13 @@ def test_a_session_records_the_endpoint_not_the_key_and_resumes_on_the_server(vl
             return sum(1 for r in server.requests if r["method"] == "POST")
 
         asked = chats()
-        # No --endpoint this time: the session says where its model runs.
-        again = vlchat("ask", "What shape is it?", "--session", folder, env=env)
+        # No --endpoint this time: the session says where its model runs, but a server named only by
+        # a session file never gets the key, and vlchat says so.
+        unnamed = vlchat("ask", "What shape is it?", "--session", folder, env=env)
+        assert unnamed.returncode == 1
+        assert "your API key is not sent to" in unnamed.stderr and "401" in unnamed.stderr
+        assert chats() == asked and server.requests[-1]["authorization"] is None
+        again = vlchat("ask", "What shape is it?", "--session", folder, "--endpoint", server.url, env=env)
         assert again.returncode == 0, again.stderr
         assert "triangle" in again.stdout
         assert chats() == asked + 1

@@ -219,3 +219,26 @@ async def test_app_with_its_model_in_a_process_of_its_own(picture, endless_model
         last_pid = app.engine.pid
     app.engine.unload()
     assert gone(last_pid)
+
+
+@pytest.mark.parametrize("pythonpath", [None, ":"], ids=["no PYTHONPATH", "PYTHONPATH with an empty entry"])
+def test_python_files_in_the_current_folder_never_run_in_the_model_process(tmp_path, monkeypatch, picture, pythonpath):
+    # `python -m` puts the current folder first on sys.path: a torch.py or PIL.py left there (a
+    # downloaded folder, a shared one) would run with the user's rights as the model loads.
+    marker = tmp_path / "ran"
+    for name in ("torch", "numpy", "PIL"):
+        (tmp_path / f"{name}.py").write_text(
+            f"import pathlib\npathlib.Path({str(marker)!r}).write_text({name!r})\nraise SystemExit('planted {name}')\n"
+        )
+    red = picture("circle", "red", "blue")
+    monkeypatch.chdir(tmp_path)
+    if pythonpath is not None:
+        monkeypatch.setenv("PYTHONPATH", pythonpath)
+    engine = ProcessEngine(settings())
+    try:
+        engine.load()
+        answer = "".join(engine.stream(conversation_about(red), GenerationParams(max_new_tokens=24)))
+    finally:
+        engine.unload()
+    assert not marker.exists(), f"the planted {marker.read_text()}.py ran in the model's process"
+    assert answer == "The shape is red."

@@ -27,6 +27,7 @@ from vlchat.engines.openai import (
     RequestTooLargeError,
     SSEParser,
     ServerError,
+    bounded_lines,
     TokenTimeoutError,
     display_endpoint,
     normalize_endpoint,
@@ -389,7 +390,7 @@ def test_endpoint_forms(typed, base):
     assert normalize_endpoint(typed) == base
 
 
-@pytest.mark.parametrize("typed", ["ftp://host/v1", "", "http://", "http://host:port/v1"])
+@pytest.mark.parametrize("typed", ["ftp://host/v1", "", "http://", "http://host:port/v1", "http://[::1/v1"])
 def test_bad_endpoints_are_input_errors(typed):
     with pytest.raises(InputError):
         OpenAIEngine(typed, "demo")
@@ -414,3 +415,8 @@ def test_sse_parser_follows_the_spec():
     lines = [": keep-alive", "event: message", 'data: {"a":', "data:1}", "", "data: [DONE]", ""]
     events = [data for line in lines for data in parser.feed(line)]
     assert events == ['{"a":\n1}', "[DONE]"]
+
+
+def test_stream_lines_split_on_any_line_break_even_across_reads():
+    reads = [b"data: a\r", b"\ndata: b\rdata: c\n\n", b"data: \xe2\x82", b"\xac\r\n", b"data: last"]
+    assert list(bounded_lines(iter(reads))) == ["data: a", "data: b", "data: c", "", "data: \u20ac", "data: last"]

@@ -165,3 +165,20 @@ def test_own_code_written_for_another_transformers_is_explained(own_code_model, 
     assert "does not run with the installed transformers" in message
     assert "minicpm-v-4.6" in message and "vLLM" in message
     assert "\n" not in message
+
+
+def test_a_missing_package_of_the_own_code_is_named(own_code_model, tmp_path):
+    """MiniCPM-o's code imports soundfile; where it is missing, say so, not "does not run with transformers"."""
+    import shutil
+
+    folder = tmp_path / "needs-a-package"
+    shutil.copytree(own_code_model, folder)
+    code = (folder / "modeling_tinychat.py").read_text()
+    (folder / "modeling_tinychat.py").write_text("import vlchat_test_absent_audio_package\n" + code)
+    engine = make_engine(settings(folder, True))
+    with pytest.raises(ModelLoadError) as caught:
+        engine.load()
+    message = str(caught.value)
+    assert "needs vlchat_test_absent_audio_package, which is not installed" in message
+    assert "pip install vlchat_test_absent_audio_package" in message
+    assert "transformers" not in message and "\n" not in message

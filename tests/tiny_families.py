@@ -1,8 +1,11 @@
 """Tiny random models of each native family, saved as folders the engine loads like hub downloads.
 
-Sizes are the smallest the architectures allow, with hidden sizes multiples of 64 so bitsandbytes
-can quantize the linear layers to 4-bit on the CPU. Weights are random: tests check the plumbing
-(image tokens in the prompt, a stream of tokens), never the words.
+Where the published non-weight files of a checkpoint were found (tests/data/families, SOURCES.md
+there) a family's model is built on them: the real config shrunk (few layers, small hidden sizes;
+token ids, image token and patch settings kept), the real tokenizer, template and processor files.
+The others are made here, hidden sizes multiples of 64 so bitsandbytes can quantize the linear
+layers to 4-bit on the CPU. Weights are random: tests check the plumbing and the prompts, never the
+words.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ def _seed():
     torch.manual_seed(0)
 
 
-def build_tokenizer(special: list[str], image_token: str = "<image>", **extra_special):
+def build_tokenizer(special: list[str], image_token: str = "<image>", vocab: int = VOCAB, corpus=(), **extra_special):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -37,12 +40,12 @@ def build_tokenizer(special: list[str], image_token: str = "<image>", **extra_sp
     tok.decoder = decoders.ByteLevel()
     base = ["<s>", "</s>", "<pad>", "<unk>", image_token, *special]
     trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB - 32,
+        vocab_size=vocab - 32,
         special_tokens=base,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    corpus = ["What colour is the shape?", "The shape is red.", "Describe the picture.", "And this one?"] * 20
+    corpus = ["What colour is the shape?", "The shape is red.", "Describe the picture.", "And this one?", *corpus] * 20
     tok.train_from_iterator(corpus, trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
@@ -55,20 +58,18 @@ def build_tokenizer(special: list[str], image_token: str = "<image>", **extra_sp
     )
 
 
-def _llama(**kw):
+def _llama(vocab_size=VOCAB, **kw):
     from transformers import LlamaConfig
 
+    kw = {"bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 2, **kw}
     return LlamaConfig(
-        vocab_size=VOCAB,
+        vocab_size=vocab_size,
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=1,
         num_attention_heads=2,
         num_key_value_heads=2,
         max_position_embeddings=1024,
-        bos_token_id=0,
-        eos_token_id=1,
-        pad_token_id=2,
         **kw,
     )
 
@@ -92,25 +93,6 @@ def _save(folder: Path, model, processor) -> Path:
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
-
-
-def build_llava(folder: Path) -> Path:
-    _seed()
-    from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
-    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
-
-    tokenizer = build_tokenizer([])
-    config = LlavaConfig(
-        vision_config=_clip(), text_config=_llama(), image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-        projector_hidden_act="gelu", vision_feature_select_strategy="default", vision_feature_layer=-1,
-    )
-    processor = LlavaProcessor(
-        image_processor=CLIPImageProcessorPil(size={"height": IMAGE, "width": IMAGE}, do_center_crop=False,
-                                              crop_size={"height": IMAGE, "width": IMAGE}),
-        tokenizer=tokenizer, patch_size=PATCH, vision_feature_select_strategy="default",
-        num_additional_image_tokens=1, chat_template=TEMPLATE.replace("@IMG@", "<image>"),
-    )
-    return _save(folder, LlavaForConditionalGeneration(config), processor)
 
 
 def build_llava_next(folder: Path) -> Path:
@@ -146,23 +128,13 @@ def _blip_image_processor():
 
 
 QUERY_TOKENS = 8
-
-
-def build_blip2(folder: Path) -> Path:
-    _seed()
-    from transformers import (Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, Blip2QFormerConfig,
-                              Blip2VisionConfig, OPTConfig)
-
-    tokenizer = build_tokenizer([])
-    text = OPTConfig(vocab_size=VOCAB, hidden_size=64, ffn_dim=128, num_hidden_layers=1, num_attention_heads=2,
-                     max_position_embeddings=512, word_embed_proj_dim=64, bos_token_id=0, eos_token_id=1,
-                     pad_token_id=2)
-    qformer = Blip2QFormerConfig(hidden_size=64, num_hidden_layers=1, num_attention_heads=2, intermediate_size=128,
-                                 encoder_hidden_size=64, vocab_size=VOCAB)
-    config = Blip2Config(vision_config=_blip_vision(Blip2VisionConfig), qformer_config=qformer, text_config=text,
-                         num_query_tokens=QUERY_TOKENS, image_token_index=tokenizer.convert_tokens_to_ids("<image>"))
-    processor = Blip2Processor(_blip_image_processor(), tokenizer, num_query_tokens=QUERY_TOKENS)
-    return _save(folder, Blip2ForConditionalGeneration(config), processor)
+# Answers full of code and punctuation, as a conversation about a screenshot of code has them.
+CODE = (
+    "def f(x): return {'a': [x, x], 'b': (x,)}; print(f(1))  # -> {'a': [1, 1], 'b': (1,)}",
+    "for i in range(3): print(i, i ** 2, [i] * 2, {i: -i}); x += (i, i)",
+    "if (a && b) || !c { return x[0]->y; } else { return *p++; } // ok?",
+    "SELECT a.b, c.d FROM t1 a JOIN t2 c ON (a.id = c.id) WHERE x > 1; -- done",
+)
 
 
 def build_instructblip(folder: Path) -> Path:
@@ -170,15 +142,21 @@ def build_instructblip(folder: Path) -> Path:
     from transformers import (InstructBlipConfig, InstructBlipForConditionalGeneration, InstructBlipProcessor,
                               InstructBlipQFormerConfig, InstructBlipVisionConfig)
 
-    tokenizer = build_tokenizer([])
+    # InstructBLIP-Vicuna's own files were not found (tests/data/families/SOURCES.md): its two real
+    # tokenizers stand in. Vicuna's is Llama 2's (LLaVA 1.5's published files, which add <image>
+    # and <pad>); the Q-Former's is bert-base-uncased with [DEC] as BOS, as transformers' conversion
+    # makes it. Code takes far more BERT tokens than Llama tokens: BERT splits every punctuation mark.
+    tokenizer = llama2_tokenizer()
+    qformer_tokenizer = bert_uncased_tokenizer(bos="[DEC]")
     qformer = InstructBlipQFormerConfig(hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
-                                        intermediate_size=128, encoder_hidden_size=64, vocab_size=VOCAB,
-                                        max_position_embeddings=512)
+                                        intermediate_size=128, encoder_hidden_size=64,
+                                        vocab_size=len(qformer_tokenizer), max_position_embeddings=512)
     config = InstructBlipConfig(
-        vision_config=_blip_vision(InstructBlipVisionConfig), qformer_config=qformer, text_config=_llama(),
+        vision_config=_blip_vision(InstructBlipVisionConfig), qformer_config=qformer,
+        text_config=_llama(vocab_size=len(tokenizer), bos_token_id=1, eos_token_id=2, pad_token_id=32001),
         num_query_tokens=QUERY_TOKENS, image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
     )
-    processor = InstructBlipProcessor(_blip_image_processor(), tokenizer, build_tokenizer([]),
+    processor = InstructBlipProcessor(_blip_image_processor(), tokenizer, qformer_tokenizer,
                                       num_query_tokens=QUERY_TOKENS)
     return _save(folder, InstructBlipForConditionalGeneration(config), processor)
 
@@ -277,57 +255,193 @@ def build_joycaption(folder: Path) -> Path:
     return _save(folder, LlavaForConditionalGeneration(config), processor)
 
 
-MINICPM_TOKENS = {
-    "video_token": "<video>",
-    "image_start_token": "<image_start>",
-    "image_end_token": "</image_start>",
-    "slice_start_token": "<slice>",
-    "slice_end_token": "</slice>",
-    "image_id_start_token": "<image_id>",
-    "image_id_end_token": "</image_id>",
-}
+# -- from the published files -----------------------------------------------------------------
+# tests/data/families/<name>/ holds the non-weight files of the published checkpoints (SOURCES.md
+# there says where each came from); a large file is stored compressed (.xz).
+DATA = Path(__file__).parent / "data" / "families"
 
 
-def build_minicpmv4_6(folder: Path) -> Path:
-    """MiniCPM-V 4.6 (native in transformers 5.23): SigLIP-style tower with window merger, Qwen3.5 text."""
+def real_file(family: str, name: str) -> bytes:
+    import lzma
+
+    folder = DATA / family
+    if (folder / name).is_file():
+        return (folder / name).read_bytes()
+    return lzma.decompress((folder / (name + ".xz")).read_bytes())
+
+
+def llama2_tokenizer():
+    """Llama 2's tokenizer (Vicuna's) from LLaVA 1.5's published files."""
+    import tempfile
+
+    from transformers import AutoTokenizer
+
+    with tempfile.TemporaryDirectory() as folder:
+        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json"):
+            (Path(folder) / name).write_bytes(real_file("llava-1.5", name))
+        return AutoTokenizer.from_pretrained(folder)
+
+
+def real_json(family: str, name: str) -> dict:
+    import json
+
+    return json.loads(real_file(family, name))
+
+
+def bert_uncased_tokenizer(*, bos: str | None = None, extra: tuple[str, ...] = ()):
+    """bert-base-uncased from its real vocab.txt, with the tokens BLIP and InstructBLIP add to it."""
+    from transformers import BertTokenizerFast
+
+    words = real_file("bert-base-uncased", "vocab.txt").decode("utf-8").splitlines()
+    tokenizer = BertTokenizerFast(vocab={word: i for i, word in enumerate(words)}, do_lower_case=True,
+                                  model_max_length=512)
+    if bos:
+        tokenizer.add_special_tokens({"bos_token": bos})
+    if extra:
+        tokenizer.add_special_tokens({"additional_special_tokens": list(extra)})
+    return tokenizer
+
+
+TINY_BERT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2)
+
+
+def build_blip(folder: Path, *, vqa: bool = False) -> Path:
+    """Salesforce/blip-image-captioning-base's config and image processor, its tokenizer made as
+    transformers' BLIP conversion makes it (bert-base-uncased, [DEC] as BOS, [ENC] added); for
+    ``vqa`` the same with the question-answering architecture (blip-vqa-base has BLIP-base's sizes)."""
     _seed()
-    from transformers import MiniCPMV4_6Config, MiniCPMV4_6ForConditionalGeneration
-    from transformers.models.minicpmv4_6.image_processing_pil_minicpmv4_6 import MiniCPMV4_6ImageProcessorPil
+    from transformers import (BlipConfig, BlipForConditionalGeneration, BlipForQuestionAnswering,
+                              BlipImageProcessor, BlipProcessor)
 
-    tokenizer = build_tokenizer(list(MINICPM_TOKENS.values()), **MINICPM_TOKENS)
-    config = MiniCPMV4_6Config(
-        text_config=dict(
-            model_type="qwen3_5_text", vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
-            num_attention_heads=2, num_key_value_heads=2, head_dim=32, layer_types=["full_attention"],
-            max_position_embeddings=1024, bos_token_id=0, eos_token_id=1, pad_token_id=2,
-        ),
-        vision_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=IMAGE, patch_size=PATCH),
-        insert_layer_id=0,
-        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-        video_token_id=tokenizer.convert_tokens_to_ids("<video>"),
-    )
-    image_processor = MiniCPMV4_6ImageProcessorPil(
-        patch_size=PATCH, scale_resolution=IMAGE, max_slice_nums=1, slice_mode=False, use_image_id=False,
-    )
+    data = real_json("blip", "config.json")
+    text, vision = data["text_config"], data["vision_config"]
+    text.update(TINY_BERT, encoder_hidden_size=64)
+    vision.update(TINY_BERT)
+    config = BlipConfig(text_config=text, vision_config=vision, projection_dim=64, image_text_hidden_size=64)
+    model_class = BlipForQuestionAnswering if vqa else BlipForConditionalGeneration
+    config.architectures = [model_class.__name__]
     folder.mkdir(parents=True, exist_ok=True)
-    model = MiniCPMV4_6ForConditionalGeneration(config)
+    (folder / "preprocessor_config.json").write_bytes(real_file("blip", "preprocessor_config.json"))
+    image_processor = BlipImageProcessor.from_pretrained(folder)
+    tokenizer = bert_uncased_tokenizer(bos="[DEC]", extra=("[ENC]",))
+    processor = BlipProcessor(image_processor, tokenizer)
+    model = model_class(config)
     model.generation_config.max_length = None
-    model.generation_config.suppress_tokens = sorted(set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder))
     model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    image_processor.save_pretrained(folder)
-    (folder / "chat_template.jinja").write_text(TEMPLATE.replace("@IMG@", "<image>"))
-    (folder / "processor_config.json").write_text('{"processor_class": "MiniCPMV4_6Processor"}')
+    processor.save_pretrained(folder)
     return folder
 
 
+def copy_real(family: str, folder: Path) -> Path:
+    """The stored files of a family into ``folder``, decompressed (SOURCES.md is not a model file)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in sorted((DATA / family).iterdir()):
+        if path.name == "SOURCES.md":
+            continue
+        name = path.name.removesuffix(".xz")
+        (folder / name).write_bytes(real_file(family, name))
+    head = folder / "tokenizer.head.json"
+    if head.is_file():
+        fill_tokenizer(head, folder / "tokenizer.json")
+        head.unlink()
+    return folder
+
+
+def fill_tokenizer(head: Path, out: Path) -> None:
+    """A tokenizer.json whose byte tokens and added tokens keep their real ids, from a file that
+    holds only those (its BPE vocabulary cut to the 256 byte tokens, no merges): the ids between are
+    filled with placeholders no text can produce, since the tokenizers library numbers added tokens
+    after the vocabulary, not where the file says."""
+    import json
+
+    data = json.loads(head.read_text(encoding="utf-8"))
+    vocab = data["model"]["vocab"]
+    first_added = min(token["id"] for token in data["added_tokens"])
+    vocab.update({f"\u2400unused{i}\u2400": i for i in range(len(vocab), first_added)})
+    out.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+
+
+TINY_TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2,
+                 num_key_value_heads=2)
+TINY_VISION = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2)
+
+
+def shrink_llava(config: dict) -> None:
+    config["text_config"].update(TINY_TEXT)
+    config["vision_config"].update(TINY_VISION, projection_dim=64)
+
+
+def shrink_blip2(config: dict) -> None:
+    config["text_config"].update(hidden_size=64, ffn_dim=128, num_hidden_layers=1, num_attention_heads=2,
+                                 word_embed_proj_dim=64)
+    config["vision_config"].update(TINY_VISION, num_hidden_layers=1)
+    config["qformer_config"].update(TINY_BERT, encoder_hidden_size=64)
+
+
+def shrink_qwen2_5_vl(config: dict) -> None:
+    config.update(TINY_TEXT)
+    # the rotary sections split a head's half (here 32 / 2 = 16) as the real ones split 128 / 2
+    config["rope_scaling"]["mrope_section"] = [4, 6, 6]
+    config["vision_config"].update(depth=1, hidden_size=64, intermediate_size=128, num_heads=2,
+                                   out_hidden_size=64, fullatt_block_indexes=[0])
+
+
+def shrink_minicpmv4_6(config: dict) -> None:
+    text = config["text_config"]
+    text.update(TINY_TEXT, head_dim=32, layer_types=["full_attention"], mtp_num_hidden_layers=0)
+    config["vision_config"].update(TINY_VISION)
+    config["insert_layer_id"] = 0  # its merger sits after this vision layer: there are two
+
+
+SHRINK = {"llava": shrink_llava, "blip-2": shrink_blip2, "qwen2_5_vl": shrink_qwen2_5_vl,
+          "minicpmv4_6": shrink_minicpmv4_6}
+
+
+def build_real(family: str, folder: Path) -> Path:
+    """A tiny random model beside the real processor and tokenizer files of ``family``."""
+    import json
+
+    import transformers
+    from transformers import AutoConfig, GenerationConfig
+
+    _seed()
+    copy_real(family, folder)
+    data = json.loads((folder / "config.json").read_text())
+    SHRINK[data["model_type"]](data)
+    (folder / "config.json").write_text(json.dumps(data, indent=2))
+    config = AutoConfig.from_pretrained(folder)
+    model = getattr(transformers, data["architectures"][0])(config)
+    generation = model.generation_config
+    if (folder / "generation_config.json").is_file():
+        generation = GenerationConfig.from_pretrained(folder)
+    model.save_pretrained(folder)
+    # Random weights pick any token; keeping special ones and lone blank bytes (a tiny model can
+    # repeat one newline for ever) out means every step shows as text.
+    tokenizer = load_tokenizer(folder)
+    blank = {i for i in range(256) if not tokenizer.decode([i]).strip()}
+    generation.suppress_tokens = sorted(set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder) | blank)
+    generation.max_length = None
+    generation.save_pretrained(folder)
+    return folder
+
+
+def load_tokenizer(folder: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder)
+
+
+
+
+# The tiny model of each native family, by the name tests use (conftest.tiny_models builds them once).
+# Where the published files were found they are used (build_real); the rest are made here.
 BUILDERS = {
-    "llava": build_llava,
+    "llava": lambda folder: build_real("llava-1.5", folder),
     "llava_next": build_llava_next,
-    "blip-2": build_blip2,
+    "blip-2": lambda folder: build_real("blip-2", folder),
     "instructblip": build_instructblip,
     "idefics3": build_idefics3,
-    "qwen2_vl": build_qwen2_vl,
-    "minicpmv4_6": build_minicpmv4_6,
+    "qwen2_vl": build_qwen2_vl,  # Qwen2-VL (not a seed family): small pictures for the batching tests
+    "qwen2_5_vl": lambda folder: build_real("qwen2.5-vl", folder),
+    "minicpmv4_6": lambda folder: build_real("minicpm-v-4.6", folder),
 }

@@ -70,6 +70,9 @@ def _add_server_options(parser: argparse.ArgumentParser, *, pictures: bool = Tru
     group.add_argument(
         "--token-timeout", type=float, metavar="S", help="seconds to wait for the next piece of the answer (default 120)"
     )
+    group.add_argument(
+        "--answer-timeout", type=float, metavar="S", help="seconds a whole answer may take (default 1800)"
+    )
 
 
 def _add_generation_options(parser: argparse.ArgumentParser) -> None:

@@ -7,7 +7,9 @@ came from, which `vlchat --print-config` shows.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
+import urllib.parse
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
@@ -65,6 +67,9 @@ class Settings:
     token_timeout: float = field(
         default=120.0, metadata={"doc": "seconds to wait for a server's next piece of the answer (the first includes reading the pictures)"}
     )
+    answer_timeout: float = field(
+        default=1800.0, metadata={"doc": "seconds a server may take for a whole answer, from the request to its last piece"}
+    )
     kv_cache_reuse: bool = field(default=True, metadata={"doc": "reuse the model's cache across turns"})
     bindings: dict[str, str] = field(
         default_factory=dict, metadata={"doc": "key binding id -> keys, e.g. stop = \"escape,ctrl+c\""}
@@ -81,7 +86,11 @@ def public_dict(settings: Settings) -> dict[str, Any]:
     data = {}
     for f in fields(Settings):
         value = getattr(settings, f.name)
-        data[f.name] = HIDDEN if f.name in SECRET_SETTINGS and value is not None else value
+        if f.name in SECRET_SETTINGS and value is not None:
+            value = HIDDEN
+        elif f.name == "endpoint" and value:
+            value = redact_url(value)
+        data[f.name] = value
     return data
 _TYPES = {f.name: f.type for f in fields(Settings)}
 
@@ -180,6 +189,43 @@ def load_settings(
     return settings, sources
 
 
+# A query parameter whose name says it holds a credential (?api_key=, ?token=, ?sig=, ?password=...).
+_SECRET_NAME = re.compile(r"key|token|secret|pass|pwd|auth|sig|cred", re.I)
+# Values that are keys whatever their parameter is called (OpenAI, Hugging Face, GitHub, Slack, AWS).
+_SECRET_VALUE = re.compile(r"^(sk-|hf_|ghp_|github_pat_|xox[a-z]-|AKIA)")
+REDACTED = "***"
+
+
+def secret_query_item(name: str, value: str) -> bool:
+    return bool(_SECRET_NAME.search(name) or _SECRET_VALUE.match(value))
+
+
+def redact_url(url: str, placeholder: str | None = REDACTED) -> str:
+    """The URL with its credentials (user:password@, secret-looking query values) replaced by
+    ``placeholder``, or left out when it is None; everything else is kept as it was."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return REDACTED if placeholder is not None else ""
+    netloc = parts.netloc
+    if "@" in netloc:
+        host = netloc.rpartition("@")[2]
+        netloc = f"{placeholder}@{host}" if placeholder is not None else host
+    query = parts.query
+    if query:
+        kept = []
+        for item in query.split("&"):
+            name, eq, value = item.partition("=")
+            plain_name = urllib.parse.unquote_plus(name)
+            if secret_query_item(plain_name, urllib.parse.unquote_plus(value)):
+                if placeholder is None:
+                    continue
+                item = f"{name}={placeholder}"
+            kept.append(item)
+        query = "&".join(kept)
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
 def describe_settings(settings: Settings, sources: Mapping[str, str]) -> str:
     """The lines `vlchat --print-config` prints: name = value  # where it came from."""
     lines = []
@@ -189,6 +235,8 @@ def describe_settings(settings: Settings, sources: Mapping[str, str]) -> str:
             shown = "(not set)"
         elif f.name in SECRET_SETTINGS:
             shown = HIDDEN
+        elif f.name == "endpoint":
+            shown = repr(clean(redact_url(str(value)), keep_newlines=False))
         else:
             shown = repr(value) if not isinstance(value, dict) else value or "{}"
         lines.append(f"{f.name} = {shown}    # {sources[f.name]}; {f.metadata['doc']}")

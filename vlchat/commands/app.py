@@ -45,7 +45,7 @@ def run_app(args: argparse.Namespace, *, demo: bool = False) -> int:
     session, notes = None, []
     if getattr(args, "resume", None) is not None:
         # A missing or damaged session is one line and exit 2, before the screen is taken over.
-        session, notes = _resume(args.resume, settings, sources)
+        session, notes = resume_session(args.resume, settings, sources)
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise InputError(
             "the vlchat app needs a terminal, and stdin or stdout is not one",
@@ -82,7 +82,7 @@ def run_app(args: argparse.Namespace, *, demo: bool = False) -> int:
 
 
 
-def _resume(name: str, settings, sources):
+def resume_session(name: str, settings, sources):
     """The session --resume names, locked (or read-only when it is open elsewhere), with the model
     and sampling it used, unless flags, the environment or the config file say otherwise."""
     from vlchat.commands.remember import apply_remembered
@@ -96,5 +96,5 @@ def _resume(name: str, settings, sources):
         session = store.open(name or None, read_only=True)
         why = "" if isinstance(error, SessionWriteRefusedError) else " (quit the other vlchat to continue it here)"
         notes.append(f"{error.message}: opened read-only, so nothing you add here is saved{why}")
-    apply_remembered(session, settings, sources)
+    notes += apply_remembered(session, settings, sources)
     return session, notes

@@ -21,7 +21,7 @@ from vlchat.engines.base import EngineError, TokenStream
 def split_items(items: list[str]) -> tuple[list[str], str]:
     """Pictures first, the question last; a lone picture with no question is a mistake worth naming."""
     *images, question = items
-    if not question.strip():
+    if not question.strip() and not images:  # with pictures, a captioner takes it as "caption this"
         raise InputError("the question is empty", "put the question last, in quotes")
     if not images and Path(question).is_file():
         raise InputError(
@@ -52,7 +52,8 @@ def open_session(args: argparse.Namespace, settings, sources):
         settings.system = None  # the config's system prompt is for new conversations; keep this one's
     from vlchat.commands.remember import apply_remembered
 
-    apply_remembered(session, settings, sources)
+    for note in apply_remembered(session, settings, sources):
+        print(f"vlchat: note: {note}", file=sys.stderr)
     return session
 
 
@@ -92,6 +93,8 @@ def run_ask(args: argparse.Namespace) -> int:
         if wanted and wanted.lower() != "new":
             session = open_session(args, settings, sources)
         engine = make_engine(settings)
+        if not question.strip() and not getattr(engine, "captions_without_text", False):
+            raise InputError("the question is empty", "put the question last, in quotes (an empty one is for captioners such as blip-large)")
         if wanted.lower() == "new":
             session = open_session(args, settings, sources)
         return _ask(args, settings, engine, pictures, question, session)

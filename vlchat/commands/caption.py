@@ -417,6 +417,8 @@ def caption_all(engine, found: list[Found], store: Store, *, args, settings, par
             print("\r\x1b[K", end="", file=err, flush=True)
     model = engine.describe().name if settings.endpoint else engine.name
     prompt = prompt_for(args, model)
+    if args.prompt is None and getattr(engine, "captions_without_text", False):
+        prompt = ""  # a captioner (BLIP) captions the picture alone; a text would start its caption
     remote = bool(settings.endpoint)
     batching = not remote and can_batch(engine)
     if remote:

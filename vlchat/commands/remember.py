@@ -29,8 +29,14 @@ def model_record(settings: Any, info: Any = None) -> dict[str, Any]:
     return record
 
 
-def apply_remembered(session: Any, settings: Any, sources: dict[str, str]) -> None:
-    """Take back the model, server and sampling the session used, where nothing newer chose them."""
+def apply_remembered(session: Any, settings: Any, sources: dict[str, str]) -> list[str]:
+    """Take back the model, server and sampling the session used, where nothing newer chose them.
+
+    Returns the notes the person should see. A server named only by the session file is used
+    without the API key: a session folder can come from anyone, and the key goes only to a server
+    chosen on this machine (--endpoint, VLCHAT_ENDPOINT, the config file).
+    """
+    notes: list[str] = []
 
     def unset(key: str) -> bool:
         return sources.get(key, "default") == "default"
@@ -43,7 +49,18 @@ def apply_remembered(session: Any, settings: Any, sources: dict[str, str]) -> No
         if unset(key) and remembered.get(key) is not None:
             setattr(settings, key, remembered[key])
     if not chose_model and remembered.get("endpoint"):
-        settings.endpoint = remembered["endpoint"]
+        settings.endpoint = str(remembered["endpoint"])
+        if settings.api_key:
+            from vlchat.core.text import clean
+            from vlchat.engines.openai import display_endpoint
+
+            settings.api_key = None
+            shown = clean(display_endpoint(settings.endpoint), keep_newlines=False)
+            notes.append(
+                f"your API key is not sent to {shown}: that server was named by the session file, "
+                f"not by you (pass --endpoint {shown} to send it)"
+            )
     for key in PARAM_KEYS:
         if unset(key):
             setattr(settings, key, getattr(session.params, key))
+    return notes

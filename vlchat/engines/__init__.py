@@ -26,15 +26,19 @@ def engine_class(spec: "ModelSpec"):
         from vlchat.engines.remote import RemoteCodeEngine
 
         return RemoteCodeEngine
+    if family == "blip":
+        from vlchat.engines.blip import BlipEngine
+
+        return BlipEngine
     from vlchat.engines.blip2 import FAMILIES as BLIP_FAMILIES
 
     if family in BLIP_FAMILIES:
         from vlchat.engines.blip2 import Blip2Engine
 
         return Blip2Engine
-    if family == "joycaption":
-        from vlchat.engines.joycaption import JoyCaptionEngine
+    from vlchat.engines.joycaption import JoyCaptionEngine, is_joycaption
 
+    if family == "joycaption" or (family == "llava" and config and is_joycaption(spec.source, config)):
         return JoyCaptionEngine
     from vlchat.engines.transformers import TransformersEngine
 

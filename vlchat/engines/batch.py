@@ -6,8 +6,10 @@ batch in one call, left-padded so every row's last prompt token sits in the last
 decoder-only generation needs), with the attention mask that hides the padding. Under greedy
 decoding a batch gives the same captions as one picture at a time.
 
-Only the generic engine batches: families with their own prompt building (BLIP-2's chain,
-JoyCaption's, models that run their own code) caption one picture at a time through ``stream``.
+The generic engine batches, and so does an engine that builds a batch its own way
+(``batch_inputs`` and ``batch_outputs``: BLIP); other families with their own prompt building
+(BLIP-2's chain, JoyCaption's, models that run their own code) caption one picture at a time
+through ``stream``.
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ def can_batch(engine: Any) -> bool:
 
     if not isinstance(engine, TransformersEngine):
         return False
+    if callable(getattr(engine, "batch_inputs", None)) and callable(getattr(engine, "batch_outputs", None)):
+        return True
     cls = type(engine)
     return all(
         getattr(cls, name) is getattr(TransformersEngine, name) for name in ("prepare", "chat_messages", "stream")
@@ -79,6 +83,10 @@ def prepare_batch(
     if len(images) != len(prompts) or not images:
         raise ValueError("prepare_batch needs one prompt per picture, and at least one picture")
     started = time.perf_counter()
+    if callable(getattr(engine, "batch_inputs", None)):
+        with _TOKENIZER:
+            inputs = engine.batch_inputs(images, prompts)
+        return Batch(inputs=inputs, size=len(images), prepared_s=time.perf_counter() - started)
     cache = rendered if rendered is not None else {}
     texts = []
     for prompt in prompts:
@@ -145,12 +153,16 @@ def generate_batch(
         raise engine._generation_error(error) from error
     if stop.is_set():
         return None
-    prompt_len = int(batch.inputs["input_ids"].shape[-1])
-    ends = _end_ids(engine)
-    rows = out[:, prompt_len:].tolist()
-    counts = [next((i for i, t in enumerate(row) if t in ends), len(row)) for row in rows]
+    if callable(getattr(engine, "batch_outputs", None)):
+        kept, counts = zip(*engine.batch_outputs(out, batch.inputs))
+    else:
+        prompt_len = int(batch.inputs["input_ids"].shape[-1])
+        ends = _end_ids(engine)
+        rows = out[:, prompt_len:].tolist()
+        counts = [next((i for i, t in enumerate(row) if t in ends), len(row)) for row in rows]
+        kept = [row[:n] for row, n in zip(rows, counts)]
     with _TOKENIZER:
-        texts = engine.tokenizer.batch_decode([row[:n] for row, n in zip(rows, counts)], skip_special_tokens=True)
+        texts = engine.tokenizer.batch_decode(list(kept), skip_special_tokens=True)
     return [Caption(text=clean(text).strip(), tokens=n) for text, n in zip(texts, counts)]
 
 

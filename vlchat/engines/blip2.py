@@ -9,7 +9,9 @@ An empty question with no history asks for a plain caption (the picture alone, n
 Q-Former sees one picture: the latest one in the conversation. OPT and Flan-T5 were trained with a
 short text window, so the chain keeps the newest turns that fit in CONTEXT tokens (picture queries,
 prompt and room for the answer together) and drops the oldest; the stream's stats say so in
-``notice`` for the app to show.
+``notice`` for the app to show. InstructBLIP's processor also gives the same text to the Q-Former,
+tokenized again with its own BERT tokenizer into a window of 512 positions of its own; code and
+punctuation take far more BERT tokens than language-model tokens, so its chain must fit both.
 """
 
 from __future__ import annotations
@@ -63,9 +65,14 @@ def fit_chain(
     Returns the prompt and how many turns were dropped. ``count_tokens(text)`` counts the text
     tokens of a prompt (the picture's query tokens are already out of ``budget``).
     """
+    return fit_chain_within(pairs, question, lambda prompt: count_tokens(prompt) <= budget)
+
+
+def fit_chain_within(pairs: list[tuple[str, str]], question: str, fits) -> tuple[str, int]:
+    """The longest chain, dropping oldest turns first, for which ``fits(prompt)`` holds."""
     for dropped in range(len(pairs) + 1):
         prompt = render_chain(pairs[dropped:], question)
-        if count_tokens(prompt) <= budget:
+        if fits(prompt):
             return prompt, dropped
     raise ContextTooLongError(
         f"the question alone is longer than this model's {CONTEXT}-token window",
@@ -90,11 +97,23 @@ class Blip2Engine(TransformersEngine):
     def _count(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=True)["input_ids"])
 
+    def _qformer_fits(self):
+        """Whether a prompt fits the Q-Former's own text window (InstructBLIP); None for BLIP-2."""
+        tokenizer = getattr(self.processor, "qformer_tokenizer", None)
+        if tokenizer is None:
+            return None
+        config = getattr(self.model.config, "qformer_config", None)
+        limit = int(getattr(config, "max_position_embeddings", CONTEXT) or CONTEXT)
+        return lambda prompt: len(tokenizer(prompt, add_special_tokens=True)["input_ids"]) <= limit
+
     def prompt_for(self, conversation: Conversation, max_new_tokens: int = ANSWER_ROOM) -> tuple[str, int]:
         """The prompt text for the conversation and the number of oldest turns left out."""
         pairs, question = qa_pairs(conversation)
         budget = CONTEXT - self._query_tokens() - min(max_new_tokens, ANSWER_ROOM)
-        return fit_chain(pairs, question, self._count, budget)
+        qformer_fits = self._qformer_fits()
+        if qformer_fits is None:
+            return fit_chain(pairs, question, self._count, budget)
+        return fit_chain_within(pairs, question, lambda prompt: self._count(prompt) <= budget and qformer_fits(prompt))
 
     answer_room = ANSWER_ROOM
 

@@ -34,7 +34,9 @@ class NoVideo:
         return {}
 
 
-def _file(source: str, name: str, kwargs: dict[str, Any]) -> Path | None:
+def model_file(source: str, name: str, kwargs: dict[str, Any] | None = None) -> Path | None:
+    """A file of a local model folder, or of a hub model (from the cache, downloaded unless offline)."""
+    kwargs = kwargs or {}
     folder = Path(source)
     if folder.is_dir():
         path = folder / name
@@ -49,7 +51,7 @@ def _file(source: str, name: str, kwargs: dict[str, Any]) -> Path | None:
 
 def processor_class_name(source: str, kwargs: dict[str, Any]) -> str | None:
     for name in ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json"):
-        path = _file(source, name, kwargs)
+        path = model_file(source, name, kwargs)
         if path is None:
             continue
         try:
@@ -81,11 +83,11 @@ def picture_only_processor(source: str, kwargs: dict[str, Any]):
     image_processor = AutoImageProcessor.from_pretrained(source, **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     template = None
-    jinja = _file(source, "chat_template.jinja", kwargs)
+    jinja = model_file(source, "chat_template.jinja", kwargs)
     if jinja is not None:
         template = jinja.read_text(encoding="utf-8")
     else:
-        path = _file(source, "chat_template.json", kwargs)
+        path = model_file(source, "chat_template.json", kwargs)
         if path is not None:
             template = json.loads(path.read_text(encoding="utf-8")).get("chat_template")
     template = template or getattr(tokenizer, "chat_template", None)

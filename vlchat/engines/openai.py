@@ -12,10 +12,13 @@ httpx is imported inside the functions that use it, so importing this module sta
 
 from __future__ import annotations
 
+import base64
+import codecs
 import email.utils
 import io
 import json
 import queue
+import re
 import socket
 import threading
 import time
@@ -24,6 +27,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
+from vlchat.config import REDACTED, redact_url, secret_query_item
 from vlchat.core.conversation import Conversation, GenerationParams, ImageRef
 from vlchat.core.errors import InputError, VlchatError
 from vlchat.core.images import open_ref, preview_image
@@ -51,6 +55,17 @@ FAMILY = "openai-compatible"
 POLL_S = 0.05
 # Error bodies and model lists are small; a server that sends more is not one we want to buffer.
 MAX_BODY_BYTES = 4 << 20
+# One line of the stream, and one event, are one piece of an answer: a few hundred bytes. A server
+# that sends more without a line break is refused before it fills the memory.
+MAX_LINE_CHARS = 1 << 20
+MAX_QUEUED_LINES = 4096
+# The answer's text is capped at this much per token of max_new_tokens (the longest tokens of
+# common vocabularies are runs of whitespace, well under this).
+MAX_CHARS_PER_TOKEN = 256
+# Usage figures above this are not counts from any real model.
+MAX_PROMPT_TOKENS = 10**8
+# Credentials shorter than this are not scrubbed from text: "abc" would mangle every answer.
+MIN_SECRET_CHARS = 4
 MAX_MESSAGE_CHARS = 240
 SSH_HINT = "over SSH, forward the port first (ssh -L 8000:localhost:8000 gpu-box)"
 
@@ -74,6 +89,10 @@ class ConnectTimeoutError(ServerUnreachableError):
 
 class TokenTimeoutError(GenerationError):
     """The server went quiet for longer than token_timeout (before or during the answer)."""
+
+
+class AnswerTimeoutError(TokenTimeoutError):
+    """The whole answer took longer than answer_timeout, however steadily it came."""
 
 
 class EndpointNotFoundError(EngineError):
@@ -112,6 +131,14 @@ class MalformedStreamError(GenerationError):
     """A chunk of the answer's stream is not the JSON it should be."""
 
 
+class LineTooLongError(MalformedStreamError):
+    """A line or event of the stream is longer than any piece of an answer can be."""
+
+
+class _TooLong(Exception):
+    """Raised inside this module where a line or event passes MAX_LINE_CHARS."""
+
+
 # -- the endpoint ---------------------------------------------------------------------------------
 def normalize_endpoint(url: str) -> str:
     """The API base URL (…/v1) for what a person typed: a bare host:port gets http:// and /v1."""
@@ -122,7 +149,10 @@ def normalize_endpoint(url: str) -> str:
         raise InputError("the endpoint is empty", example)
     if "://" not in text:
         text = "http://" + text
-    parts = urllib.parse.urlsplit(text)
+    try:
+        parts = urllib.parse.urlsplit(text)
+    except ValueError:  # an unclosed [IPv6 address
+        raise InputError(f"the endpoint {shown!r} is not a valid URL", example) from None
     try:
         parts.port  # noqa: B018 (raises for a port that is not a number)
     except ValueError:
@@ -141,10 +171,15 @@ def normalize_endpoint(url: str) -> str:
 
 
 def display_endpoint(url: str) -> str:
-    """The endpoint as it may be shown or saved: no user:password@, no query (keys hide there too)."""
-    parts = urllib.parse.urlsplit(url)
-    netloc = parts.netloc.rpartition("@")[2]
-    return clean(urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", "")), keep_newlines=False)
+    """The endpoint as it may be shown or saved: no user:password@ and no secret-looking query
+    values (?api_key=...); the rest of the query is kept, as the server may need it."""
+    return clean(redact_url(url.partition("#")[0], None), keep_newlines=False)
+
+
+def api_url(base: str, tail: str) -> str:
+    """``tail`` (/models, /chat/completions) after the base URL's path, its query kept at the end."""
+    parts = urllib.parse.urlsplit(base)
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/") + tail, parts.query, ""))
 
 
 # -- models the server has ----------------------------------------------------------------------
@@ -192,43 +227,86 @@ def data_url(mime: str, data: bytes) -> str:
 
 # -- server-sent events ----------------------------------------------------------------------------
 class SSEParser:
-    """Lines in, the data of each complete event out (multi-line data joined with newlines)."""
+    """Lines in, the data of each complete event out (multi-line data joined with newlines).
 
-    def __init__(self) -> None:
+    ``comments`` counts the comment lines (keep-alives), which are not part of any answer. An
+    event whose data passes ``max_chars`` raises _TooLong.
+    """
+
+    def __init__(self, max_chars: int = MAX_LINE_CHARS) -> None:
         self._data: list[str] = []
+        self._size = 0
+        self.max_chars = max_chars
+        self.comments = 0
 
     def feed(self, line: str) -> list[str]:
         if line == "":
             return self.flush()
         if line.startswith(":"):  # a comment: servers send these as keep-alives
+            self.comments += 1
             return []
         name, _, value = line.partition(":")
         if value.startswith(" "):
             value = value[1:]
         if name == "data":
+            self._size += len(value) + 1
+            if self._size > self.max_chars:
+                raise _TooLong
             self._data.append(value)
         return []
 
     def flush(self) -> list[str]:
         if not self._data:
             return []
-        data, self._data = "\n".join(self._data), []
+        data, self._data, self._size = "\n".join(self._data), [], 0
         return [data]
 
 
-class _StreamingCall:
-    """One POST read in a thread; what happens arrives on ``events`` as (kind, value) pairs.
+_NEWLINE = re.compile(r"\r\n|\r|\n")
 
-    Kinds: "open" (200 and headers received), "line", "eof", "status" (an error status: code,
-    headers, body text), "error" (an exception from httpx). ``abort`` shuts the socket down from
-    any thread, which both wakes a blocked read and tells the server the client has gone.
+
+def bounded_lines(chunks: Iterator[bytes], max_chars: int = MAX_LINE_CHARS) -> Iterator[str]:
+    """The lines of a byte stream (CRLF, CR or LF), raising _TooLong as soon as one passes
+    ``max_chars`` without its line break, so a line never has to arrive whole to be refused."""
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    pending = ""
+    for chunk in chunks:
+        pending += decoder.decode(chunk)
+        # A CR at the end may be the first half of a CRLF that the next chunk completes.
+        cut = len(pending) - 1 if pending.endswith("\r") else len(pending)
+        lines = _NEWLINE.split(pending[:cut])
+        pending = lines.pop() + pending[cut:]
+        yield from lines
+        if len(pending) > max_chars:
+            raise _TooLong
+    pending += decoder.decode(b"", final=True)
+    if pending:
+        lines = _NEWLINE.split(pending)
+        if lines[-1] == "":
+            lines.pop()
+        yield from lines
+
+
+class _StreamingCall:
+    """One request read in a thread; what happens arrives on ``events`` as (kind, value) pairs.
+
+    Kinds: "connected" (the TCP connection is up), "sent" (the whole request is written), "open"
+    (200 and headers received), "line", "eof", "status" (an error status: code, headers, body
+    text), "whole" (a 200 JSON body instead of a stream), "body" (with ``stream`` off: code,
+    headers, body text), "toolong" (a line passed MAX_LINE_CHARS), "error" (an exception from
+    httpx). ``abort`` shuts the socket down from any thread, which both wakes a blocked read and
+    tells the server the client has gone. The caller, not this thread, keeps the deadlines: httpx's
+    read timeout is per read, which a server sending a byte at a time never trips.
     """
 
-    def __init__(self, engine: "OpenAIEngine", url: str, body: bytes):
+    def __init__(self, engine: "OpenAIEngine", url: str, body: bytes | None, *, stream: bool = True):
         self.engine = engine
         self.url = url
         self.body = body
-        self.events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self.stream = stream
+        # Bounded: a server that sends faster than the caller reads is held back by TCP, not
+        # buffered here without limit.
+        self.events: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=MAX_QUEUED_LINES)
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
         self._aborted = False
@@ -244,7 +322,20 @@ class _StreamingCall:
         for sock in sockets:
             _shutdown(sock)
 
+    def _put(self, kind: str, value: Any = None) -> bool:
+        """Queue an event, waiting while the queue is full; False once the call is aborted."""
+        while not self._aborted:
+            try:
+                self.events.put((kind, value), timeout=POLL_S)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def _trace(self, event: str, info: dict[str, Any]) -> None:
+        if event in ("http11.send_request_body.complete", "http11.receive_response_headers.started"):
+            self._put("sent", None)
+            return
         # httpcore reports each new connection here: the only public way to reach its socket.
         if event != "connection.connect_tcp.complete":
             return
@@ -255,6 +346,7 @@ class _StreamingCall:
         with self._lock:
             self._sockets.append(sock)
             aborted = self._aborted
+        self._put("connected", None)
         if aborted:
             _shutdown(sock)
 
@@ -263,30 +355,101 @@ class _StreamingCall:
             # A fresh client per answer: the connection is then always a new one, so _trace sees
             # its socket (a pooled, reused connection would not be reported).
             with self.engine.http_client() as client:
+                headers = {"Accept": "text/event-stream"} if self.stream else {"Accept": "application/json"}
+                if self.body is not None:
+                    headers["Content-Type"] = "application/json"
                 with client.stream(
-                    "POST",
+                    "POST" if self.body is not None else "GET",
                     self.url,
                     content=self.body,
-                    headers={"Content-Type": "application/json", "Accept": "text/event-stream"},
+                    headers=headers,
                     extensions={"trace": self._trace},
                 ) as response:
+                    if not self.stream:
+                        text = _read_capped(response)
+                        self._put("body", (response.status_code, dict(response.headers), text))
+                        return
                     if response.status_code != 200:
                         text = _read_capped(response)
-                        self.events.put(("status", (response.status_code, dict(response.headers), text)))
+                        self._put("status", (response.status_code, dict(response.headers), text))
                         return
                     if "json" in response.headers.get("content-type", ""):
                         # A server that ignored stream: true sends the whole answer at once.
-                        self.events.put(("whole", _read_capped(response)))
+                        self._put("whole", _read_capped(response))
                         return
-                    self.events.put(("open", None))
-                    for line in response.iter_lines():
-                        if self._aborted:
-                            return
-                        self.events.put(("line", line))
-            self.events.put(("eof", None))
+                    self._put("open", None)
+                    try:
+                        for line in bounded_lines(response.iter_bytes()):
+                            if not self._put("line", line):
+                                return
+                    except _TooLong:
+                        self._put("toolong", None)
+                        self.abort()
+                        return
+            self._put("eof", None)
         except BaseException as error:  # handed to the reader, never lost in this thread
             if not self._aborted:
-                self.events.put(("error", error))
+                self._put("error", error)
+
+
+class _Clock:
+    """The deadlines of one request: ``total_s`` for all of it, and ``token_s`` from the request
+    being sent to the first piece of the answer and then between pieces. Only a piece of the
+    answer restarts the token clock: keep-alive comments, empty chunks and single bytes do not."""
+
+    def __init__(self, token_s: float, total_s: float):
+        self.started = time.monotonic()
+        self.token_s = token_s
+        self.total_s = total_s
+        self.sent_at: float | None = None
+        self.last_piece_at: float | None = None
+
+    def sent(self) -> None:
+        if self.sent_at is None:
+            self.sent_at = time.monotonic()
+
+    def piece(self) -> None:
+        self.last_piece_at = time.monotonic()
+
+    def expired(self) -> str | None:
+        """None while in time; else "total", "first" (no piece yet) or "next"."""
+        now = time.monotonic()
+        if now - self.started >= self.total_s:
+            return "total"
+        if self.sent_at is not None:
+            if self.last_piece_at is None and now - self.sent_at >= self.token_s:
+                return "first"
+            if self.last_piece_at is not None and now - self.last_piece_at >= self.token_s:
+                return "next"
+        return None
+
+
+class _SecretFilter:
+    """Scrubs secrets from a stream of text pieces, holding back only a tail that could be the
+    start of one, so a secret split across pieces is caught too."""
+
+    def __init__(self, secrets: Sequence[str]):
+        self.secrets = sorted(set(secrets), key=len, reverse=True)
+        self._pending = ""
+
+    def feed(self, piece: str) -> str:
+        if not self.secrets:
+            return piece
+        text = self._pending + piece
+        for secret in self.secrets:
+            text = text.replace(secret, REDACTED)
+        hold = 0
+        for secret in self.secrets:
+            for n in range(min(len(secret) - 1, len(text)), hold, -1):
+                if text.endswith(secret[:n]):
+                    hold = n
+                    break
+        self._pending = text[len(text) - hold:] if hold else ""
+        return text[: len(text) - hold]
+
+    def flush(self) -> str:
+        text, self._pending = self._pending, ""
+        return text
 
 
 def _shutdown(sock: socket.socket) -> None:
@@ -357,6 +520,36 @@ def _retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+def _sent_secrets(base_url: str, api_key: str | None) -> list[str]:
+    """Every credential a request to ``base_url`` carries, in each form it is sent in: the key,
+    user:password (as typed, decoded, and base64 as in the Basic header), the password alone, and
+    secret-looking query values (as in the URL and decoded). Longest first, so a longer one is
+    scrubbed whole before a shorter one inside it."""
+    found: list[str] = []
+    if api_key:
+        found.append(api_key)
+    parts = urllib.parse.urlsplit(base_url)
+    if "@" in parts.netloc:
+        userinfo = parts.netloc.rpartition("@")[0]
+        raw_user, _, raw_password = userinfo.partition(":")
+        user, password = urllib.parse.unquote(raw_user), urllib.parse.unquote(raw_password)
+        basic = base64.b64encode(f"{user}:{password}".encode("utf-8")).decode("ascii")
+        found += [userinfo, f"{user}:{password}", basic, raw_password, password]
+    for item in parts.query.split("&") if parts.query else ():
+        name, _, value = item.partition("=")
+        plain = urllib.parse.unquote_plus(value)
+        if secret_query_item(urllib.parse.unquote_plus(name), plain):
+            found += [value, plain, urllib.parse.quote(plain, safe="")]
+    return sorted({f for f in found if len(f) >= MIN_SECRET_CHARS}, key=len, reverse=True)
+
+
+def _valid_count(value: Any, most: int) -> int | None:
+    """A token count from the server's usage, if it is one: a whole number from 0 to ``most``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= most:
+        return None
+    return value
+
+
 def _megabytes(n: int) -> str:
     return f"{n / 1_000_000:.1f} MB" if n >= 100_000 else f"{n / 1000:.0f} kB"
 
@@ -397,6 +590,7 @@ class OpenAIEngine:
         image_max_side: int | None = None,
         connect_timeout: float = 10.0,
         token_timeout: float = 120.0,
+        answer_timeout: float = 1800.0,
         image_dirs: Sequence["str | os.PathLike[str]"] = (),
         model_is_default: bool = False,
     ):
@@ -413,12 +607,16 @@ class OpenAIEngine:
                 f"image_max_side must be a whole number of pixels, at least 16, not {image_max_side!r}",
                 "give a size such as 1024, or leave it unset to send pictures as they are",
             )
-        for label, value in (("connect_timeout", connect_timeout), ("token_timeout", token_timeout)):
+        for label, value in (
+            ("connect_timeout", connect_timeout), ("token_timeout", token_timeout), ("answer_timeout", answer_timeout)
+        ):
             if not isinstance(value, (int, float)) or not value > 0:
                 raise BadOptionError(f"{label} must be a number of seconds above 0, not {value!r}", "give e.g. 10")
         self.image_max_side = image_max_side
         self.connect_timeout = float(connect_timeout)
         self.token_timeout = float(token_timeout)
+        self.answer_timeout = float(answer_timeout)
+        self._secrets = _sent_secrets(self.base_url, self._api_key)
         self.image_dirs = list(image_dirs)
         self.model_info: ServerModel | None = None
         self.loaded = False
@@ -434,6 +632,7 @@ class OpenAIEngine:
             image_max_side=settings.image_max_side,
             connect_timeout=settings.connect_timeout,
             token_timeout=settings.token_timeout,
+            answer_timeout=settings.answer_timeout,
         )
 
     def __repr__(self) -> str:  # never the key
@@ -443,7 +642,8 @@ class OpenAIEngine:
     def http_client(self):
         import httpx
 
-        headers = {"User-Agent": "vlchat"}
+        # identity: a compressed body could grow far past the limits on what is read.
+        headers = {"User-Agent": "vlchat", "Accept-Encoding": "identity"}
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
         timeout = httpx.Timeout(
@@ -458,9 +658,10 @@ class OpenAIEngine:
         return httpx.Client(headers=headers, timeout=timeout, follow_redirects=False, trust_env=not loopback)
 
     def _scrub(self, text: str) -> str:
-        """Text from a server may echo the key back; it never goes further than here."""
-        if self._api_key and self._api_key in text:
-            text = text.replace(self._api_key, "***")
+        """Text from a server may echo back any credential sent to it; none goes further than here."""
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
         return text
 
     def _where(self) -> str:
@@ -481,15 +682,7 @@ class OpenAIEngine:
                 f"check that it is up and reachable (firewall, VPN, SSH tunnel), or raise --connect-timeout",
             )
         if isinstance(error, httpx.ReadTimeout):
-            if answering:
-                return TokenTimeoutError(
-                    f"the server at {self.endpoint} stopped sending the answer: nothing for {self.token_timeout:g} s (token_timeout)",
-                    f"it may be overloaded or stuck; ask again, or raise --token-timeout{kept}",
-                )
-            return TokenTimeoutError(
-                f"the server at {self.endpoint} accepted the request but sent nothing for {self.token_timeout:g} s (token_timeout)",
-                "it may be busy or still loading the model; ask again, or raise --token-timeout",
-            )
+            return self.timeout_error("next" if partial else "first", partial=partial)
         if isinstance(error, httpx.WriteTimeout):
             return TokenTimeoutError(
                 f"sending the request to {self.endpoint} took longer than {max(self.token_timeout, 30.0):g} s",
@@ -533,7 +726,44 @@ class OpenAIEngine:
         text = _shorten(self._scrub(clean(str(error), keep_newlines=False)))
         return GenerationError(f"reading the answer from {self.endpoint} failed: {type(error).__name__}: {text}", f"ask again{kept}")
 
-    def status_error(self, status: int, headers: dict[str, str], text: str, *, what: str, body_bytes: int = 0) -> EngineError:
+    def timeout_error(self, which: str, *, partial: bool = False, keepalives: int = 0, what: str = "answer") -> TokenTimeoutError:
+        """One line for a deadline that passed: ``which`` is "total", "first" or "next" (see _Clock)."""
+        kept = "; the partial answer was kept" if partial else ""
+        if which == "total":
+            return AnswerTimeoutError(
+                f"the server at {self.endpoint} did not finish the {what} within {self.answer_timeout:g} s (answer_timeout)",
+                f"ask again, lower --max-new-tokens, or raise --answer-timeout{kept}",
+            )
+        if which == "next":
+            return TokenTimeoutError(
+                f"the server at {self.endpoint} stopped sending the {what}: nothing for {self.token_timeout:g} s (token_timeout)",
+                f"it may be overloaded or stuck; ask again, or raise --token-timeout{kept}",
+            )
+        only = f" (only {keepalives} keep-alive message{'s' if keepalives != 1 else ''})" if keepalives else ""
+        return TokenTimeoutError(
+            f"the server at {self.endpoint} sent no {what} within {self.token_timeout:g} s (token_timeout){only}",
+            "it may be busy or still loading the model; ask again, or raise --token-timeout",
+        )
+
+    def _redirect_error(self, status: int, head: str, location: str | None, url: str) -> EngineError:
+        target = urllib.parse.urljoin(url, location or "")
+        try:
+            suggested = self._scrub(display_endpoint(normalize_endpoint(target))) if location else None
+        except InputError:
+            suggested = None
+        if suggested and suggested != self.endpoint:
+            return EndpointNotFoundError(
+                f"the endpoint {self.endpoint} redirects to {suggested} ({head})",
+                f"use that URL: --endpoint {suggested}",
+            )
+        return EndpointNotFoundError(
+            f"the endpoint {self.endpoint} answers with a redirect ({head})",
+            "check --endpoint: give the server's API URL itself, usually ending in /v1",
+        )
+
+    def status_error(
+        self, status: int, headers: dict[str, str], text: str, *, what: str, body_bytes: int = 0, url: str = ""
+    ) -> EngineError:
         """One clear line for an HTTP error status, with the server's own words when it gave some."""
         import http
 
@@ -546,9 +776,12 @@ class OpenAIEngine:
         says = f": {said}" if said and said.lower() != reason.lower() else ""
         head = f"{status} {reason}"
         lowered_headers = {k.lower(): v for k, v in headers.items()}
+        if 300 <= status < 400:
+            return self._redirect_error(status, head, lowered_headers.get("location"), url or self.base_url)
         if status == 401:
             hint = (
-                "give the server's key with --api-key or VLCHAT_API_KEY"
+                "give the server's key with --api-key or VLCHAT_API_KEY (a server named only by a session "
+                "gets it once you name it with --endpoint)"
                 if not self._api_key
                 else "the key given (--api-key or VLCHAT_API_KEY) was not accepted; check it"
             )
@@ -611,21 +844,40 @@ class OpenAIEngine:
     # -- models ------------------------------------------------------------------------------------------
     def list_models(self) -> list[ServerModel]:
         """The models the server serves, from GET {endpoint}/models."""
-        import httpx
-
+        url = api_url(self.base_url, "/models")
+        call = _StreamingCall(self, url, None, stream=False)
+        clock = _Clock(self.token_timeout, self.answer_timeout)
+        call.start()
         try:
-            with self.http_client() as client:
-                with client.stream("GET", self.base_url + "/models") as response:
-                    text = _read_capped(response)
-                    status, headers = response.status_code, dict(response.headers)
-        except httpx.HTTPError as error:
-            raise self.network_error(error) from None
+            while True:
+                late = clock.expired()
+                if late:
+                    raise self.timeout_error("total" if late == "total" else "first", what="model list")
+                try:
+                    kind, value = call.events.get(timeout=POLL_S)
+                except queue.Empty:
+                    continue
+                if kind == "sent":
+                    clock.sent()
+                elif kind == "error":
+                    raise self.network_error(value) from None
+                elif kind == "body":
+                    break
+        finally:
+            call.abort()
+        status, headers, text = value
         if status != 200:
-            raise self.status_error(status, headers, text, what="models")
+            raise self.status_error(status, headers, text, what="models", url=url)
         try:
             data = json.loads(text)
             cards = data["data"] if isinstance(data, dict) else data
-            models = [ServerModel.from_card(card) for card in cards if isinstance(card, dict) and "id" in card]
+            models = [
+                ServerModel.from_card({
+                    **card, "id": self._scrub(str(card["id"])),
+                    "owned_by": None if card.get("owned_by") is None else self._scrub(str(card["owned_by"])),
+                })
+                for card in cards if isinstance(card, dict) and "id" in card
+            ]
             if not isinstance(cards, list):
                 raise TypeError
         except (ValueError, KeyError, TypeError):
@@ -745,41 +997,64 @@ class OpenAIEngine:
         payload = json.dumps(self.request_body(conversation, params)).encode("utf-8")
         cancel = cancel or threading.Event()
         stats = StreamStats()
-        call = _StreamingCall(self, self.base_url + "/chat/completions", payload)
-        return TokenStream(self._pieces(call, cancel, stats, len(payload)), stats)
+        call = _StreamingCall(self, api_url(self.base_url, "/chat/completions"), payload)
+        return TokenStream(self._pieces(call, cancel, stats, len(payload), params.max_new_tokens), stats)
 
-    def _pieces(self, call: _StreamingCall, cancel: threading.Event, stats: StreamStats, body_bytes: int) -> Iterator[str]:
+    def _pieces(
+        self, call: _StreamingCall, cancel: threading.Event, stats: StreamStats, body_bytes: int, max_new_tokens: int
+    ) -> Iterator[str]:
         if cancel.is_set():
             stats.stopped = True
             stats.finished_at = time.perf_counter()
             return
+        clock = _Clock(self.token_timeout, self.answer_timeout)
         call.start()
         sse = SSEParser()
-        state = _AnswerState(self, stats)
+        state = _AnswerState(self, stats, max_new_tokens)
+        secrets = _SecretFilter(self._secrets)
         done = False
         try:
             while not done:
                 if cancel.is_set():
                     stats.stopped = True
                     return
+                late = clock.expired()
+                if late:
+                    raise self.timeout_error(late, partial=bool(state.text), keepalives=sse.comments)
                 try:
                     kind, value = call.events.get(timeout=POLL_S)
                 except queue.Empty:
                     continue
-                if kind == "open":
+                if kind == "connected":
+                    continue
+                clock.sent()  # anything from the server means the request went out
+                if kind in ("sent", "open"):
                     continue
                 if kind == "status":
                     status, headers, text = value
-                    raise self.status_error(status, headers, text, what="chat/completions", body_bytes=body_bytes)
+                    raise self.status_error(status, headers, text, what="chat/completions", body_bytes=body_bytes, url=call.url)
                 if kind == "error":
                     raise self.network_error(value, answering=True, partial=bool(state.text)) from None
+                if kind == "toolong":
+                    raise self._too_long(bool(state.text))
                 if kind == "whole":
-                    yield from state.take_whole(value)
+                    piece = secrets.feed("".join(state.take_whole(value))) + secrets.flush()
+                    if piece:
+                        yield piece
                     done = True
                     break
-                events = sse.feed(value) if kind == "line" else sse.flush()
+                try:
+                    events = sse.feed(value) if kind == "line" else sse.flush()
+                except _TooLong:
+                    raise self._too_long(bool(state.text)) from None
                 for data in events:
-                    for piece in state.take(data):
+                    pieces = state.take(data)
+                    if state.active:
+                        clock.piece()
+                    for piece in pieces:
+                        piece = secrets.feed(piece)
+                        if not piece:
+                            continue
                         yield piece
                         if cancel.is_set():  # set while the caller had the piece
                             stats.stopped = True
@@ -796,8 +1071,11 @@ class OpenAIEngine:
                             f"the answer from {self.endpoint} ended without its final event ([DONE] or a finish_reason)",
                             "ask again" + ("; the partial answer was kept" if state.text else ""),
                         )
+            tail = secrets.flush()
+            if tail:
+                yield tail
         finally:
-            if done:
+            if done and not state.cut:
                 # Let the server finish its response cleanly, but never wait long for it.
                 deadline = time.monotonic() + 1.0
                 while call.thread.is_alive() and time.monotonic() < deadline and not cancel.is_set():
@@ -807,19 +1085,44 @@ class OpenAIEngine:
                 call.thread.join(0.2)  # the shut-down socket wakes it at once; never wait on a slow connect
             stats.finished_at = time.perf_counter()
 
+    def _too_long(self, partial: bool) -> LineTooLongError:
+        return LineTooLongError(
+            f"the server at {self.endpoint} sent a line of over {_megabytes(MAX_LINE_CHARS)} in its answer, "
+            "more than any piece of an answer; vlchat stopped reading",
+            "the server is not speaking the OpenAI streaming format; check --endpoint"
+            + ("; the partial answer was kept" if partial else ""),
+        )
+
 
 class _AnswerState:
     """What the chunks of one answer have said so far."""
 
-    def __init__(self, engine: OpenAIEngine, stats: StreamStats):
+    def __init__(self, engine: OpenAIEngine, stats: StreamStats, max_new_tokens: int):
         self.engine = engine
         self.stats = stats
+        self.max_new_tokens = max_new_tokens
+        self.max_chars = max_new_tokens * MAX_CHARS_PER_TOKEN
         self.text = ""
         self.done = False
         self.finish_reason: str | None = None
         self.usage_seen = False
+        self.chunks = 0  # chunks that carried answer text: one token each, as servers send them
+        self.active = False  # whether the last chunk taken carried any of the answer
+        self.cut = False  # the server went past max_new_tokens and was cut off here
+
+    def _cut(self) -> None:
+        # The server did not keep to max_tokens: the answer ends here, as a local model's would.
+        self.cut = self.done = True
+        self.finish_reason = "length"
+        self.stats.notice = (
+            f"the server at {self.engine.endpoint} went on past --max-new-tokens ({self.max_new_tokens}); "
+            "vlchat cut the answer there and closed the connection"
+        )
 
     def take(self, data: str) -> list[str]:
+        self.active = False
+        if self.cut:
+            return []
         if data.strip() == "[DONE]":
             self.done = True
             return []
@@ -842,11 +1145,14 @@ class _AnswerState:
             raise GenerationError(f"the server at {self.engine.endpoint} failed while answering: {said}", f"ask again{kept}")
         usage = chunk.get("usage")
         if isinstance(usage, dict):
-            completion, prompt = usage.get("completion_tokens"), usage.get("prompt_tokens")
-            if isinstance(completion, int):
+            # Figures a server could not have counted (negative, or past the limit it was given)
+            # are left out rather than recorded.
+            completion = _valid_count(usage.get("completion_tokens"), max(self.max_new_tokens, self.chunks))
+            prompt = _valid_count(usage.get("prompt_tokens"), MAX_PROMPT_TOKENS)
+            if completion is not None:
                 self.stats.tokens = completion
                 self.usage_seen = True
-            if isinstance(prompt, int):
+            if prompt is not None:
                 self.stats.prompt_tokens = prompt
         pieces = []
         choices = chunk.get("choices") or []
@@ -856,9 +1162,19 @@ class _AnswerState:
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
             delta = choice.get("delta") or {}
+            if isinstance(delta, dict) and any(isinstance(v, str) and v for k, v in delta.items() if k != "role"):
+                self.active = True  # reasoning_content counts too: the model is at work
             content = delta.get("content") if isinstance(delta, dict) else None
             if isinstance(content, str) and content:
+                self.chunks += 1
+                if self.chunks > self.max_new_tokens:
+                    self._cut()
+                    break
                 piece = clean(content)
+                room = self.max_chars - len(self.text)
+                if len(piece) > room:
+                    piece = piece[: max(room, 0)]
+                    self._cut()
                 if not self.text:
                     piece = piece.lstrip()  # the answer starts at its first visible character
                 if piece:
@@ -868,6 +1184,8 @@ class _AnswerState:
                         self.stats.tokens += 1  # one chunk is about one token, until usage says
                     self.text += piece
                     pieces.append(piece)
+                if self.cut:
+                    break
             reason = choice.get("finish_reason")
             if isinstance(reason, str) and reason:
                 self.finish_reason = reason

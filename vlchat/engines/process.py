@@ -6,7 +6,7 @@ millisecond the model waits, and more, because the two threads hand the interpre
 at every torch call. In its own process the model never waits for the screen, and the screen never
 waits for the model.
 
-``ProcessEngine`` is the ChatEngine the app talks to; it starts ``python -m vlchat.engines.process``
+``ProcessEngine`` is the ChatEngine the app talks to; it starts ``python -P -m vlchat.engines.process``
 on load, which makes the real engine (``make_engine``) and serves it over two pipes. The pipes
 carry pickled tuples:
 
@@ -86,10 +86,16 @@ class ProcessEngine:
         self._log = tempfile.TemporaryFile(prefix="vlchat-model-")
         env = dict(os.environ)
         package_root = str(Path(__file__).resolve().parents[2])
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
+        # An empty entry in PYTHONPATH (PYTHONPATH=$PYTHONPATH:/x with none set before) means the
+        # current folder: left out, like the folder -P leaves out.
+        paths = [package_root, *env.get("PYTHONPATH", "").split(os.pathsep)]
+        env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "vlchat.engines.process", str(to_child_r), str(from_child_w)],
+                # -P: `python -m` would put the current folder first on sys.path, and a torch.py or
+                # PIL.py there would run in the model's process. -I would do that too, but it also
+                # drops PYTHONPATH and the user's site-packages, which a development setup needs.
+                [sys.executable, "-P", "-m", "vlchat.engines.process", str(to_child_r), str(from_child_w)],
                 pass_fds=(to_child_r, from_child_w),
                 stdin=subprocess.DEVNULL,
                 stdout=self._log,

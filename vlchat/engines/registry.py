@@ -76,6 +76,12 @@ REGISTRY: tuple[NamedModel, ...] = (
     ),
     NamedModel("blip2-opt-2.7b", "Salesforce/blip2-opt-2.7b", "blip-2", "BLIP-2 OPT 2.7B", 2.4),
     NamedModel("instructblip-7b", "Salesforce/instructblip-vicuna-7b", "instructblip", "InstructBLIP Vicuna 7B", 4.8),
+    # BLIP is small (0.25-0.47B parameters, most of them its vision tower): it runs unquantized by default
+    NamedModel("blip-large", "Salesforce/blip-image-captioning-large", "blip", "BLIP captioner, large (captions only)",
+               0.7, quant="none"),
+    NamedModel("blip-base", "Salesforce/blip-image-captioning-base", "blip", "BLIP captioner, base (captions only)",
+               0.4, quant="none"),
+    NamedModel("blip-vqa", "Salesforce/blip-vqa-base", "blip", "BLIP question answering, base", 0.6, quant="none"),
     NamedModel("qwen2.5-vl-7b", "Qwen/Qwen2.5-VL-7B-Instruct", "qwen2_5_vl", "Qwen2.5-VL 7B Instruct", 5.5),
     NamedModel("smolvlm", "HuggingFaceTB/SmolVLM-Instruct", "idefics3", "SmolVLM Instruct (2B)", 1.6),
 )

@@ -58,6 +58,21 @@ def read_config(source: str) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def missing_packages(error: BaseException) -> list[str]:
+    """The packages an import error says are missing: transformers checks a model's own code for
+    them before running it ("... not found in your environment: soundfile. Run `pip install ...`"),
+    and a module imported later fails with its own name."""
+    import re
+
+    found = re.search(r"not found in your environment: ([A-Za-z0-9_.\-, ]+?)\.(?:\s|$)", str(error))
+    if found:
+        return [clean(name.strip(), keep_newlines=False) for name in found.group(1).split(",") if name.strip()]
+    name = getattr(error, "name", None)
+    if isinstance(error, ModuleNotFoundError) and isinstance(name, str) and name:
+        return [clean(name.split(".")[0], keep_newlines=False)]
+    return []
+
+
 def uses_chat_api(config: dict[str, Any]) -> bool:
     """Own code with no image-text-to-text class: it is driven through its ``chat`` method."""
     auto_map = config.get("auto_map") or {}
@@ -97,6 +112,12 @@ class RemoteCodeEngine(TransformersEngine):
         except VlchatError:
             raise
         except (ImportError, AttributeError, TypeError, NameError) as error:
+            missing = missing_packages(error)
+            if missing:
+                raise ModelLoadError(
+                    f"the own code of {self.name} needs {', '.join(missing)}, which is not installed",
+                    f"install it: pip install {' '.join(missing)}",
+                ) from error
             raise ModelLoadError(
                 f"the own code of {self.name} does not run with the installed transformers: {_first_line(error)}",
                 "use the native minicpm-v-4.6 instead, or serve this model with vLLM and connect to it",

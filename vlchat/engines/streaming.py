@@ -21,12 +21,14 @@ REPLACEMENT = "\ufffd"  # what a decode shows for a multi-byte character that is
 class TokenFeed:
     """generate()'s streamer: put() appends the new ids, the reader waits for them with wait().
 
-    The first put() is the prompt and is skipped, as TextIteratorStreamer(skip_prompt=True) does.
+    The first put() is the prompt and is skipped, as TextIteratorStreamer(skip_prompt=True) does,
+    unless ``keep_prompt`` (an answer that repeats its prompt's text, as BLIP's captions do); it is
+    never counted as generated tokens.
     ``stats`` (a StreamStats) gets the time of the first answer token and the running token count,
     from the generation thread, so cancel tests and the status line see the model's own count.
     """
 
-    def __init__(self, stats: Any = None, rate: float = 30.0, burst: int = 8):
+    def __init__(self, stats: Any = None, rate: float = 30.0, burst: int = 8, keep_prompt: bool = False):
         self.ids: list[int] = []
         self.done = False
         self.stats = stats
@@ -40,6 +42,7 @@ class TokenFeed:
         self._allowance = float(burst)
         self._last = time.perf_counter()
         self._prompt = True
+        self.keep_prompt = keep_prompt
         # A bare lock as the wake-up signal (held = nothing to say), cheaper at both ends than a
         # Condition; a lost or extra wake-up costs at most one short wait, since the reader
         # checks ``ids`` and ``done`` itself and never waits longer than 1/rate.
@@ -50,6 +53,8 @@ class TokenFeed:
     def put(self, value: Any) -> None:
         if self._prompt:
             self._prompt = False
+            if self.keep_prompt:
+                self.ids += (value[0] if value.dim() > 1 else value).tolist()
             return
         if value.dim() > 1:
             if value.shape[0] > 1:

@@ -135,6 +135,8 @@ class TransformersEngine:
     # Whether the prompt is the whole conversation in order, so that the last turn's key/value
     # cache can serve as the start of the next one (not so for BLIP-2's cut-down chain).
     prefix_reuse = True
+    # Whether the answer is the whole output, the prompt's text included (BLIP's captions continue it).
+    answer_includes_prompt = False
 
     def __init__(
         self,
@@ -185,7 +187,7 @@ class TransformersEngine:
     def load(self, progress: ProgressCallback | None = None) -> None:
         report = progress or (lambda _p: None)
         source, kwargs = self._start_load(report, self.trust_remote_code)
-        from transformers import AutoConfig, AutoModelForImageTextToText
+        from transformers import AutoConfig
 
         quant_config = self._quantization_config()
         report(LoadProgress(f"loading {self.name} on {self.device}"))
@@ -196,7 +198,7 @@ class TransformersEngine:
                 # show, before anything larger is read.
                 AutoConfig.from_pretrained(source, **kwargs)
                 processor = self._load_processor(source, kwargs)
-                model = AutoModelForImageTextToText.from_pretrained(
+                model = self.model_loader().from_pretrained(
                     source,
                     dtype=self.dtype,
                     quantization_config=quant_config,
@@ -211,6 +213,12 @@ class TransformersEngine:
         self.model, self.processor = model, processor
         self._images.clear()
         report(LoadProgress("ready"))
+
+    def model_loader(self):
+        """The transformers class whose from_pretrained loads this model."""
+        from transformers import AutoModelForImageTextToText
+
+        return AutoModelForImageTextToText
 
     def _load_processor(self, source: str, kwargs: dict[str, Any]):
         from transformers import AutoProcessor
@@ -403,7 +411,17 @@ class TransformersEngine:
         # The clock starts before the prompt is rendered and the pictures processed: the time to
         # the first token is what the person waits, and those grow with the conversation too.
         started = time.perf_counter()
-        inputs = self.prepare(conversation)
+        try:
+            inputs = self.prepare(conversation)
+        except ValueError as error:
+            if "image" not in str(error).lower():
+                raise
+            # the processor found the template's prompt and the pictures at odds ("Found total 0
+            # <image> tokens and 1 images"): the model folder's doing, said in one line
+            raise GenerationError(
+                f"the chat template of {clean(self.name, keep_newlines=False)} does not fit its pictures: {_first_line(error)}",
+                "the model folder's chat template does not place pictures; use a model whose template does",
+            ) from error
         kwargs = self.generation_kwargs(inputs, params)
         cancel = cancel or threading.Event()
         abandon = threading.Event()  # the reader went away: stop the model too
@@ -413,7 +431,7 @@ class TransformersEngine:
         kwargs["return_dict_in_generate"] = True
 
         # The generation thread only hands over token ids; the reader decodes (see streaming.py).
-        feed = TokenFeed(stats)
+        feed = TokenFeed(stats, keep_prompt=self.answer_includes_prompt)
         kwargs["streamer"] = feed
         kwargs["stopping_criteria"] = StoppingCriteriaList([CancelCheck(cancel, abandon)])
         failure: list[BaseException] = []
