@@ -6,6 +6,11 @@ done), and never overwrites a file it cannot read as its own.
 
 A record is one picture: path, sha256, caption, model, prompt, tokens, seconds; or, for a picture
 that could not be captioned, path, sha256 (when the file could be read), model, prompt, error.
+The path is absolute, so a run started from another folder still knows what is done; a name that
+is not UTF-8 is kept exactly (see ``json_bytes``; in CSV, as its own bytes).
+
+Nothing here writes through a link, and nothing in an existing file is cut or replaced before
+the file is known to be vlchat's own.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
@@ -189,12 +190,19 @@ def _is_previous_export(path: Path) -> bool:
     """Whether ``path`` is a transcript vlchat wrote: it ends with the marker line, and its header
     names the same session. A file that only quotes the marker somewhere is someone else's."""
     try:
-        with open(path, "rb") as handle:
-            head = handle.read(4096)
-            handle.seek(max(0, os.path.getsize(path) - 512))
-            tail = handle.read()
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a pipe there must not hang us
     except OSError:
         return False
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return False
+        head = os.pread(fd, 4096, 0)
+        tail = os.pread(fd, 512, max(0, info.st_size - 512))
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
     last = tail.rstrip(b"\n").rsplit(b"\n", 1)[-1] + b"\n"
     match = _LAST_LINE.fullmatch(last)
     if match is None or not head.startswith(b"# "):
