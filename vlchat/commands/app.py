@@ -89,7 +89,7 @@ def resume_session(name: str, settings, sources):
     """The session --resume names, locked (or read-only when it is open elsewhere), with the model
     and sampling it used, unless flags, the environment or the config file say otherwise."""
     from vlchat.commands.remember import apply_remembered
-    from vlchat.core.sessions import SessionLockedError, SessionStore, store_root
+    from vlchat.core.sessions import SessionLockedError, SessionStore, SessionWriteRefusedError, store_root
 
     store = SessionStore(store_root(settings))
     notes = []
@@ -97,7 +97,7 @@ def resume_session(name: str, settings, sources):
         session = store.open(name or None)
     except SessionLockedError as error:
         session = store.open(name or None, read_only=True)
-        notes.append(f"{error.message}: opened read-only, so nothing you add here is saved "
-                     "(quit the other vlchat to continue it here)")
+        why = "" if isinstance(error, SessionWriteRefusedError) else " (quit the other vlchat to continue it here)"
+        notes.append(f"{error.message}: opened read-only, so nothing you add here is saved{why}")
     notes += apply_remembered(session, settings, sources)
     return session, notes

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import signal
 import sys
 import threading
@@ -95,17 +94,21 @@ def run_ask(args: argparse.Namespace) -> int:
     # before the (slow) model load, so a typo fails at once and changes nothing.
     _params(settings)
     pictures = [load_image(path) for path in image_paths]
+    from vlchat.core.sessions import SessionSaveError
+
     wanted = (getattr(args, "session", None) or "").strip()
     session = None
-    if wanted and wanted.lower() != "new":
-        session = open_session(args, settings, sources)
     try:
+        if wanted and wanted.lower() != "new":
+            session = open_session(args, settings, sources)
         engine = make_engine(settings)
         if not question.strip() and not getattr(engine, "captions_without_text", False):
             raise InputError("the question is empty", "put the question last, in quotes (an empty one is for captioners such as blip-large)")
         if wanted.lower() == "new":
             session = open_session(args, settings, sources)
         return _ask(args, settings, engine, pictures, question, session)
+    except SessionSaveError as error:
+        raise error.for_command() from None  # nothing stays open after this command: its own hint
     finally:
         if session is not None:
             session.close()
@@ -227,7 +230,10 @@ def _ask(args, settings, engine, pictures, question, session) -> int:
         }
         if session is not None:
             record["session"] = {"id": session.id, "title": session.title, "path": str(session.folder)}
-        out.write(json.dumps(clean_data(record), ensure_ascii=False) + "\n")
+        from vlchat.core.sessions import json_bytes
+
+        # cleaned value by value; a file name that is not UTF-8 as its JSON escape
+        out.write(json_bytes(clean_data(record)).decode("utf-8") + "\n")
     elif not text.endswith("\n"):
         out.write("\n")
     out.flush()
