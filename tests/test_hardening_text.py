@@ -64,7 +64,7 @@ def test_cleaning_twice_changes_nothing(text):
 
 
 # -- vlchat sessions and export ------------------------------------------------------------------------------
-def hostile_session(title: str = "Shapes") -> Path:
+def hostile_session(title: str = "Shapes", *, hostile_id: bool = True) -> Path:
     store = SessionStore(store_root())
     session = store.create(title=title)
     session.conversation.add_user("What is it?" + HOSTILE, [])
@@ -72,9 +72,10 @@ def hostile_session(title: str = "Shapes") -> Path:
     session.save()
     folder = session.folder
     session.close()
-    data = json.loads((folder / "session.json").read_text())
-    data["id"] = "abc" + HOSTILE
-    (folder / "session.json").write_text(json.dumps(data))
+    if hostile_id:  # such a session is listed as damaged, and its listing must be clean too
+        data = json.loads((folder / "session.json").read_text())
+        data["id"] = "abc" + HOSTILE
+        (folder / "session.json").write_text(json.dumps(data))
     return folder
 
 
@@ -90,9 +91,9 @@ def test_sessions_never_print_what_a_session_file_says_raw(run_vlchat):
 
 
 def test_export_writes_no_escape_or_bidi_characters(run_vlchat, tmp_path):
-    hostile_session("Shapes")
+    folder = hostile_session("Shapes" + HOSTILE, hostile_id=False)  # a hostile id is refused as damaged
     target = tmp_path / "out.md"
-    result = run_vlchat("export", "Shapes", "-o", target)
+    result = run_vlchat("export", folder, "-o", target)
     assert result.returncode == 0, result.stderr
     assert_clean(result.stdout + result.stderr)
     written = target.read_bytes().decode("utf-8")
