@@ -190,7 +190,8 @@ def test_the_app_shows_a_hostile_session_clean(demo_engine):
     store = SessionStore(store_root())
     session = store.create(title="Shapes" + HOSTILE)
     session.conversation.add_user("What is it?" + HOSTILE, [])
-    session.conversation.add_assistant("It is **red**." + HOSTILE, model="demo" + HOSTILE)
+    # a model name with control characters is refused as damaged; bidi and invisible ones are not
+    session.conversation.add_assistant("It is **red**." + HOSTILE, model="demo\u202e\u2066\u200b")
     session.save()
     folder = session.folder
     session.close()
