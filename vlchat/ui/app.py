@@ -397,7 +397,7 @@ class VlchatApp(App):
 
         try:
             # The new model runs where the one in use runs: in a process of its own, or here.
-            engine = make_engine(self.settings, name, separate=getattr(self.engine, "separate_process", False))
+            engine = make_engine(self.settings, name, separate=self.engine.separate_process)
             engine.load(progress)
             info = engine.describe()
         except Exception as error:
@@ -470,28 +470,14 @@ class VlchatApp(App):
 
     @work(thread=True, group="unload", exit_on_error=False)
     def _unload(self, engine: Any, name: str) -> None:
-        separate = getattr(engine, "separate_process", False)
-        before = None
-        if not separate:
-            try:
-                import torch
-
-                if torch.cuda.is_available():
-                    before = torch.cuda.memory_allocated()
-            except Exception:
-                pass
+        freed = None
         # The context counter may still be reading the old engine: let it finish first.
         with self._prepare_lock:
             try:
-                engine.unload()
+                freed = engine.release()
             except Exception:
                 pass
-        freed = engine.released_bytes if separate else None
         del engine
-        if before is not None:
-            import torch
-
-            freed = before - torch.cuda.memory_allocated()
         self.post_message(ModelUnloaded(name, freed))
 
     def on_model_unloaded(self, message: ModelUnloaded) -> None:
@@ -647,7 +633,7 @@ class VlchatApp(App):
 
     # -- context --------------------------------------------------------------------------------
     def _count_context(self) -> None:
-        if self.loaded and self.generating is None and hasattr(self.engine, "count_context"):
+        if self.loaded and self.generating is None and self.engine.counts_context:
             snapshot = Conversation(messages=list(self.conversation.messages))
             if self.pending or not snapshot.messages or snapshot.messages[-1].role != "user":
                 snapshot.add_user("", list(self.pending))
@@ -760,7 +746,7 @@ class VlchatApp(App):
                 stats.prompt_tokens,
                 stats.stopped or cancel.is_set(),
                 error,
-                getattr(stats, "notice", None),
+                stats.notice,
             )
         )
 
@@ -802,14 +788,13 @@ class VlchatApp(App):
         """CPU seconds of whatever runs the model: its own process, or this whole one (the UI
         thread included: while the model holds the interpreter lock, time the UI thread spends on
         a frame is time the model's thread waits). None when that cannot be read."""
-        seconds = getattr(self.engine, "cpu_seconds", None)
-        return seconds() if seconds is not None else time.process_time()
+        return self.engine.cpu_seconds()
 
     @property
     def _busy_cores(self) -> float:
         """How much CPU (in cores) the model must use for frames to be economical."""
         on_cpu = self.info is None or self.info.device == "cpu"
-        if getattr(self.engine, "separate_process", False) and not on_cpu:
+        if self.engine.separate_process and not on_cpu:
             return max(BUSY_CORES, usable_cores() - SPARE_CORES)
         return BUSY_CORES
 
@@ -873,7 +858,7 @@ class VlchatApp(App):
             line = clean(message.error, keep_newlines=False)
             self.transcript.note(line, "error")
             self.notify(line, title="Answer failed", severity="error", timeout=10)
-            if getattr(self.engine, "alive", True) is False:
+            if not self.engine.alive:
                 # The model's process is gone: no model until /model loads one (the same one too).
                 self.load_error = line
         self.transcript.follow()
