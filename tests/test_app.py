@@ -64,7 +64,7 @@ def transcript_text(app) -> str:
     from textual.widgets import Markdown, Static
 
     parts = []
-    for widget in app.transcript.walk_children():
+    for widget in app.chat.transcript.walk_children():
         if isinstance(widget, Markdown):
             parts.append(widget.source)
         elif isinstance(widget, Static):
@@ -78,11 +78,11 @@ def shas(refs) -> list[str]:
 
 
 def status_text(app) -> str:
-    return app.status_text().plain
+    return app.chat.status_text().plain
 
 
 def notifications(app) -> str:
-    return "\n".join(n.message for n in app._notifications)
+    return "\n".join(app.notification_texts())
 
 
 async def until(pilot, condition, timeout: float = 60.0, step: float = 0.05) -> None:
@@ -96,33 +96,34 @@ async def until(pilot, condition, timeout: float = 60.0, step: float = 0.05) -> 
 
 async def settle(pilot) -> None:
     await pilot.app.workers.wait_for_complete()
+    await until(pilot, lambda: pilot.app.chat.sessions.idle)
     await pilot.pause(0.05)
 
 
 async def ask(pilot, text: str) -> None:
     app = pilot.app
-    before = len([m for m in app.conversation.messages if m.role == "assistant"])
-    app.prompt.text = text
+    before = len([m for m in app.chat.conversation.messages if m.role == "assistant"])
+    app.chat.prompt.text = text
     await pilot.press("enter")
-    await until(pilot, lambda: app.generating is None and len([m for m in app.conversation.messages if m.role == "assistant"]) > before)
+    await until(pilot, lambda: app.chat.generating is None and len([m for m in app.chat.conversation.messages if m.role == "assistant"]) > before)
     await settle(pilot)
 
 
 async def stop_midway(pilot, question: str) -> object:
     """Ask, let the answer start, press Esc, and wait for the answer to end; returns it."""
     app = pilot.app
-    app.prompt.text = question
+    app.chat.prompt.text = question
     await pilot.press("enter")
-    await until(pilot, lambda: app._answer_view is not None and app._answer_view.shown, timeout=30)
+    await until(pilot, lambda: app.chat.answer_view is not None and app.chat.answer_view.shown, timeout=30)
     await pilot.pause(0.3)
     await pilot.press("escape")
-    await until(pilot, lambda: app.generating is None, timeout=10)
+    await until(pilot, lambda: app.chat.generating is None, timeout=10)
     await settle(pilot)
-    return app.conversation.last("assistant")
+    return app.chat.conversation.last("assistant")
 
 
 async def command(pilot, line: str) -> None:
-    pilot.app.prompt.text = line
+    pilot.app.chat.prompt.text = line
     await pilot.press("enter")
     await settle(pilot)
 
@@ -136,12 +137,12 @@ async def test_typed_question_is_answered_with_the_right_colour(demo_engine, pic
         assert "1/1" in screen_text(app)
         await pilot.press(*QUESTION)
         await pilot.press("enter")
-        await until(pilot, lambda: app.conversation.last("assistant") is not None)
+        await until(pilot, lambda: app.chat.conversation.last("assistant") is not None)
         await settle(pilot)
         screen = screen_text(app)
         assert QUESTION in screen
         assert "red" in screen.lower()
-        answer = app.conversation.last("assistant")
+        answer = app.chat.conversation.last("assistant")
         assert "red" in answer.text.lower() and not answer.stopped
         assert answer.model == "demo" and answer.tokens and answer.timings.first_token_s is not None
         assert answer.params.max_new_tokens == 24
@@ -172,15 +173,15 @@ async def test_first_frame_comes_before_the_model_and_an_early_question_is_answe
             assert not app.loaded
             assert "loading" in status_text(app)
             assert "1/1" in screen_text(app)
-            app.prompt.text = QUESTION
+            app.chat.prompt.text = QUESTION
             await pilot.press("enter")
             await pilot.pause(0.05)
             assert "still loading" in transcript_text(app)
-            assert app.generating is None
+            assert app.chat.generating is None
             gate.set()
-            await until(pilot, lambda: app.conversation.last("assistant") is not None)
+            await until(pilot, lambda: app.chat.conversation.last("assistant") is not None)
             await settle(pilot)
-            assert "red" in app.conversation.last("assistant").text.lower()
+            assert "red" in app.chat.conversation.last("assistant").text.lower()
             assert "loading" not in status_text(app)
     finally:
         gate.set()
@@ -194,12 +195,12 @@ async def test_image_command_attaches_a_second_picture_that_the_model_sees(demo_
     app = app_for(demo_engine, [red])
     async with app.run_test(size=(120, 40)) as pilot:
         await ask(pilot, QUESTION)
-        assert "red" in app.conversation.last("assistant").text.lower()
+        assert "red" in app.chat.conversation.last("assistant").text.lower()
         await command(pilot, f"/image {green.ref.path}")
         assert "2/2" in screen_text(app)
         await ask(pilot, QUESTION)
-        assert "green" in app.conversation.last("assistant").text.lower()
-        assert shas(app.conversation.messages[-2].images) == [green.ref.sha256]
+        assert "green" in app.chat.conversation.last("assistant").text.lower()
+        assert shas(app.chat.conversation.messages[-2].images) == [green.ref.sha256]
         await pilot.press("f7")
         await until(pilot, lambda: "1/2" in screen_text(app), timeout=5)
         assert "1/2" in screen_text(app)
@@ -214,7 +215,7 @@ async def test_escape_stops_the_model_and_keeps_the_partial_answer(endless_engin
         assert "stopped" in screen_text(app)
         assert not [t for t in threading.enumerate() if t.name == "vlchat-generate"]
         # The frames were coalesced: far fewer redraws than tokens.
-        assert app.frames < answer.tokens
+        assert app.chat.frames < answer.tokens
 
 
 @run_async
@@ -222,14 +223,14 @@ async def test_regenerate_replaces_the_last_answer(demo_engine, picture):
     app = app_for(demo_engine, [picture("star", "yellow", "black")])
     async with app.run_test(size=(120, 40)) as pilot:
         await ask(pilot, "What shape is it?")
-        first = app.conversation.last("assistant")
+        first = app.chat.conversation.last("assistant")
         await command(pilot, "/regenerate")
-        await until(pilot, lambda: app.generating is None and app.conversation.messages[-1].role == "assistant")
+        await until(pilot, lambda: app.chat.generating is None and app.chat.conversation.messages[-1].role == "assistant")
         await settle(pilot)
-        roles = [m.role for m in app.conversation.messages]
+        roles = [m.role for m in app.chat.conversation.messages]
         assert roles == ["user", "assistant"]
-        assert app.conversation.last("assistant") is not first
-        assert "star" in app.conversation.last("assistant").text.lower()
+        assert app.chat.conversation.last("assistant") is not first
+        assert "star" in app.chat.conversation.last("assistant").text.lower()
 
 
 @run_async
@@ -239,12 +240,12 @@ async def test_edit_puts_the_last_question_back(demo_engine, picture):
     async with app.run_test(size=(120, 40)) as pilot:
         await ask(pilot, QUESTION)
         await command(pilot, "/edit")
-        assert app.prompt.text == QUESTION
-        assert app.conversation.messages == []
-        assert shas(app.pending) == [red.ref.sha256]
+        assert app.chat.prompt.text == QUESTION
+        assert app.chat.conversation.messages == []
+        assert shas(app.chat.pending) == [red.ref.sha256]
         await pilot.press("enter")
-        await until(pilot, lambda: app.conversation.last("assistant") is not None)
-        assert shas(app.conversation.messages[0].images) == [red.ref.sha256]
+        await until(pilot, lambda: app.chat.conversation.last("assistant") is not None)
+        assert shas(app.chat.conversation.messages[0].images) == [red.ref.sha256]
 
 
 @run_async
@@ -254,19 +255,19 @@ async def test_set_changes_sampling_and_refuses_bad_values(demo_engine, picture)
         await command(pilot, "/set temperature 0.7")
         await command(pilot, "/set seed 3")
         await command(pilot, "/set max_tokens 12")
-        assert (app.params.temperature, app.params.seed, app.params.max_new_tokens) == (0.7, 3, 12)
+        assert (app.chat.params.temperature, app.chat.params.seed, app.chat.params.max_new_tokens) == (0.7, 3, 12)
         assert "temp 0.7" in status_text(app)
         await command(pilot, "/set temperature hot")
         await command(pilot, "/set temperature 9")
         await command(pilot, "/set colour blue")
-        assert app.params.temperature == 0.7
+        assert app.chat.params.temperature == 0.7
         screen = transcript_text(app)
         assert "temperature must be a number" in screen
         assert "between 0 and 5" in screen
         assert "/set needs a name" in screen
         await ask(pilot, QUESTION)
-        assert app.conversation.last("assistant").params.temperature == 0.7
-        assert app.conversation.last("assistant").params.seed == 3
+        assert app.chat.conversation.last("assistant").params.temperature == 0.7
+        assert app.chat.conversation.last("assistant").params.seed == 3
 
 
 @run_async
@@ -275,15 +276,15 @@ async def test_system_and_clear(demo_engine, picture):
     app = app_for(demo_engine, [red])
     async with app.run_test(size=(120, 40)) as pilot:
         await command(pilot, "/system Answer briefly.")
-        assert app.conversation.system == "Answer briefly."
+        assert app.chat.conversation.system == "Answer briefly."
         await ask(pilot, QUESTION)
         await command(pilot, "/clear")
-        assert app.conversation.messages == []
+        assert app.chat.conversation.messages == []
         assert "New conversation" in screen_text(app)
         assert QUESTION not in screen_text(app)
         await ask(pilot, QUESTION)
-        assert shas(app.conversation.messages[0].images) == [red.ref.sha256]
-        assert "red" in app.conversation.last("assistant").text.lower()
+        assert shas(app.chat.conversation.messages[0].images) == [red.ref.sha256]
+        assert "red" in app.chat.conversation.last("assistant").text.lower()
 
 
 @run_async
@@ -297,7 +298,7 @@ async def test_copy_sends_the_answer_through_osc_52(demo_engine, picture):
         assert "No answer to copy" in notifications(app)
         await ask(pilot, QUESTION)
         await command(pilot, "/copy")
-        answer = app.conversation.last("assistant").text
+        answer = app.chat.conversation.last("assistant").text
         expected = "\x1b]52;c;" + base64.b64encode(answer.encode()).decode() + "\a"
         assert expected in "".join(written)
         assert app.clipboard == answer
@@ -350,7 +351,7 @@ async def test_command_palette_runs_commands(demo_engine):
         await pilot.pause(0.3)
         await pilot.press("enter")
         await pilot.pause(0.1)
-        assert app.prompt.text == "/image "
+        assert app.chat.prompt.text == "/image "
 
 
 # -- when things go wrong --------------------------------------------------------------------------
@@ -362,7 +363,7 @@ async def test_unknown_command_and_bad_pictures_are_reported_in_the_app(demo_eng
     app = app_for(demo_engine, [red])
     async with app.run_test(size=(120, 40)) as pilot:
         await ask(pilot, QUESTION)
-        before = app.conversation.to_dict()
+        before = app.chat.conversation.to_dict()
         await command(pilot, "/frobnicate now")
         await command(pilot, f"/image {notes}")
         await command(pilot, f"/image {tmp_path / 'missing.png'}")
@@ -372,8 +373,8 @@ async def test_unknown_command_and_bad_pictures_are_reported_in_the_app(demo_eng
         assert "notes.txt is a text file, not a picture" in screen
         assert "missing.png does not exist" in screen
         assert "/image needs a path" in notifications(app)
-        assert app.conversation.to_dict() == before
-        assert app.pending == []
+        assert app.chat.conversation.to_dict() == before
+        assert app.chat.pending == []
         assert app.is_running
 
 
@@ -402,10 +403,10 @@ async def test_model_load_failure_keeps_the_app_and_the_question(tmp_path, pictu
         await pilot.pause(0.05)
         assert "not loaded" in status_text(app)
         assert "could not be loaded" in transcript_text(app)
-        app.prompt.text = QUESTION
+        app.chat.prompt.text = QUESTION
         await pilot.press("enter")
         await pilot.pause(0.05)
-        assert app.conversation.messages[-1].text == QUESTION
+        assert app.chat.conversation.messages[-1].text == QUESTION
         assert "No model to answer" in transcript_text(app)
         assert app.is_running
 
@@ -421,12 +422,12 @@ async def test_out_of_memory_while_answering_gives_the_question_back(demo_engine
     red = picture("circle", "red", "blue")
     app = app_for(demo_engine, [red])
     async with app.run_test(size=(120, 40)) as pilot:
-        app.prompt.text = QUESTION
+        app.chat.prompt.text = QUESTION
         await pilot.press("enter")
-        await until(pilot, lambda: app.generating is None and "ran out of memory" in transcript_text(app))
-        assert app.conversation.messages == []
-        assert app.prompt.text == QUESTION
-        assert shas(app.pending) == [red.ref.sha256]
+        await until(pilot, lambda: app.chat.generating is None and "ran out of memory" in transcript_text(app))
+        assert app.chat.conversation.messages == []
+        assert app.chat.prompt.text == QUESTION
+        assert shas(app.chat.pending) == [red.ref.sha256]
         assert app.is_running
     monkeypatch.undo()
 
@@ -437,7 +438,7 @@ async def test_bindings_can_be_remapped_by_id(demo_engine, picture):
     app = app_for(demo_engine, [picture("circle", "red", "blue")], bindings={"toggle_preview": "f3", "nonsense": "f4"})
     async with app.run_test(size=(120, 40)) as pilot:
         await settle(pilot)
-        assert app.preview.display and "1/1" in screen_text(app)
+        assert app.chat.preview.display and "1/1" in screen_text(app)
         await pilot.press("f3")
         await pilot.pause(0.05)
         assert "1/1" not in screen_text(app)
@@ -450,11 +451,11 @@ async def test_narrow_terminal_puts_the_picture_above_and_can_hide_it(demo_engin
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(pilot)
         assert app.has_class("-narrow")
-        assert app.preview.region.width == 80 and app.preview.region.height < 12
-        assert app.prompt.region.height >= 3
+        assert app.chat.preview.region.width == 80 and app.chat.preview.region.height < 12
+        assert app.chat.prompt.region.height >= 3
         await pilot.press("f2")
         await pilot.pause(0.05)
-        assert not app.preview.region.height
+        assert not app.chat.preview.region.height
 
 
 @run_async
@@ -463,18 +464,18 @@ async def test_newline_key_and_path_completion_in_the_prompt(demo_engine, tmp_pa
     app = app_for(demo_engine)
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.press("a", "ctrl+j", "b")
-        assert app.prompt.text == "a\nb"
-        app.prompt.clear()
+        assert app.chat.prompt.text == "a\nb"
+        app.chat.prompt.clear()
         partial = red.ref.path[: -len("-on-blue.png")]
-        app.prompt.text = f"/image {partial}"
-        app.prompt.move_cursor(app.prompt.document.end)
+        app.chat.prompt.text = f"/image {partial}"
+        app.chat.prompt.move_cursor(app.chat.prompt.document.end)
         await pilot.pause(0.05)
-        assert app.prompt.suggestion == "-on-blue.png"
+        assert app.chat.prompt.suggestion == "-on-blue.png"
         await pilot.press("tab")
-        assert app.prompt.text == f"/image {red.ref.path}"
+        assert app.chat.prompt.text == f"/image {red.ref.path}"
         await pilot.press("enter")
         await settle(pilot)
-        assert shas(app.pending) == [red.ref.sha256]
+        assert shas(app.chat.pending) == [red.ref.sha256]
 
 
 @run_async
@@ -487,7 +488,7 @@ async def test_every_change_to_the_conversation_is_announced_for_autosave(demo_e
 
         def on_conversation_changed(self, message: ConversationChanged) -> None:
             self.reasons.append(message.reason)
-            assert message.conversation is self.conversation
+            assert message.conversation is self.chat.conversation
 
     app = Recording(settings(), demo_engine, images=[picture("circle", "red", "blue").ref], engine_loaded=True)
     async with app.run_test(size=(120, 40)) as pilot:

@@ -38,7 +38,7 @@ def on_disk(store) -> list[dict]:
 
 
 async def saved(pilot, at_least: int = 1) -> None:
-    await until(pilot, lambda: pilot.app.saves >= at_least and not pilot.app._jobs)
+    await until(pilot, lambda: pilot.app.chat.saves >= at_least and pilot.app.chat.sessions.idle)
     await settle(pilot)
 
 
@@ -54,16 +54,16 @@ async def test_an_answer_and_an_attached_picture_are_saved_by_themselves(demo_en
         messages = data["conversation"]["messages"]
         assert [m["role"] for m in messages] == ["user", "assistant"]
         assert messages[0]["text"] == QUESTION
-        assert messages[1]["text"] == app.conversation.last("assistant").text != ""
+        assert messages[1]["text"] == app.chat.conversation.last("assistant").text != ""
         assert data["title"] == QUESTION
-        folder = app.session.folder
+        folder = app.chat.session.folder
         # The picture was copied in, and the conversation now names the copy.
         assert (folder / messages[0]["images"][0]["path"]).is_file()
-        assert app.conversation.messages[0].images[0].path.startswith(str(folder))
+        assert app.chat.conversation.messages[0].images[0].path.startswith(str(folder))
 
         second = tmp_path / "second.png"
         picture("square", "green", "white").image.save(second)
-        before = app.saves
+        before = app.chat.saves
         await command(pilot, f"/image {second}")
         await saved(pilot, before + 1)
         [data] = on_disk(store)
@@ -71,7 +71,7 @@ async def test_an_answer_and_an_attached_picture_are_saved_by_themselves(demo_en
         assert len(list((folder / "images").iterdir())) == 2
         # The preview shows the copy in the session folder, by the name it was attached with.
         second.unlink()
-        assert app.preview.current.path.startswith(str(folder))
+        assert app.chat.preview.current.path.startswith(str(folder))
         assert "second.png" in str(app.query_one("#picture-index").content)
 
 
@@ -91,7 +91,7 @@ async def test_save_renames_and_export_writes_markdown_with_its_pictures(demo_en
         await until(pilot, lambda: "Exported to" in transcript_text(app))
         text = target.read_text()
         assert text.startswith("# Red things")
-        assert QUESTION in text and app.conversation.last("assistant").text in text
+        assert QUESTION in text and app.chat.conversation.last("assistant").text in text
         assets = list((tmp_path / "out" / "red_assets").iterdir())
         assert len(assets) == 1 and f"red_assets/{assets[0].name}" in text
         assert str(target) in transcript_text(app)
@@ -107,14 +107,14 @@ async def test_load_picker_switches_after_saving_the_open_conversation(demo_engi
     async with app.run_test(size=(120, 40)) as pilot:
         await ask(pilot, QUESTION)
         await saved(pilot)
-        first = app.session.folder
+        first = app.chat.session.folder
         await command(pilot, "/load")
         await until(pilot, lambda: app.screen.id == "session-picker" and app.screen.query_one("OptionList").option_count == 2)
         await pilot.press(*"older")  # the search narrows the list to one
         await until(pilot, lambda: app.screen.query_one("OptionList").option_count == 1)
         await pilot.press("enter")
         await until(pilot, lambda: "An older answer" in transcript_text(app))
-        assert app.session.title == "Older talk"
+        assert app.chat.session.title == "Older talk"
         assert QUESTION not in transcript_text(app)
         # The conversation left behind is on disk, whole, and no longer locked.
         left = load_session(first)
@@ -123,7 +123,7 @@ async def test_load_picker_switches_after_saving_the_open_conversation(demo_engi
         # The next question goes into the session that was opened.
         await ask(pilot, QUESTION)
         await saved(pilot, 2)
-        assert [m.role for m in load_session(app.session.folder, read_only=True).conversation.messages] == ["user", "assistant"] * 2
+        assert [m.role for m in load_session(app.chat.session.folder, read_only=True).conversation.messages] == ["user", "assistant"] * 2
 
 
 @run_async
@@ -132,20 +132,20 @@ async def test_delete_asks_first_and_deleting_the_open_session_starts_a_new_one(
     async with app.run_test(size=(120, 40)) as pilot:
         await ask(pilot, QUESTION)
         await saved(pilot)
-        folder = app.session.folder
+        folder = app.chat.session.folder
         await command(pilot, "/delete")
         await until(pilot, lambda: app.screen.id == "confirm")
         assert "Delete the session" in str(app.screen.query_one("#confirm-question").content)
         await pilot.press("n")
         await settle(pilot)
-        assert folder.is_dir() and app.conversation.messages  # "no" deletes nothing
+        assert folder.is_dir() and app.chat.conversation.messages  # "no" deletes nothing
 
         await command(pilot, "/delete")
         await until(pilot, lambda: app.screen.id == "confirm")
         await pilot.press("y")
         await until(pilot, lambda: "This is a new conversation" in transcript_text(app))
         assert not folder.exists()
-        assert app.conversation.messages == []
+        assert app.chat.conversation.messages == []
         assert on_disk(store) == []
 
 
@@ -159,8 +159,8 @@ async def test_resume_shows_every_turn_and_its_pictures_and_goes_on(demo_engine,
         await command(pilot, f"/image {second}")
         await ask(pilot, "What shape is it?")
         await saved(pilot)
-        answers = [m.text for m in app.conversation.messages if m.role == "assistant"]
-        folder = app.session.folder
+        answers = [m.text for m in app.chat.conversation.messages if m.role == "assistant"]
+        folder = app.chat.session.folder
     second.unlink()  # the session has its own copy
 
     session = store.open(folder.name)
@@ -171,7 +171,7 @@ async def test_resume_shows_every_turn_and_its_pictures_and_goes_on(demo_engine,
         assert QUESTION in shown and "What shape is it?" in shown
         assert all(answer in shown for answer in answers)
         assert "two.png" in shown
-        assert len(resumed.preview.refs) == 2 and "2/2" in str(resumed.query_one("#picture-index").content)
+        assert len(resumed.chat.preview.refs) == 2 and "2/2" in str(resumed.query_one("#picture-index").content)
         await ask(pilot, "How many shapes are there?")
         await saved(pilot)
     data = json.loads((folder / "session.json").read_text())
@@ -211,15 +211,15 @@ async def test_a_failed_save_is_shown_and_the_conversation_stays(demo_engine, pi
 
         monkeypatch.setattr(os, "replace", disk_full)
         await ask(pilot, "What shape is it?")
-        await until(pilot, lambda: app.save_error is not None)
+        await until(pilot, lambda: app.chat.save_error is not None)
         assert "No space left on device" in transcript_text(app)
-        assert "not saved" in app.status_text().plain
-        assert len(app.conversation.messages) == 4  # nothing lost in memory
+        assert "not saved" in app.chat.status_text().plain
+        assert len(app.chat.conversation.messages) == 4  # nothing lost in memory
         assert len(on_disk(store)[0]["conversation"]["messages"]) == 2  # the last good state is intact
 
         monkeypatch.setattr(os, "replace", real_replace)
         await ask(pilot, "How many shapes are there?")
-        await until(pilot, lambda: app.save_error is None)
+        await until(pilot, lambda: app.chat.save_error is None)
         assert len(on_disk(store)[0]["conversation"]["messages"]) == 6
         assert "Saved again." in transcript_text(app)
 
@@ -231,9 +231,9 @@ async def test_an_unusable_sessions_folder_is_reported_in_the_app(demo_engine, p
     app = app_for(demo_engine, SessionStore(blocked), [picture("circle", "red", "blue")])
     async with app.run_test(size=(120, 40)) as pilot:
         await ask(pilot, QUESTION)
-        await until(pilot, lambda: app.save_error is not None)
+        await until(pilot, lambda: app.chat.save_error is not None)
         assert "Not saved" in transcript_text(app) and "blocked" in transcript_text(app)
-        assert app.conversation.last("assistant") is not None
+        assert app.chat.conversation.last("assistant") is not None
     assert blocked.read_text() == "a file where the sessions folder should be"
 
 
@@ -243,11 +243,11 @@ async def test_clear_starts_a_new_session_and_keeps_the_old_one(demo_engine, pic
     async with app.run_test(size=(120, 40)) as pilot:
         await ask(pilot, QUESTION)
         await saved(pilot)
-        first = app.session.folder
+        first = app.chat.session.folder
         await command(pilot, "/clear")
         await ask(pilot, "What shape is it?")
         await saved(pilot, 2)
-        assert app.session.folder != first
+        assert app.chat.session.folder != first
     titles = sorted(d["title"] for d in on_disk(store))
     assert titles == sorted([QUESTION, "What shape is it?"])
     load_session(first).close()  # the old one was unlocked when the new one began (this would raise)
@@ -281,7 +281,7 @@ async def test_session_commands_are_in_the_command_palette(demo_engine, store):
         await pilot.pause(0.3)
         await pilot.press("enter")
         await pilot.pause(0.1)
-        assert app.prompt.text == "/export "
+        assert app.chat.prompt.text == "/export "
 
 
 @run_async
@@ -294,13 +294,13 @@ async def test_a_session_open_elsewhere_is_opened_read_only_and_never_written(de
     try:
         app = app_for(demo_engine, store, [picture("circle", "red", "blue")])
         async with app.run_test(size=(120, 40)) as pilot:
-            app.open_session(held.folder)
+            app.chat.open_session(held.folder)
             await until(pilot, lambda: "Held answer" in transcript_text(app))
             assert "open elsewhere" in transcript_text(app) and "read-only" in transcript_text(app)
-            assert "read-only" in app.status_text().plain
+            assert "read-only" in app.chat.status_text().plain
             await ask(pilot, QUESTION)
             await settle(pilot)
-            assert app.conversation.last("user").text == QUESTION  # kept in memory...
+            assert app.chat.conversation.last("user").text == QUESTION  # kept in memory...
         assert (held.folder / "session.json").read_bytes() == before  # ...never written over the other's
     finally:
         held.close()

@@ -46,12 +46,12 @@ def test_a_line_wrapped_as_it_grows_is_wrapped_as_if_whole(width):
 async def test_a_long_paragraph_streams_its_last_rows_and_shows_all_of_it_when_scrolled_up(endless_engine, picture):
     app = app_for(endless_engine, [picture("circle", "red", "blue")], max_new_tokens=100_000)
     async with app.run_test(size=(100, 30)) as pilot:
-        app.prompt.text = QUESTION
+        app.chat.prompt.text = QUESTION
         await pilot.press("enter")
-        transcript = app.transcript
+        transcript = app.chat.transcript
 
         def live():
-            return app._answer_view.query_one(LiveText) if app._answer_view else None
+            return app.chat.answer_view.query_one(LiveText) if app.chat.answer_view else None
 
         # The demo model writes one paragraph with no line breaks: all of it is the live line.
         await until(pilot, lambda: live() is not None and len(live()._starts) > 3 * transcript.size.height, timeout=60)
@@ -66,14 +66,14 @@ async def test_a_long_paragraph_streams_its_last_rows_and_shows_all_of_it_when_s
 
         # Scrolled up, the whole line is laid out, so its beginning can be read.
         transcript.scroll_home(animate=False)
-        await until(pilot, lambda: line.size.height == len(line._starts) or app.generating is None, timeout=10)
-        if app.generating is not None:
+        await until(pilot, lambda: line.size.height == len(line._starts) or app.chat.generating is None, timeout=10)
+        if app.chat.generating is not None:
             assert line.size.height > transcript.size.height
 
         await pilot.press("escape")
-        await until(pilot, lambda: app.generating is None, timeout=10)
+        await until(pilot, lambda: app.chat.generating is None, timeout=10)
         await settle(pilot)
-        answer = app.conversation.last("assistant")
+        answer = app.chat.conversation.last("assistant")
         assert answer.stopped
         # Once it ends, the answer is Markdown in full and the live line is gone.
         assert not app.query(LiveText)
@@ -87,17 +87,17 @@ async def test_stop_key_lights_up_while_an_answer_is_written_without_rebuilding_
         await settle(pilot)
 
         def stop_key():
-            return next((k for k in app.query(FooterKey) if k.action == "stop"), None)
+            return next((k for k in app.query(FooterKey) if k.action == "screen.stop"), None)
 
         await until(pilot, lambda: stop_key() is not None)  # the footer's first composition
         keys_before = list(app.query(FooterKey))
         assert stop_key().has_class("-disabled")
-        app.prompt.text = QUESTION
+        app.chat.prompt.text = QUESTION
         await pilot.press("enter")
-        await until(pilot, lambda: app.generating is not None and not stop_key().has_class("-disabled"), timeout=30)
+        await until(pilot, lambda: app.chat.generating is not None and not stop_key().has_class("-disabled"), timeout=30)
         assert list(app.query(FooterKey)) == keys_before  # restyled in place, not composed again
         await pilot.press("escape")
-        await until(pilot, lambda: app.generating is None, timeout=10)
+        await until(pilot, lambda: app.chat.generating is None, timeout=10)
         await settle(pilot)
         assert stop_key().has_class("-disabled")
         assert "esc" in screen_text(app).splitlines()[-1]

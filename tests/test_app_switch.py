@@ -47,7 +47,7 @@ def start_model(which: str, tiny_models) -> str:
 async def switch(pilot, name: str) -> None:
     app = pilot.app
     await command(pilot, f"/model {name}")
-    await until(pilot, lambda: app.switching is None)
+    await until(pilot, lambda: app.switching_model is None)
     await settle(pilot)
 
 
@@ -71,7 +71,7 @@ async def test_switch_mid_conversation_and_back_frees_the_old_model(tiny_models,
         assert model_label(other) in status_text(app)
 
         await ask(pilot, "And now?")  # the history goes on, in the new model's format
-        answers = [m for m in app.conversation.messages if m.role == "assistant"]
+        answers = [m for m in app.chat.conversation.messages if m.role == "assistant"]
         assert [a.model for a in answers] == [first_name, other]
         assert answers[1].text  # the tiny model answered over the whole history
 
@@ -80,7 +80,7 @@ async def test_switch_mid_conversation_and_back_frees_the_old_model(tiny_models,
         gc.collect()
         assert second_ref() is None
         await ask(pilot, QUESTION)
-        answers = [m for m in app.conversation.messages if m.role == "assistant"]
+        answers = [m for m in app.chat.conversation.messages if m.role == "assistant"]
         assert [a.model for a in answers] == [first_name, other, first_name]
         text = transcript_text(app)
         assert model_label(first_name) in text and model_label(other) in text
@@ -105,7 +105,7 @@ async def test_failed_switch_keeps_the_old_model_answering(tiny_models, picture,
         await switch(pilot, "no-such-model-name")
         assert "Could not switch to no-such-model-name: unknown model" in transcript_text(app)
         await ask(pilot, "Still there?")
-        answers = [m for m in app.conversation.messages if m.role == "assistant"]
+        answers = [m for m in app.chat.conversation.messages if m.role == "assistant"]
         assert [a.model for a in answers] == [first_name, first_name] and answers[1].text
     engine.unload()
 
@@ -131,23 +131,23 @@ async def test_old_model_answers_while_the_new_one_loads(tiny_models, picture, m
     app = make_app(settings(model=first_name, max_new_tokens=4), [picture("circle", "red", "blue").ref],
                    engine=engine, engine_loaded=True)
     async with app.run_test(size=(120, 40)) as pilot:
-        app.prompt.text = f"/model {other}"
+        app.chat.prompt.text = f"/model {other}"
         await pilot.press("enter")
         await pilot.pause(0.05)
-        assert app.switching == other
+        assert app.switching_model == other
         assert f"loading {model_label(other)}" in status_text(app)
-        app.prompt.text = QUESTION  # answered while the other model is still loading
+        app.chat.prompt.text = QUESTION  # answered while the other model is still loading
         await pilot.press("enter")
-        await until(pilot, lambda: app.generating is None and app.conversation.messages[-1].role == "assistant")
-        assert app.switching == other and app.info.name == first_name
+        await until(pilot, lambda: app.chat.generating is None and app.chat.conversation.messages[-1].role == "assistant")
+        assert app.switching_model == other and app.info.name == first_name
         GatedEngine.gate.set()
-        await until(pilot, lambda: app.switching is None and app.generating is None)
+        await until(pilot, lambda: app.switching_model is None and app.chat.generating is None)
         await settle(pilot)
-        answers = [m for m in app.conversation.messages if m.role == "assistant"]
+        answers = [m for m in app.chat.conversation.messages if m.role == "assistant"]
         assert [a.model for a in answers] == [first_name]
         assert app.info.name == other
         await ask(pilot, "And now?")
-        assert app.conversation.messages[-1].model == other
+        assert app.chat.conversation.messages[-1].model == other
         app.engine.unload()
 
 
@@ -170,13 +170,13 @@ async def test_picker_lists_named_and_cached_models_and_switches(tiny_models, pi
         assert "llava-1.5-7b" in shown and "not downloaded (~4.2 GB at 4-bit)" in shown
         assert "minicpm-o-2.6" in shown and "own code" in shown
         await pilot.press("escape")
-        assert not isinstance(app.screen, ModelPicker) and app.switching is None
+        assert not isinstance(app.screen, ModelPicker) and app.switching_model is None
         await command(pilot, "/model")
         await until(pilot, lambda: bool(app.screen.rows))
         names = [row.name for row in app.screen.rows]
         app.screen.query_one(OptionList).highlighted = names.index("llava-1.5-13b")
         await pilot.press("enter")
-        await until(pilot, lambda: app.switching is None)
+        await until(pilot, lambda: app.switching_model is None)
         await settle(pilot)
         # not downloaded, and tests are offline: a clear line, and the current model stays
         assert "Could not switch to llava-1.5-13b" in transcript_text(app)
@@ -194,12 +194,12 @@ async def test_after_a_failed_start_model_switches_and_answers_the_kept_question
     app = make_app(settings(model=str(broken), max_new_tokens=4), [picture().ref])
     async with app.run_test(size=(120, 40)) as pilot:
         await until(pilot, lambda: app.load_error is not None)
-        app.prompt.text = QUESTION
+        app.chat.prompt.text = QUESTION
         await pilot.press("enter")
         await pilot.pause(0.1)
         assert "switch with /model NAME" in transcript_text(app)
         await switch(pilot, other)
-        await until(pilot, lambda: app.generating is None and app.conversation.messages[-1].role == "assistant")
-        assert app.load_error is None and app.conversation.messages[-1].model == other
+        await until(pilot, lambda: app.chat.generating is None and app.chat.conversation.messages[-1].role == "assistant")
+        assert app.load_error is None and app.chat.conversation.messages[-1].model == other
         assert "not loaded" not in status_text(app)
         app.engine.unload()

@@ -187,30 +187,30 @@ async def test_app_with_its_model_in_a_process_of_its_own(picture, endless_model
     async with app.run_test(size=(120, 40)) as pilot:
         await until(pilot, lambda: app.loaded, timeout=90)
         await ask(pilot, QUESTION)
-        assert app.conversation.last("assistant").text == "The shape is red."
-        await until(pilot, lambda: app.context_tokens is not None)
+        assert app.chat.conversation.last("assistant").text == "The shape is red."
+        await until(pilot, lambda: app.chat.context_tokens is not None)
         assert "ctx " in status_text(app)
 
         first_pid = app.engine.pid
         os.kill(first_pid, signal.SIGKILL)
-        app.prompt.text = QUESTION
+        app.chat.prompt.text = QUESTION
         await pilot.press("enter")
-        await until(pilot, lambda: app.generating is None and "not loaded" in status_text(app))
+        await until(pilot, lambda: app.chat.generating is None and "not loaded" in status_text(app))
         await settle(pilot)
         assert "the model's process ended unexpectedly" in transcript_text(app)
         assert "not loaded" in status_text(app)
-        assert app.prompt.text == QUESTION  # the question came back, nothing lost
-        app.prompt.text = ""
+        assert app.chat.prompt.text == QUESTION  # the question came back, nothing lost
+        app.chat.prompt.text = ""
         await command(pilot, "/model demo")
-        await until(pilot, lambda: app.switching is None and app.loaded and not app.load_error, timeout=90)
+        await until(pilot, lambda: app.switching_model is None and app.loaded and not app.load_error, timeout=90)
         await ask(pilot, "And now?")
-        assert app.conversation.last("assistant").text
+        assert app.chat.conversation.last("assistant").text
         assert app.engine.pid != first_pid
 
         # A switch ends the old model's process once the new one is in.
         demo_pid = app.engine.pid
         await command(pilot, f"/model {endless_model}")
-        await until(pilot, lambda: app.switching is None and app.info.name == str(endless_model), timeout=90)
+        await until(pilot, lambda: app.switching_model is None and app.info.name == str(endless_model), timeout=90)
         assert gone(demo_pid)
         await command(pilot, "/set max_tokens 100000")  # the endless model talks until stopped
         answer = await stop_midway(pilot, QUESTION)

@@ -24,7 +24,7 @@ def own_config(tmp_path, monkeypatch):
 
 
 async def _settled(pilot) -> None:
-    pilot.app.prompt.cursor_blink = False
+    pilot.app.chat.prompt.cursor_blink = False
     await pilot.app.workers.wait_for_complete()
     await pilot.pause(0.3)  # the picture is drawn once the size has settled
     await pilot.app.workers.wait_for_complete()

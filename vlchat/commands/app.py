@@ -86,15 +86,14 @@ def _resume(name: str, settings, sources):
     """The session --resume names, locked (or read-only when it is open elsewhere), with the model
     and sampling it used, unless flags, the environment or the config file say otherwise."""
     from vlchat.commands.remember import apply_remembered
-    from vlchat.core.sessions import SessionLockedError, SessionStore, store_root
+    from vlchat.core.session_writer import open_or_read_only
+    from vlchat.core.sessions import SessionStore, store_root
 
     store = SessionStore(store_root(settings))
     notes = []
-    try:
-        session = store.open(name or None)
-    except SessionLockedError as error:
-        session = store.open(name or None, read_only=True)
-        notes.append(f"{error.message}: opened read-only, so nothing you add here is saved "
+    session, locked = open_or_read_only(store, name or None)
+    if locked is not None:
+        notes.append(f"{locked.message}: opened read-only, so nothing you add here is saved "
                      "(quit the other vlchat to continue it here)")
     apply_remembered(session, settings, sources)
     return session, notes

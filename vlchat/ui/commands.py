@@ -52,26 +52,26 @@ class VlchatCommands(Provider):
     prompt for the person to finish; themes are offered one by one."""
 
     def _entries(self):
-        app = self.app
+        app, chat = self.app, self.app.chat
         for name, (args, doc) in COMMANDS.items():
             if name == "theme":
                 for theme in sorted(app.available_themes):
                     if theme.startswith("vlchat-") or theme in app.user_theme_names:
-                        yield f"/theme {theme}", f"switch to the {theme} theme", partial(app.run_command_line, f"/theme {theme}")
+                        yield f"/theme {theme}", f"switch to the {theme} theme", partial(chat.run_command_line, f"/theme {theme}")
             elif name == "model":
-                yield "/model", "pick another model from a list (the conversation stays)", partial(app.run_command_line, "/model")
+                yield "/model", "pick another model from a list (the conversation stays)", partial(chat.run_command_line, "/model")
             elif name == "set":
                 for key in SETTABLE:
-                    yield f"/set {key}", f"change {key}", partial(app.fill_prompt, f"/set {key} ")
+                    yield f"/set {key}", f"change {key}", partial(chat.fill_prompt, f"/set {key} ")
             elif args.startswith("["):  # optional argument: run as is, or finish it in the prompt
-                yield f"/{name}", doc, partial(app.run_command_line, f"/{name}")
-                yield f"/{name} {args}", doc, partial(app.fill_prompt, f"/{name} ")
+                yield f"/{name}", doc, partial(chat.run_command_line, f"/{name}")
+                yield f"/{name} {args}", doc, partial(chat.fill_prompt, f"/{name} ")
             elif args and name != "system":
-                yield f"/{name} {args}", doc, partial(app.fill_prompt, f"/{name} ")
+                yield f"/{name} {args}", doc, partial(chat.fill_prompt, f"/{name} ")
             elif name == "system":
-                yield f"/system {args}", doc, partial(app.fill_prompt, "/system ")
+                yield f"/system {args}", doc, partial(chat.fill_prompt, "/system ")
             else:
-                yield f"/{name}", doc, partial(app.run_command_line, f"/{name}")
+                yield f"/{name}", doc, partial(chat.run_command_line, f"/{name}")
 
     async def discover(self) -> Hits:
         for title, doc, action in self._entries():
