@@ -28,7 +28,7 @@ from vlchat.core.conversation import ImageRef
 from vlchat.core.errors import VlchatError
 from vlchat.core.text import clean
 from vlchat.ui import themes as theme_files
-from vlchat.ui.commands import VlchatCommands
+from vlchat.ui.slash import SlashCommands
 from vlchat.ui.messages import (
     ModelLoaded,
     ModelLoadFailed,
@@ -56,7 +56,7 @@ def _freeze_heap() -> None:
 class VlchatApp(App):
     CSS_PATH = Path(__file__).parent / "app.tcss"  # absolute: subclasses elsewhere keep it
     TITLE = "vlchat"
-    COMMANDS = App.COMMANDS | {VlchatCommands}
+    COMMANDS = App.COMMANDS | {SlashCommands}
     # The keymap is app-wide; the conversation's keys act on the chat screen ("screen." actions).
     BINDINGS = [
         Binding("escape", "screen.stop", "Stop", id="stop", priority=True),

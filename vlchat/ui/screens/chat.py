@@ -31,7 +31,7 @@ from vlchat.core.conversation import Conversation, GenerationParams, ImageRef
 from vlchat.core.errors import VlchatError
 from vlchat.core.session_writer import SessionCallbacks, SessionWriter, Snapshot
 from vlchat.core.text import clean
-from vlchat.ui import commands as slash
+from vlchat.ui import slash
 from vlchat.ui.footer import KeyFooter
 from vlchat.ui.messages import (
     AnswerFinished,

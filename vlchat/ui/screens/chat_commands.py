@@ -11,7 +11,7 @@ from typing import Any
 from vlchat.core.conversation import Conversation
 from vlchat.core.errors import VlchatError
 from vlchat.core.text import clean
-from vlchat.ui import commands as slash
+from vlchat.ui import slash
 from vlchat.ui.prompt import PromptArea
 
 
@@ -30,17 +30,19 @@ class ConversationCommands:
             self.run_command(*parsed, original=line)
 
     def run_command(self, name: str, args: str, original: str = "") -> None:
-        handler = getattr(self, f"command_{name}", None) or getattr(self.app, f"command_{name}", None)
-        if name not in slash.COMMANDS or handler is None:
+        command = slash.COMMANDS.get(name)
+        if command is None:
             shown = clean(name, keep_newlines=False)[:40]
             self.notify(f"Unknown command /{shown}. Type /help for the list.", severity="error")
             self.transcript.note(f"Unknown command /{shown}. Type /help for the list of commands.", "error")
             return
-        busy = name in ("regenerate", "edit", "clear", "load", "sessions", "delete")
-        if busy and self.generating is not None:
+        if command.waits_for_answer and self.generating is not None:
             self.notify(f"/{name} waits until the answer is done: press Esc to stop it first.", severity="warning")
             return
-        handler(args)
+        if command.needs_sessions and self.store is None:
+            self.notify("Sessions are off in this app.", severity="warning")
+            return
+        getattr(self.app if command.app_wide else self, command.method)(args)
 
     # -- the conversation --------------------------------------------------------------------------
     def command_image(self, args: str) -> None:
@@ -136,9 +138,6 @@ class ConversationCommands:
 
     # -- sessions ------------------------------------------------------------------------------------
     def command_save(self, args: str) -> None:
-        if self.store is None:
-            self.notify("Sessions are off in this app.", severity="warning")
-            return
         title = " ".join(args.split()) or None
         if title is None and not self.conversation.last("user") and not self.pending:
             self.notify("Nothing to save yet: ask a question or attach a picture first.", severity="warning")
@@ -151,15 +150,10 @@ class ConversationCommands:
         self.request_save("rename", title=title)
 
     def command_load(self, _args: str) -> None:
-        if self.store is None:
-            self.notify("Sessions are off in this app.", severity="warning")
-            return
         from vlchat.ui.sessions import SessionPicker
 
         current = self.session.id if self.session is not None else None
         self.app.push_screen(SessionPicker(self.store, current), self._picked)
-
-    command_sessions = command_load
 
     def _picked(self, folder: Path | None) -> None:
         if folder is None:
@@ -174,15 +168,10 @@ class ConversationCommands:
 
     def open_session(self, folder: Any) -> None:
         """Switch to another session: the open one is saved and closed first (by the session writer)."""
-        if self.store is None:
-            return
         self.opening_session = True
         self.sessions.open(self.snapshot(), folder)
 
     def command_delete(self, args: str) -> None:
-        if self.store is None:
-            self.notify("Sessions are off in this app.", severity="warning")
-            return
         from vlchat.ui.sessions import ConfirmScreen
 
         name = args.strip()
@@ -218,9 +207,6 @@ class ConversationCommands:
         self.app.push_screen(ConfirmScreen(question), answered)
 
     def command_export(self, args: str) -> None:
-        if self.store is None:
-            self.notify("Sessions are off in this app.", severity="warning")
-            return
         try:
             parts = shlex.split(args)
         except ValueError as error:
