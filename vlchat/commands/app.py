@@ -30,7 +30,7 @@ def _check_pictures(paths: list[str]):
 
 
 def run_app(args: argparse.Namespace, *, demo: bool = False) -> int:
-    from vlchat.cli import settings_from
+    from vlchat.config import settings_from
 
     if demo:
         args.model = "demo"
@@ -85,7 +85,7 @@ def run_app(args: argparse.Namespace, *, demo: bool = False) -> int:
 def _resume(name: str, settings, sources):
     """The session --resume names, locked (or read-only when it is open elsewhere), with the model
     and sampling it used, unless flags, the environment or the config file say otherwise."""
-    from vlchat.commands.remember import apply_remembered
+    from vlchat.engines.remember import apply_remembered
     from vlchat.core.session_writer import open_or_read_only
     from vlchat.core.sessions import SessionStore, store_root
 

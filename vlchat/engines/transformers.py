@@ -130,6 +130,9 @@ def _first_line(error: BaseException) -> str:
     return text[0] if text else type(error).__name__
 
 
+first_line = _first_line  # the public name, for the engines built on this one
+
+
 class TransformersEngine(ChatEngine):
     """A local image-text-to-text model through transformers."""
 

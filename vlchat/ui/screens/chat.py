@@ -512,7 +512,7 @@ class ChatScreen(ConversationCommands, Screen):
 
     def snapshot(self) -> Snapshot:
         """The conversation as it is now, in copies the session writer may keep."""
-        from vlchat.commands.remember import model_record
+        from vlchat.engines.remember import model_record
 
         return Snapshot(
             messages=list(self.conversation.messages),
