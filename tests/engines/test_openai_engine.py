@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 
@@ -32,6 +31,7 @@ from vlchat.engines.openai import (
     normalize_endpoint,
 )
 from tests.openai_server import OpenAITestServer, unanswering_port
+from tests.toolkit import free_port
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -54,12 +54,6 @@ def ask(engine, conversation, params=SHORT) -> str:
 
 def last_chat_request(server) -> dict:
     return [r for r in server.requests if r["method"] == "POST"][-1]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # -- answers ------------------------------------------------------------------------------------------

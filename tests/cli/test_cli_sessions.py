@@ -20,7 +20,7 @@ from vlchat.demo import SAMPLES_DIR
 
 pytestmark = pytest.mark.timeout(300)
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "sessions" / "example"
+EXAMPLE = Path(__file__).resolve().parents[2] / "sessions" / "example"
 RED_CIRCLE = SAMPLES_DIR / "red-circle.png"
 STARS = SAMPLES_DIR / "three-yellow-stars.png"
 

@@ -12,16 +12,11 @@ import os
 
 import pytest
 
-from tests.test_app import QUESTION, ask, command, run_async, settings, settle, transcript_text, until
+from tests.toolkit import QUESTION, ask, command, run_async, settings, settle, transcript_text, until
 from vlchat.core.sessions import SessionStore, load_session
 from vlchat.ui.app import make_app
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture(autouse=True)
-def own_config(tmp_path, monkeypatch):
-    monkeypatch.setenv("VLCHAT_CONFIG_DIR", str(tmp_path / "config"))
 
 
 @pytest.fixture

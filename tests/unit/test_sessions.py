@@ -34,9 +34,9 @@ from vlchat.demo import SAMPLES_DIR
 
 pytestmark = pytest.mark.timeout(120)
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "sessions" / "example"
-V0 = Path(__file__).resolve().parent / "data" / "session-v0"
+V0 = Path(__file__).resolve().parents[1] / "data" / "session-v0"
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import pytest
 from rich.cells import cell_len
 from textual.widgets._footer import FooterKey
 
-from tests.test_app import QUESTION, app_for, run_async, screen_text, settle, until
+from tests.toolkit import QUESTION, app_for, run_async, screen_text, settle, until
 from vlchat.ui.transcript import LiveText, wrap_rows
 
 pytestmark = pytest.mark.timeout(120)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ import pytest
 
 from tests.conftest import vlchat_command
 from tests.openai_server import OpenAITestServer, unanswering_port
+from tests.toolkit import free_port
 from vlchat.demo import SAMPLES_DIR
 
 pytestmark = pytest.mark.timeout(120)
@@ -45,12 +45,6 @@ def one_error_line(result, *words: str) -> str:
     for word in words:
         assert word in lines[0], (word, lines[0])
     return lines[0]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # -- answers -----------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from vlchat.core.sessions import SessionStore, load_session
 
 pytestmark = pytest.mark.timeout(60)
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "sessions" / "example"
+EXAMPLE = Path(__file__).resolve().parents[2] / "sessions" / "example"
 
 EXPECTED = """\
 # Blue squares and a green triangle

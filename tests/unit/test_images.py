@@ -619,7 +619,7 @@ def test_core_does_not_import_heavy_libraries():
         "bad = [m for m in ('torch', 'transformers', 'textual') if m in sys.modules]; "
         "sys.exit(', '.join(bad) or 0)"
     )
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr or result.stdout
 

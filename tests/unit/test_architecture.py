@@ -14,7 +14,7 @@ import pytest
 
 pytestmark = pytest.mark.timeout(120)
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 OWN = ("vlchat", "tests")
 
 

@@ -13,7 +13,7 @@ import weakref
 
 import pytest
 
-from tests.test_app import ask, command, run_async, settings, settle, status_text, transcript_text, until
+from tests.toolkit import ask, command, run_async, settings, settle, status_text, transcript_text, until
 from vlchat.engines.transformers import TransformersEngine
 from vlchat.ui.app import make_app
 from vlchat.ui.transcript import model_label
@@ -21,11 +21,6 @@ from vlchat.ui.transcript import model_label
 pytestmark = pytest.mark.timeout(180)
 
 QUESTION = "What colour is the shape?"
-
-
-@pytest.fixture(autouse=True)
-def own_config(tmp_path, monkeypatch):
-    monkeypatch.setenv("VLCHAT_CONFIG_DIR", str(tmp_path / "config"))
 
 
 def fresh_engine(name: str) -> TransformersEngine:

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from tests.test_app import ask, command, run_async, screen_text, settings, settle, status_text, stop_midway, transcript_text, until
+from tests.toolkit import ask, command, run_async, screen_text, settings, settle, status_text, stop_midway, transcript_text, until
 from vlchat.core.conversation import Conversation, GenerationParams, ImageRef
 from vlchat.engines import make_engine
 from vlchat.engines.process import ModelProcessError, ProcessEngine
