@@ -146,6 +146,12 @@ class ChatScreen(ConversationCommands, Screen):
         return self.query_one(PicturePane)
 
     def on_mount(self) -> None:
+        try:
+            self._start()
+        finally:
+            self.mounted.set()  # even after a failure: the app waits for it, and must get to show it
+
+    def _start(self) -> None:
         self.prompt.focus()
         self.refresh_pictures()
         if self._start_images:
@@ -159,7 +165,6 @@ class ChatScreen(ConversationCommands, Screen):
         self.update_status()
         if self.app.loaded:
             self.count_context()
-        self.mounted.set()
 
     # -- the model, as the app reports it -------------------------------------------------------
     def model_ready(self) -> None:
