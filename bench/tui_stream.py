@@ -140,12 +140,12 @@ async def through_app(engine, picture, tokens: int, key_interval: float | None) 
     async with app.run_test(size=(120, 40)) as pilot:
         await app.workers.wait_for_complete()
         await pilot.pause(0.2)
-        app.prompt.text = QUESTION
+        app.chat.prompt.text = QUESTION
         started, ui_started = time.perf_counter(), time.thread_time()
         await pilot.press("enter")
-        while app.generating is None and app.conversation.last("assistant") is None:
+        while app.chat.generating is None and app.chat.conversation.last("assistant") is None:
             await asyncio.sleep(0.001)
-        while app.generating is not None:
+        while app.chat.generating is not None:
             if key_interval is None:
                 # The bench must not be what slows the app: no polling while the model writes
                 # (each wake-up of this thread takes the interpreter from the model).
@@ -154,22 +154,22 @@ async def through_app(engine, picture, tokens: int, key_interval: float | None) 
                 await asyncio.sleep(0.001)
                 continue
             await asyncio.sleep(key_interval)
-            if app.generating is None:
+            if app.chat.generating is None:
                 break
-            before = len(app.prompt.text)
+            before = len(app.chat.prompt.text)
             pressed = time.perf_counter()
             # As the terminal driver delivers a key (Pilot's press would also wait for every widget
             # to go idle, which the streaming transcript rarely is).
             app.post_message(events.Key("x", "x"))
-            while len(app.prompt.text) == before:
+            while len(app.chat.prompt.text) == before:
                 await asyncio.sleep(0.0005)
             delays.append(time.perf_counter() - pressed)
         elapsed = time.perf_counter() - started
         ui_cpu = time.thread_time() - ui_started
         await pilot.pause(0.05)
-        answer = app.conversation.last("assistant")
+        answer = app.chat.conversation.last("assistant")
         assert answer is not None and answer.tokens == tokens, (answer and answer.tokens, tokens)
-        frames = app.frames
+        frames = app.chat.frames
     return {"seconds": elapsed, "frames": frames, "key_delays": delays, "ui_cpu_s": ui_cpu}
 
 

@@ -95,14 +95,6 @@ def _add_sessions_dir(parser: argparse.ArgumentParser, *, top: bool = False) -> 
     )
 
 
-def settings_from(args: argparse.Namespace):
-    """Defaults < config file < VLCHAT_* < the flags given on this command line."""
-    from vlchat.config import SETTING_NAMES, load_settings
-
-    flags = {name: getattr(args, name) for name in SETTING_NAMES if hasattr(args, name)}
-    return load_settings(flags)
-
-
 SUBCOMMANDS = ("ask", "caption", "demo", "sessions", "export", "models")
 
 _USAGE = (
@@ -266,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args = build_app_parser().parse_args(argv)
             args.command = None
         if args.print_config:
-            from vlchat.config import config_file, describe_settings
+            from vlchat.config import config_file, describe_settings, settings_from
 
             settings, sources = settings_from(args)
             print(f"# config file: {config_file()}")

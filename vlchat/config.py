@@ -226,6 +226,13 @@ def redact_url(url: str, placeholder: str | None = REDACTED) -> str:
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
+def settings_from(args: Any):
+    """The settings for a parsed command line (an argparse Namespace): defaults < config file <
+    VLCHAT_* < the flags given on it. Returns (settings, where each came from)."""
+    flags = {name: getattr(args, name) for name in SETTING_NAMES if hasattr(args, name)}
+    return load_settings(flags)
+
+
 def describe_settings(settings: Settings, sources: Mapping[str, str]) -> str:
     """The lines `vlchat --print-config` prints: name = value  # where it came from."""
     lines = []

@@ -30,7 +30,7 @@ def _check_pictures(paths: list[str]):
 
 
 def run_app(args: argparse.Namespace, *, demo: bool = False) -> int:
-    from vlchat.cli import settings_from
+    from vlchat.config import settings_from
 
     if demo:
         args.model = "demo"
@@ -88,16 +88,15 @@ def run_app(args: argparse.Namespace, *, demo: bool = False) -> int:
 def resume_session(name: str, settings, sources):
     """The session --resume names, locked (or read-only when it is open elsewhere), with the model
     and sampling it used, unless flags, the environment or the config file say otherwise."""
-    from vlchat.commands.remember import apply_remembered
-    from vlchat.core.sessions import SessionLockedError, SessionStore, SessionWriteRefusedError, store_root
+    from vlchat.core.session_writer import open_or_read_only
+    from vlchat.core.sessions import SessionStore, SessionWriteRefusedError, store_root
+    from vlchat.engines.remember import apply_remembered
 
     store = SessionStore(store_root(settings))
     notes = []
-    try:
-        session = store.open(name or None)
-    except SessionLockedError as error:
-        session = store.open(name or None, read_only=True)
-        why = "" if isinstance(error, SessionWriteRefusedError) else " (quit the other vlchat to continue it here)"
-        notes.append(f"{error.message}: opened read-only, so nothing you add here is saved{why}")
+    session, locked = open_or_read_only(store, name or None)
+    if locked is not None:
+        why = "" if isinstance(locked, SessionWriteRefusedError) else " (quit the other vlchat to continue it here)"
+        notes.append(f"{locked.message}: opened read-only, so nothing you add here is saved{why}")
     notes += apply_remembered(session, settings, sources)
     return session, notes

@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 from typing import Iterator, TextIO
 
-from vlchat.commands.remember import model_record
+from vlchat.engines.remember import model_record
 from vlchat.core.conversation import Conversation, GenerationParams
 from vlchat.core.errors import InputError
 from vlchat.core.images import load_image
@@ -59,7 +59,7 @@ def open_session(args: argparse.Namespace, settings, sources):
     session = store.open(args.session)
     if not sources.get("system", "").startswith("flag"):
         settings.system = None  # the config's system prompt is for new conversations; keep this one's
-    from vlchat.commands.remember import apply_remembered
+    from vlchat.engines.remember import apply_remembered
 
     for note in apply_remembered(session, settings, sources):
         print(f"vlchat: note: {note}", file=sys.stderr)
@@ -84,7 +84,7 @@ def interrupts_deferred() -> Iterator[None]:
 
 
 def run_ask(args: argparse.Namespace) -> int:
-    from vlchat.cli import settings_from
+    from vlchat.config import settings_from
 
     from vlchat.engines import make_engine
 
@@ -121,6 +121,9 @@ def _params(settings) -> GenerationParams:
         top_p=settings.top_p,
         seed=settings.seed,
     ).validate()
+
+
+generation_params = _params  # the public name, for `vlchat caption`
 
 
 def _ask(args, settings, engine, pictures, question, session) -> int:

@@ -362,8 +362,8 @@ def prompt_for(args: argparse.Namespace, model: str) -> str:
 
 
 def run_caption(args: argparse.Namespace) -> int:
-    from vlchat.cli import settings_from
-    from vlchat.commands.ask import _params
+    from vlchat.config import settings_from
+    from vlchat.commands.ask import generation_params as _params
     from vlchat.core.captions import format_for, open_store
     from vlchat.core.pictures import find_pictures
     from vlchat.engines import make_engine

@@ -6,106 +6,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import TextIO
 
 from vlchat.core.text import clean, clean_data
-
-# model_type values of image-text-to-text models, for spotting them in the cache by their config
-_VISION_HINTS = ("vision_config", "vision_tower", "image_token_index", "image_token_id", "qformer_config")
-
-
-@dataclass
-class ModelRow:
-    name: str
-    hub_id: str
-    family: str
-    memory_4bit_gb: float | None
-    downloaded: bool
-    size_bytes: int | None = None  # on disk, when downloaded
-    named: bool = True
-    remote_code: bool = False
-    label: str = ""
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def _scan_cache() -> dict[str, tuple[int, Path | None]]:
-    """hub id (lower case) -> (bytes on disk, the newest snapshot folder) for every cached model."""
-    try:
-        from huggingface_hub import constants, scan_cache_dir
-
-        info = scan_cache_dir(constants.HF_HUB_CACHE)  # looked up now, so the cache can be changed at run time
-    except Exception:  # no cache yet, or one we cannot read: nothing is downloaded
-        return {}
-    found: dict[str, tuple[int, Path | None]] = {}
-    for repo in info.repos:
-        if repo.repo_type != "model":
-            continue
-        snapshot = None
-        revisions = sorted(repo.revisions, key=lambda r: r.last_modified, reverse=True)
-        if revisions:
-            snapshot = Path(revisions[0].snapshot_path)
-        found[repo.repo_id.lower()] = (int(repo.size_on_disk), snapshot)
-    return found
-
-
-def _is_image_text_model(snapshot: Path | None) -> tuple[bool, str, bool]:
-    """Whether the cached model is an image-text-to-text one, its family, and whether it brings
-    its own code (an ``auto_map`` in its config: it only loads with trust_remote_code)."""
-    if snapshot is None or not (snapshot / "config.json").is_file():
-        return False, "", False
-    try:
-        config = json.loads((snapshot / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False, "", False
-    if not isinstance(config, dict):
-        return False, "", False
-    family = str(config.get("model_type", "?"))
-    return any(key in config for key in _VISION_HINTS), family, bool(config.get("auto_map"))
-
-
-def _has_weights(snapshot: Path | None) -> bool:
-    if snapshot is None:
-        return False
-    return any(snapshot.glob("*.safetensors")) or any(snapshot.glob("*.bin"))
-
-
-def local_models_table() -> list[ModelRow]:
-    """Every named model (downloaded or not) and then the other image-text-to-text models in the cache."""
-    from vlchat.demo import DEMO_LABEL, DEMO_NAME, MODEL_DIR
-    from vlchat.engines.registry import REGISTRY
-
-    cache = _scan_cache()
-    rows = [ModelRow(DEMO_NAME, "bundled", "llava", 0.01, (MODEL_DIR / "config.json").is_file(), label=DEMO_LABEL)]
-    for model in REGISTRY:
-        size, snapshot = cache.get(model.hub_id.lower(), (None, None))
-        rows.append(
-            ModelRow(
-                model.name,
-                model.hub_id,
-                model.family,
-                model.memory_4bit_gb,
-                _has_weights(snapshot),
-                size_bytes=size,
-                remote_code=model.remote_code,
-                label=model.label,
-            )
-        )
-    known = {model.hub_id.lower() for model in REGISTRY}
-    for repo_id, (size, snapshot) in sorted(cache.items()):
-        if repo_id in known:
-            continue
-        vision, family, own_code = _is_image_text_model(snapshot)
-        if not vision:
-            continue
-        # the cache folder name keeps the hub's spelling; the key was lower-cased for matching
-        hub_id = snapshot.parent.parent.name.removeprefix("models--").replace("--", "/") if snapshot else repo_id
-        rows.append(ModelRow(hub_id, hub_id, family, None, _has_weights(snapshot), size_bytes=size, named=False,
-                             remote_code=own_code))
-    return rows
+from vlchat.engines.catalog import ModelRow, local_models_table
 
 
 def _gb(value: float | int | None, *, bytes_: bool = False) -> str:
@@ -141,7 +45,7 @@ def print_table(rows: list[list[str]], header: list[str], out: TextIO) -> None:
 
 
 def run_models(args: argparse.Namespace) -> int:
-    from vlchat.cli import settings_from
+    from vlchat.config import settings_from
 
     settings, _sources = settings_from(args)
     out = sys.stdout

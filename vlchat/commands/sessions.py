@@ -12,7 +12,7 @@ from vlchat.core.text import clean, clean_data
 
 
 def store_from(args: argparse.Namespace) -> SessionStore:
-    from vlchat.cli import settings_from
+    from vlchat.config import settings_from
 
     settings, _sources = settings_from(args)
     return SessionStore(store_root(settings))

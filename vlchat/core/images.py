@@ -585,6 +585,11 @@ def _sniff_supported(data: bytes) -> str | None:
     return None
 
 
+# The public names, for core.pictures.
+sniff_supported = _sniff_supported
+sniff_unsupported = _sniff_unsupported
+
+
 def _looks_like_text(data: bytes) -> bool:
     sample = data[:4096]
     if b"\x00" in sample:

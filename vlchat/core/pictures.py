@@ -16,7 +16,7 @@ from typing import Iterable, Iterator
 from PIL import Image
 
 from vlchat.core.errors import InputError
-from vlchat.core.images import _sniff_supported, _sniff_unsupported
+from vlchat.core.images import sniff_supported, sniff_unsupported
 from vlchat.core.text import clean
 
 PICTURE_EXTENSIONS = frozenset(
@@ -42,7 +42,7 @@ def looks_like_picture(path: str | os.PathLike) -> bool:
         return False
     if not head:
         return False
-    if _sniff_supported(head) or _sniff_unsupported(head):
+    if sniff_supported(head) or sniff_unsupported(head):
         return True
     # Pillow knows more formats by their first bytes (PPM, TGA with a footer aside, ICO, ...);
     # Image.open reads only the header.

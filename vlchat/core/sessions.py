@@ -836,6 +836,9 @@ class _RefOnly:
         self.ref = ref
 
 
+RefOnly = _RefOnly  # the public name, for the app's session writer
+
+
 _ENCODE = json.JSONEncoder(ensure_ascii=False, check_circular=False).encode
 
 

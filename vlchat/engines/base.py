@@ -1,17 +1,18 @@
-"""The ChatEngine protocol every engine implements, its errors, and the stream it returns.
+"""The ChatEngine base class every engine subclasses, its errors, and the stream it returns.
 
 An engine turns a Conversation into text pieces. The app, `vlchat ask` and `vlchat caption` only
-ever talk to this protocol, so a local transformers model, a BLIP-2 prompt chain or an HTTP server
+ever talk to this contract, so a local transformers model, a BLIP-2 prompt chain or an HTTP server
 are interchangeable.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Protocol, runtime_checkable
+from typing import Any, Callable, Iterator
 
 from vlchat.core.conversation import Conversation, GenerationParams, Timings
 from vlchat.core.errors import InputError, VlchatError
@@ -139,14 +140,24 @@ class TokenStream:
             close()
 
 
-@runtime_checkable
-class ChatEngine(Protocol):
-    """What the app and the commands need from any model backend."""
+class ChatEngine:
+    """The contract between a model backend and whoever uses it (the app, `vlchat ask`, `vlchat
+    caption`): every engine subclasses this. The defaults describe a model that runs on a thread of
+    this process; an engine that differs (its own process, a server) overrides what differs.
 
-    name: str
+    Stopping an answer is not a method: ``stream`` takes a ``threading.Event``, and setting it
+    stops generation within one decoding step.
+    """
+
+    name: str = ""
+    # Whether the model runs in a process of its own (then a model switched to runs in one too).
+    separate_process: bool = False
+    # Whether count_context can count the conversation's tokens (a server has no tokenizer here).
+    counts_context: bool = False
 
     def load(self, progress: ProgressCallback | None = None) -> None:
         """Load the model; slow. Reports steps through ``progress``. Raises EngineError subclasses."""
+        raise NotImplementedError
 
     def stream(
         self,
@@ -159,9 +170,40 @@ class ChatEngine(Protocol):
         Setting ``cancel`` stops generation itself within one decoding step; the stream then ends
         and ``stream.stats.stopped`` is true. An error inside generation is raised from iteration.
         """
+        raise NotImplementedError
 
     def unload(self) -> None:
         """Free the model and its memory."""
 
     def describe(self) -> EngineInfo:
         """Name, family, device, dtype, quantization, memory used and context length."""
+        raise NotImplementedError
+
+    def count_context(self, conversation: Conversation) -> tuple[int, int | None]:
+        """Tokens the conversation takes in the model's context, and how many are the pictures'
+        (None when unknown). Only called when ``counts_context`` is true."""
+        raise NotImplementedError
+
+    def release(self) -> int | None:
+        """Unload, and say how many bytes of GPU memory that gave back (None when not known)."""
+        torch = sys.modules.get("torch")  # not imported: no model of this process holds GPU memory
+        before = None
+        try:
+            if torch is not None and torch.cuda.is_available():
+                before = torch.cuda.memory_allocated()
+        except Exception:
+            before = None
+        self.unload()
+        if before is None:
+            return None
+        return before - torch.cuda.memory_allocated()
+
+    def cpu_seconds(self) -> float | None:
+        """CPU seconds of whatever runs the model (here: this whole process, since its threads
+        share the interpreter with the caller's); None when that cannot be read."""
+        return time.process_time()
+
+    @property
+    def alive(self) -> bool:
+        """False once the model can no longer answer until it is loaded again (its process died)."""
+        return True

@@ -44,6 +44,7 @@ from vlchat.engines.base import (
     StreamStats,
     TokenStream,
 )
+from vlchat.engines.base import ChatEngine
 
 if TYPE_CHECKING:
     import os
@@ -578,7 +579,7 @@ def _mentions_context(message: str) -> bool:
 
 
 # -- the engine --------------------------------------------------------------------------------------
-class OpenAIEngine:
+class OpenAIEngine(ChatEngine):
     """A model on an OpenAI-compatible server, behind the same ChatEngine protocol as a local one."""
 
     def __init__(

@@ -38,7 +38,7 @@ from typing import Any, Iterator
 
 from vlchat.core.conversation import Conversation, GenerationParams
 from vlchat.core.text import clean
-from vlchat.engines.base import EngineError, EngineInfo, ProgressCallback, StreamStats, TokenStream
+from vlchat.engines.base import ChatEngine, EngineError, EngineInfo, ProgressCallback, StreamStats, TokenStream
 
 POLL_S = 0.05  # how often a waiting reader looks at its cancel event
 EXIT_WAIT_S = 5.0
@@ -59,10 +59,11 @@ def supported() -> bool:
     return os.name == "posix" and bool(sys.executable)
 
 
-class ProcessEngine:
+class ProcessEngine(ChatEngine):
     """The engine ``make_engine`` would make for these settings, run in a child process."""
 
     separate_process = True
+    counts_context = True
 
     def __init__(self, settings: Any, model: str | None = None):
         self.settings = settings
@@ -287,6 +288,11 @@ class ProcessEngine:
         finalizer()
         self._proc = self._commands = self._events = None
         self._info = None
+
+    def release(self) -> int | None:
+        """End the model's process; the GPU memory it held at its last report is what that gave back."""
+        self.unload()
+        return self.released_bytes
 
 
 def _stop(proc: subprocess.Popen, commands: Connection, events: Connection, log: Any) -> None:

@@ -29,7 +29,7 @@ from vlchat.engines.base import (
     StreamStats,
     TokenStream,
 )
-from vlchat.engines.transformers import TransformersEngine, _first_line
+from vlchat.engines.transformers import TransformersEngine, first_line
 
 # model_type values of the MiniCPM-o/-V remote code: they take init_* switches for their audio parts
 _MINICPM_O = ("minicpmo",)
@@ -119,7 +119,7 @@ class RemoteCodeEngine(TransformersEngine):
                     f"install it: pip install {' '.join(missing)}",
                 ) from error
             raise ModelLoadError(
-                f"the own code of {self.name} does not run with the installed transformers: {_first_line(error)}",
+                f"the own code of {self.name} does not run with the installed transformers: {first_line(error)}",
                 "use the native minicpm-v-4.6 instead, or serve this model with vLLM and connect to it",
             ) from error
         except Exception as error:

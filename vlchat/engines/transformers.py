@@ -37,6 +37,7 @@ from vlchat.engines.base import (
     StreamStats,
     TokenStream,
 )
+from vlchat.engines.base import ChatEngine
 from vlchat.engines.registry import ModelSpec, resolve
 from vlchat.engines.templates import apply_template
 
@@ -130,8 +131,13 @@ def _first_line(error: BaseException) -> str:
     return text[0] if text else type(error).__name__
 
 
-class TransformersEngine:
+first_line = _first_line  # the public name, for the engines built on this one
+
+
+class TransformersEngine(ChatEngine):
     """A local image-text-to-text model through transformers."""
+
+    counts_context = True
 
     # Whether the prompt is the whole conversation in order, so that the last turn's key/value
     # cache can serve as the start of the next one (not so for BLIP-2's cut-down chain).

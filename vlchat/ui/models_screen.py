@@ -71,7 +71,7 @@ class ModelPicker(ModalScreen[str | None]):
 
     @work(thread=True, exclusive=True, group="models", exit_on_error=False)
     def _list(self) -> None:
-        from vlchat.commands.models import local_models_table
+        from vlchat.engines.catalog import local_models_table
 
         try:
             rows = local_models_table()

@@ -11,7 +11,7 @@ from textual.message import Message
 from textual.widgets import TextArea
 
 from vlchat.core.text import clean
-from vlchat.ui.commands import COMMANDS
+from vlchat.ui.slash import completions
 
 
 def complete_path(partial: str, limit: int = 200) -> list[str]:
@@ -43,7 +43,7 @@ def completion_for(text: str) -> str:
     if "\n" in text or not text.startswith("/"):
         return ""
     if " " not in text:
-        names = [f"/{name}" for name in COMMANDS if f"/{name}".startswith(text)]
+        names = completions(text)
         done = common_prefix(names)
         return done[len(text):] + (" " if len(names) == 1 else "") if names else ""
     if not text.startswith("/image ") or text.endswith(" ") and not text.endswith("\\ "):

@@ -1,0 +1,121 @@
+"""Slash commands as data: one table (``COMMANDS``) from which the dispatcher (in the chat screen),
+/help, the prompt's completion and the command palette are all built. A new command is one entry
+here and one ``command_NAME`` method: on the chat screen for the conversation's commands, on the
+app for the app-wide ones (``app_wide``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+
+from textual.command import DiscoveryHit, Hit, Hits, Provider
+
+
+@dataclass(frozen=True)
+class SlashCommand:
+    name: str
+    args: str = ""  # how its arguments are written in /help ("[NAME]": optional)
+    help: str = ""
+    waits_for_answer: bool = False  # refused while an answer is being written
+    needs_sessions: bool = False  # refused when the app keeps no sessions
+    app_wide: bool = False  # handled by the app, not by the chat screen
+    handler: str = ""  # the command_ method that runs it, when not command_NAME (an alias)
+    palette_help: str = ""  # the palette offers only "/NAME", run as is, with this help
+    choices: str = ""  # the palette offers one entry per choice: "themes" or "settable"
+
+    @property
+    def method(self) -> str:
+        return f"command_{self.handler or self.name}"
+
+
+SETTABLE = ("temperature", "top_p", "max_tokens", "seed")
+
+# The order is the order /help lists them.
+COMMANDS: dict[str, SlashCommand] = {
+    c.name: c
+    for c in [
+        SlashCommand("image", "PATH...", "attach pictures; they go with your next question"),
+        SlashCommand("regenerate", "", "answer the last question again", waits_for_answer=True),
+        SlashCommand("edit", "", "put the last question back in the prompt to change it", waits_for_answer=True),
+        SlashCommand("system", "TEXT", "set the system prompt (no text removes it)"),
+        SlashCommand("set", "temperature|top_p|max_tokens|seed VALUE", "change how answers are sampled", choices="settable"),
+        SlashCommand("clear", "", "start a new conversation (the old one stays saved)", waits_for_answer=True),
+        SlashCommand("save", "[TITLE]", "save now; with a title, rename the session", needs_sessions=True),
+        SlashCommand("load", "", "open a saved session (a list with search)", waits_for_answer=True, needs_sessions=True),
+        SlashCommand("sessions", "", "the saved sessions (same list as /load)", waits_for_answer=True, needs_sessions=True, handler="load"),
+        SlashCommand("delete", "[NAME]", "delete the open session (or the one named) from disk, after asking", waits_for_answer=True, needs_sessions=True),
+        SlashCommand("export", "[PATH]", "write the session as Markdown with its pictures beside it", needs_sessions=True),
+        SlashCommand("copy", "", "copy the last answer to the clipboard (OSC 52: works over SSH)"),
+        SlashCommand("model", "[NAME]", "switch model, keeping the conversation (no name: pick from a list)", app_wide=True,
+                     palette_help="pick another model from a list (the conversation stays)"),
+        SlashCommand("theme", "NAME", "switch colour theme (remembered)", app_wide=True, choices="themes"),
+        SlashCommand("help", "", "list commands and keys"),
+        SlashCommand("quit", "", "leave vlchat", app_wide=True),
+    ]
+}
+
+
+def parse(text: str) -> tuple[str, str] | None:
+    """('name', 'arguments') for a command line, None for a question. '//' escapes a leading slash."""
+    stripped = text.strip()
+    if not stripped.startswith("/") or stripped.startswith("//"):
+        return None
+    head, _, rest = stripped[1:].partition(" ")
+    return head.lower(), rest.strip()
+
+
+def help_text() -> str:
+    lines = ["Commands (type them in the prompt, or find them with ctrl+p):"]
+    for command in COMMANDS.values():
+        usage = f"/{command.name} {command.args}".strip()
+        lines.append(f"  {usage:<50} {command.help}")
+    lines.append("Start a message with // to send one that begins with a slash.")
+    return "\n".join(lines)
+
+
+def completions(text: str) -> list[str]:
+    """The command names that start as ``text`` does (with their slash)."""
+    return [f"/{name}" for name in COMMANDS if f"/{name}".startswith(text)]
+
+
+class SlashCommands(Provider):
+    """The slash commands in the command palette, from the table. Commands that need an argument
+    are put in the prompt for the person to finish; choices (themes, settable names) are offered
+    one by one."""
+
+    def _choices(self, command: SlashCommand) -> list[tuple[str, str]]:
+        app = self.app
+        if command.choices == "themes":
+            return [(t, f"switch to the {t} theme") for t in sorted(app.available_themes) if t.startswith("vlchat-") or t in app.user_theme_names]
+        return [(key, f"change {key}") for key in SETTABLE]
+
+    def _entries(self):
+        chat = self.app.chat
+        run, fill = chat.run_command_line, chat.fill_prompt
+        for name, command in COMMANDS.items():
+            if command.choices:
+                # A theme is the whole argument (run it); a settable name still needs its value.
+                act = run if command.choices == "themes" else fill
+                for choice, doc in self._choices(command):
+                    line = f"/{name} {choice}"
+                    yield line, doc, partial(act, line if act is run else line + " ")
+            elif command.palette_help:
+                yield f"/{name}", command.palette_help, partial(run, f"/{name}")
+            elif command.args.startswith("["):  # optional argument: run as is, or finish it in the prompt
+                yield f"/{name}", command.help, partial(run, f"/{name}")
+                yield f"/{name} {command.args}", command.help, partial(fill, f"/{name} ")
+            elif command.args:
+                yield f"/{name} {command.args}", command.help, partial(fill, f"/{name} ")
+            else:
+                yield f"/{name}", command.help, partial(run, f"/{name}")
+
+    async def discover(self) -> Hits:
+        for title, doc, action in self._entries():
+            yield DiscoveryHit(title, action, help=doc)
+
+    async def search(self, query: str) -> Hits:
+        matcher = self.matcher(query)
+        for title, doc, action in self._entries():
+            score = matcher.match(title)
+            if score > 0:
+                yield Hit(score, matcher.highlight(title), action, help=doc)
