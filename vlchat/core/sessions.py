@@ -36,7 +36,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-from vlchat.core.conversation import Conversation, GenerationParams, ImageRef, Message
+from vlchat.core.conversation import FINISH_REASONS, Conversation, GenerationParams, ImageRef, Message
 from vlchat.core.errors import InputError, VlchatError
 from vlchat.core.text import clean
 
@@ -1040,6 +1040,8 @@ def _check_message(value: Any, where: str) -> None:
         _check_params(message["params"], f"{where}.params")
     if "stopped" in message and not isinstance(message["stopped"], bool):
         _fail(f"{where}.stopped", f"{_brief(message['stopped'])} is not true or false")
+    if message.get("finish_reason") is not None and message["finish_reason"] not in FINISH_REASONS:
+        _fail(f"{where}.finish_reason", f"{_brief(message['finish_reason'])} is not one of {', '.join(FINISH_REASONS)}")
     if "tokens" in message:
         _integer(message, "tokens", f"{where}.tokens", 0, INT_MAX, null=True)
     if message.get("timings") is not None:

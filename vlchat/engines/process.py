@@ -393,7 +393,7 @@ def _serve(commands: Connection, events: Connection) -> None:
                     cancels.pop(stream_id, None)
                 state = {
                     key: getattr(stats, key)
-                    for key in ("tokens", "stopped", "started", "first_token_at", "finished_at", "prompt_tokens", "notice", "cached_tokens")
+                    for key in ("tokens", "stopped", "started", "first_token_at", "finished_at", "prompt_tokens", "notice", "cached_tokens", "finish_reason", "context_full")
                 }
                 state["stopped"] = state["stopped"] or cancel.is_set()
                 send("end", state, _gpu_bytes())

@@ -14,7 +14,7 @@ from textual.strip import Strip
 from textual.widget import Widget
 from textual.widgets import Markdown, Static
 
-from vlchat.core.conversation import Conversation, Message
+from vlchat.core.conversation import Conversation, Message, how_it_ended
 from vlchat.core.text import clean
 from vlchat.ui.preview import picture_label
 
@@ -36,8 +36,9 @@ def answer_footer(message: Message) -> Text:
     if message.timings and message.timings.tokens_per_s:
         details.append(f"{message.timings.tokens_per_s:.0f} tok/s")
     text = Text()
-    if message.stopped:
-        text.append("■ stopped", style="bold")
+    ended = how_it_ended(message)
+    if ended:
+        text.append(f"{'…' if message.finish_reason == 'length' else '■'} {ended}", style="bold")
         if details:
             text.append(" · ")
     text.append(" · ".join(details), style="dim")

@@ -389,7 +389,8 @@ class ChatScreen(ConversationCommands, Screen):
 
     def _post_end(self, answer_id: int, stream: Any, cancel: threading.Event, error: str | None) -> None:
         if stream is None:
-            self.post_message(AnswerFinished(answer_id, "", 0, None, None, cancel.is_set(), error))
+            finish = "error" if error else "stopped"
+            self.post_message(AnswerFinished(answer_id, "", 0, None, None, cancel.is_set(), error, finish_reason=finish))
             return
         stats = stream.stats
         if stats.finished_at is None:
@@ -404,6 +405,8 @@ class ChatScreen(ConversationCommands, Screen):
                 stats.stopped or cancel.is_set(),
                 error,
                 stats.notice,
+                # a stop asked for while an error ended the answer is still the person's stop
+                stats.finish(error=bool(error) and not cancel.is_set()),
             )
         )
 
@@ -449,6 +452,7 @@ class ChatScreen(ConversationCommands, Screen):
                 stopped=message.stopped or bool(message.error),
                 tokens=message.tokens,
                 timings=message.timings,
+                finish_reason=message.finish_reason,
             )
             self.last_timings, self.last_tokens = message.timings, message.tokens
             self.last_prompt_tokens = message.prompt_tokens
