@@ -29,7 +29,7 @@ def model_label(name: str) -> str:
 
 def answer_footer(message: Message) -> Text:
     details = []
-    if message.tokens:
+    if message.tokens and message.finish_reason != "length":  # a cut answer's mark says how many
         details.append(f"{message.tokens} tokens")
     if message.timings and message.timings.first_token_s is not None:
         details.append(f"first token {message.timings.first_token_s:.2f} s")

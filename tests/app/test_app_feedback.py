@@ -1,0 +1,53 @@
+"""What the app tells the person about their conversation: how an answer ended, the context count
+after every change, a resumed session's missing pictures, and where each kind of feedback goes.
+
+Against the real engine on the demo model (and its endless copy), through Textual's Pilot.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.toolkit import QUESTION, ask, command, notifications, run_async, settings, settle, status_text, transcript_text, until
+from vlchat.core.sessions import SessionStore
+from vlchat.ui.app import make_app
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def store(tmp_path):
+    return SessionStore(tmp_path / "sessions")
+
+
+def app_for(engine, store, pictures=(), session=None, **overrides):
+    return make_app(settings(**overrides), [p.ref for p in pictures], engine=engine, engine_loaded=True, store=store, session=session)
+
+
+def on_disk(store) -> list[dict]:
+    return [json.loads((folder / "session.json").read_text()) for folder in store.folders()]
+
+
+# -- item 8: an answer cut at the token limit is marked ----------------------------------------------
+@run_async
+async def test_an_answer_cut_at_the_token_limit_is_marked_on_screen_and_in_the_session(endless_engine, demo_engine, picture, store):
+    app = app_for(endless_engine, store, [picture("circle", "red", "blue")], max_new_tokens=8)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await ask(pilot, QUESTION)
+        assert "… cut at 8 tokens" in transcript_text(app)
+        assert "stopped" not in transcript_text(app)
+        await until(pilot, lambda: app.chat.sessions.idle and on_disk(store))
+        [data] = on_disk(store)
+        answer = data["conversation"]["messages"][-1]
+        assert answer["finish_reason"] == "length" and answer["stopped"] is False and answer["tokens"] == 8
+
+    # A model that finishes its answer: no mark, and the session says so.
+    finished = SessionStore(store.root.parent / "finished")
+    app = app_for(demo_engine, finished, [picture("circle", "red", "blue")], max_new_tokens=64)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await ask(pilot, QUESTION)
+        assert "The shape is red." in transcript_text(app) and "cut at" not in transcript_text(app)
+        await until(pilot, lambda: app.chat.sessions.idle and on_disk(finished))
+        assert on_disk(finished)[0]["conversation"]["messages"][-1]["finish_reason"] == "stop"
