@@ -22,7 +22,9 @@ from typing import Any, Sequence
 
 from rich.text import Text
 from textual import on, work
+from textual.actions import SkipAction
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 
@@ -55,6 +57,10 @@ from vlchat.ui.transcript import AnswerView, Transcript, UserView, model_label
 
 class ChatScreen(ConversationCommands, Screen):
     """The app's main (default) screen. Its keys are declared with the app's keymap (``screen.`` actions)."""
+
+    # Ctrl+C while an answer is written stops it, as Esc does (and as Ctrl-C does in `vlchat ask`);
+    # otherwise the key goes on to whoever else takes it (the prompt's copy, the app's quit hint).
+    BINDINGS = [Binding("ctrl+c", "interrupt", show=False, priority=True)]
 
     def __init__(
         self,
@@ -504,6 +510,11 @@ class ChatScreen(ConversationCommands, Screen):
     def action_stop(self) -> None:
         if self.generating is not None:
             self._cancel.set()
+
+    def action_interrupt(self) -> None:
+        if self.generating is None:
+            raise SkipAction()
+        self._cancel.set()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "stop":
