@@ -51,3 +51,36 @@ async def test_an_answer_cut_at_the_token_limit_is_marked_on_screen_and_in_the_s
         assert "The shape is red." in transcript_text(app) and "cut at" not in transcript_text(app)
         await until(pilot, lambda: app.chat.sessions.idle and on_disk(finished))
         assert on_disk(finished)[0]["conversation"]["messages"][-1]["finish_reason"] == "stop"
+
+
+# -- item 10: the context count follows every change ----------------------------------------------------
+def ctx(app) -> int | None:
+    import re
+
+    found = re.search(r"ctx (\d+)/", status_text(app))
+    return int(found.group(1)) if found else None
+
+
+@run_async
+async def test_the_context_count_follows_edit_clear_and_load(demo_engine, picture, store):
+    app = app_for(demo_engine, store, [picture("circle", "red", "blue")])
+    async with app.run_test(size=(160, 40)) as pilot:
+        await until(pilot, lambda: ctx(app) is not None)
+        await settle(pilot)
+        alone = ctx(app)  # the picture waiting for a question
+        await ask(pilot, QUESTION)
+        await until(pilot, lambda: ctx(app) is not None and ctx(app) > alone)
+        answered = ctx(app)
+        # /edit empties the conversation again (the question back in the prompt, its picture attached)
+        await command(pilot, "/edit")
+        await until(pilot, lambda: ctx(app) == alone, timeout=20)
+        assert app.chat.conversation.last("user") is None
+        await ask(pilot, QUESTION)
+        await until(pilot, lambda: ctx(app) == answered, timeout=20)
+        first = app.chat.session.folder
+        # /clear: a new conversation with the picture on screen
+        await command(pilot, "/clear")
+        await until(pilot, lambda: ctx(app) == alone, timeout=20)
+        # /load: the first session again, counted as it is
+        app.chat.open_session(first)
+        await until(pilot, lambda: app.chat.conversation.last("assistant") is not None and ctx(app) == answered, timeout=20)

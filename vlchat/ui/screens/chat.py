@@ -55,6 +55,11 @@ from vlchat.ui.terminal import TerminalGraphics
 from vlchat.ui.transcript import AnswerView, Transcript, UserView, model_label
 
 
+# Changes after which the context is counted by whoever comes next: an answer starts (and is counted
+# when it ends), or the model is being swapped (counted when the new one is ready).
+COUNTED_LATER = frozenset({"question", "answer", "stopped", "question returned", "regenerate", "model"})
+
+
 class ChatScreen(ConversationCommands, Screen):
     """The app's main (default) screen. Its keys are declared with the app's keymap (``screen.`` actions)."""
 
@@ -531,6 +536,10 @@ class ChatScreen(ConversationCommands, Screen):
         right after still writes it), and ``ConversationChanged`` tells whoever else listens."""
         self.request_save(reason)
         self.post_message(ConversationChanged(self.conversation, reason))
+        # The context count follows every change (/edit, /clear, /load, a picture…); an answer about
+        # to start, or one just ended, is counted once it is over, never in its way.
+        if reason not in COUNTED_LATER:
+            self.count_context()
 
     def snapshot(self) -> Snapshot:
         """The conversation as it is now, in copies the session writer may keep."""

@@ -78,6 +78,7 @@ class ConversationCommands:
         question = messages[index]
         del messages[index:]
         self.pending = list(question.images) + self.pending
+        self.last_prompt_tokens = None  # a server's count was of the conversation as it was
         self.transcript.render_conversation(self.conversation)
         self.fill_prompt(question.text)
         self.conversation_changed("edit")
@@ -88,7 +89,6 @@ class ConversationCommands:
         self.transcript.render_conversation(self.conversation)
         self.transcript.note(f"System prompt set: {args}" if args else "System prompt removed.")
         self.conversation_changed("system")
-        self.count_context()
 
     def command_set(self, args: str) -> None:
         parts = args.split()
@@ -134,7 +134,6 @@ class ConversationCommands:
         self.refresh_pictures(show_last=True)
         self.conversation_changed("clear")
         self.update_status()
-        self.count_context()
 
     # -- sessions ------------------------------------------------------------------------------------
     def command_save(self, args: str) -> None:
