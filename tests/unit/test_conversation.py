@@ -104,3 +104,4 @@ def test_why_an_answer_ended_is_kept_and_older_answers_still_load():
     stopped, finished = Conversation.from_dict(old).messages[1:]
     assert stopped.finish_reason == "stopped" and how_it_ended(stopped) == "stopped"
     assert finished.finish_reason is None and how_it_ended(finished) is None
+
