@@ -7,10 +7,11 @@ Against the real engine on the demo model (and its endless copy), through Textua
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
-from tests.toolkit import QUESTION, ask, command, notifications, run_async, settings, settle, status_text, transcript_text, until
+from tests.toolkit import QUESTION, ask, command, notifications, run_async, screen_text, settings, settle, status_text, transcript_text, until
 from vlchat.core.sessions import SessionStore
 from vlchat.ui.app import make_app
 
@@ -84,3 +85,27 @@ async def test_the_context_count_follows_edit_clear_and_load(demo_engine, pictur
         # /load: the first session again, counted as it is
         app.chat.open_session(first)
         await until(pilot, lambda: app.chat.conversation.last("assistant") is not None and ctx(app) == answered, timeout=20)
+
+
+# -- item 12: a picture missing from a resumed session is said once, with the right advice -------------
+@run_async
+async def test_a_picture_missing_from_a_resumed_session_is_reported_once(demo_engine, picture, store):
+    original = picture("circle", "red", "blue")
+    with store.create() as session:
+        ref = session.attach(original)
+        session.conversation.add_user(QUESTION, [ref])
+        session.conversation.add_assistant("The shape is red.", model="demo")
+        session.save()
+        name = session.pictures[ref.sha256].name
+    os.unlink(session.folder / session.pictures[ref.sha256].file)
+    resumed = app_for(demo_engine, store, session=store.open(), image_protocol="halfblock")
+    async with resumed.run_test(size=(160, 40)) as pilot:
+        await settle(pilot)
+        await until(pilot, lambda: "missing" in screen_text(resumed))
+        shown = transcript_text(resumed)
+        lines = [line for line in shown.splitlines() if "is missing" in line or "not found" in line.lower()]
+        assert len(lines) == 1, lines
+        assert name in lines[0] and "Attach it again" in lines[0] and original.ref.path in lines[0]
+        everything = screen_text(resumed) + shown + notifications(resumed)
+        assert "check the name" not in everything.lower()
+        assert "The shape is red." in shown

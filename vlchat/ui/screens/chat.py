@@ -120,6 +120,7 @@ class ChatScreen(ConversationCommands, Screen):
         self.opening_session = False  # a /load or /delete is switching the open session
         self._session_notes = list(session_notes)
         self._picture_sources = {ref.sha256: os.path.abspath(ref.path) for ref in self.pending}
+        self._missing: set[str] = set()  # pictures of the open session that are not in its folder
         if session is not None:
             self._adopt(session)
         self.mounted = asyncio.Event()  # set once its widgets are there (the app waits for it)
@@ -235,8 +236,11 @@ class ChatScreen(ConversationCommands, Screen):
         refs = self.all_pictures()
         pane = self.preview
         pane.set_pictures(refs, len(refs) - 1 if show_last else None)
+        # A picture missing from the session is said once, in the transcript; the pane only shows it is gone.
         for ref in refs:
-            if ref.sha256 not in pane.decoded and ref.sha256 not in pane.errors and self.graphics.protocol not in ("text", "none"):
+            if ref.sha256 in self._missing and ref.sha256 not in pane.errors:
+                pane.picture_decoded(ref.sha256, None, "missing from the session folder")
+            elif ref.sha256 not in pane.decoded and ref.sha256 not in pane.errors and self.graphics.protocol not in ("text", "none"):
                 self._decode_preview(ref)
 
     @work(thread=True, group="preview", exit_on_error=False)
@@ -608,6 +612,7 @@ class ChatScreen(ConversationCommands, Screen):
             if self.settings.system:
                 self.conversation.set_system(self.settings.system)
             self.pending = []
+            self._missing = set()
         else:
             self._adopt(message.session)
         self.save_error = None
@@ -627,6 +632,7 @@ class ChatScreen(ConversationCommands, Screen):
         """Show ``session``'s conversation (no disk access: it was read by whoever opened it)."""
         self.conversation = Conversation(messages=list(session.conversation.messages))
         self.pending = session.pending_pictures()
+        self._missing = {picture.sha256 for picture in session.missing_pictures()}
         self._name_pictures(session)
 
     def _name_pictures(self, session: Any) -> None:
@@ -639,10 +645,10 @@ class ChatScreen(ConversationCommands, Screen):
         title = clean(session.title, keep_newlines=False)
         turns = f"{session.turns} turn{'s' if session.turns != 1 else ''}"
         self.transcript.note(f"Session {title!r} ({turns}), from {clean(str(session.folder), keep_newlines=False)}.")
-        for picture in session.missing_pictures():
-            self.transcript.note(f"The picture {picture.name} is missing from the session folder; the conversation goes on without it.", "error")
+        # Each problem once, in the session's own words (a missing picture's says what to do).
         for line in [*session.problems, *notes]:
-            self.transcript.note(clean(line, keep_newlines=False), "error")
+            line = clean(line, keep_newlines=False)
+            self.transcript.note(line[:1].upper() + line[1:], "error")
         if session.read_only:
             self.notify("This session is open read-only: nothing is saved.", severity="warning", timeout=8)
 
