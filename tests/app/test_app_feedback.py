@@ -109,3 +109,63 @@ async def test_a_picture_missing_from_a_resumed_session_is_reported_once(demo_en
         everything = screen_text(resumed) + shown + notifications(resumed)
         assert "check the name" not in everything.lower()
         assert "The shape is red." in shown
+
+
+# -- item 13: messages say what happened, where the rule says ---------------------------------------------
+@run_async
+async def test_messages_name_what_the_person_typed_and_go_where_the_rule_says(demo_engine, picture, store, tmp_path):
+    first, second = picture("circle", "red", "blue"), picture("square", "green", "white")
+    app = app_for(demo_engine, store)
+    async with app.run_test(size=(160, 40)) as pilot:
+        # /save with nothing to save says so (and creates nothing)
+        await command(pilot, "/save")
+        assert "Nothing to save yet" in transcript_text(app) and "Saved" not in transcript_text(app)
+        assert list(store.folders()) == []
+        # /set echoes what was typed, in the name that was typed
+        await command(pilot, "/set seed none")
+        assert "seed = none" in transcript_text(app) and "None" not in transcript_text(app)
+        await command(pilot, "/set max_tokens 0")
+        assert "max_tokens must be" in transcript_text(app) and "max_new_tokens" not in transcript_text(app)
+        # errors of commands are in the transcript, never also a toast
+        await command(pilot, "/frobnicate")
+        assert "Unknown command /frobnicate" in transcript_text(app) and "frobnicate" not in notifications(app)
+        await ask(pilot, QUESTION)
+        # two pictures attached after a question: "they go"
+        await command(pilot, f"/image {first.ref.path} {second.ref.path}")
+        await until(pilot, lambda: "Attached" in transcript_text(app))
+        assert "they go with your next question" in transcript_text(app)
+        # passing state is one toast, each replacing the one before
+        await pilot.press("ctrl+y")
+        await pilot.press("ctrl+y")
+        await command(pilot, "/copy")
+        await until(pilot, lambda: "Copied" in notifications(app))
+        assert len(app.notification_texts()) == 1
+        session = app.chat.session
+        title = session.title
+    # /delete by id names the session by its title
+    other = app_for(demo_engine, store)
+    async with other.run_test(size=(160, 40)) as pilot:
+        await command(pilot, f"/delete {session.id[:4]}")
+        await until(pilot, lambda: "Delete the session" in screen_text(other))
+        assert repr(title) in screen_text(other) or title in screen_text(other)
+        await pilot.press("escape")
+        await until(pilot, lambda: "Nothing deleted." in transcript_text(other))
+
+
+@run_async
+async def test_a_server_dropping_the_connection_is_an_error_not_a_stop(openai_server, picture, store):
+    from vlchat.engines.openai import OpenAIEngine
+
+    engine = OpenAIEngine(openai_server.url, "demo-drop")
+    engine.load()
+    app = app_for(engine, store, [picture("circle", "red", "blue")], model="demo-drop", max_new_tokens=64)
+    async with app.run_test(size=(160, 40)) as pilot:
+        app.chat.prompt.text = QUESTION
+        await pilot.press("enter")
+        await until(pilot, lambda: app.chat.generating is None and app.chat.conversation.last("assistant") is not None)
+        await settle(pilot)
+        shown = transcript_text(app)
+        assert "■ ended by an error" in shown and "■ stopped" not in shown
+        answer = app.chat.conversation.last("assistant")
+        assert answer.finish_reason == "error" and answer.text
+    engine.unload()

@@ -276,15 +276,15 @@ class ChatScreen(ConversationCommands, Screen):
 
     def on_pictures_loaded(self, message: PicturesLoaded) -> None:
         for line in message.errors:
-            self.transcript.note(line, "error")
-            self.notify(clean(line, keep_newlines=False), title="Picture not attached", severity="error", timeout=8)
+            self.say(line, "error")
         if message.refs:
             self.pending.extend(message.refs)
             for ref in message.refs:
                 self._picture_sources[ref.sha256] = os.path.abspath(ref.path)
             names = ", ".join(clean(Path(r.path).name, keep_newlines=False) for r in message.refs)
             if self.conversation.last("user") is not None:
-                self.transcript.note(f"Attached {names}: it goes with your next question.")
+                goes = "they go" if len(message.refs) > 1 else "it goes"
+                self.say(f"Attached {names}: {goes} with your next question.")
             self.refresh_pictures(show_last=True)
             self.count_context()
             if message.save:
@@ -329,7 +329,7 @@ class ChatScreen(ConversationCommands, Screen):
     def handle_input(self, text: str) -> None:
         if self.opening_session:
             self.prompt.text = text
-            self.notify("A session is being opened: one moment.", severity="warning")
+            self.toast("A session is being opened: one moment.", "warning")
             return
         command = slash.parse(text)
         if command is not None:
@@ -342,7 +342,7 @@ class ChatScreen(ConversationCommands, Screen):
     def ask(self, text: str) -> None:
         if self.generating is not None:
             self.prompt.text = text
-            self.notify("An answer is still being written: wait for it, or press Esc to stop it.", severity="warning")
+            self.toast("An answer is still being written: wait for it, or press Esc to stop it.", "warning")
             return
         with self.app.batch_update():  # the question, the answer's start and the status: one redraw
             self._ask(text)
@@ -489,8 +489,7 @@ class ChatScreen(ConversationCommands, Screen):
             self.transcript.note(clean(message.notice, keep_newlines=False))
         if message.error:
             line = clean(message.error, keep_newlines=False)
-            self.transcript.note(line, "error")
-            self.notify(line, title="Answer failed", severity="error", timeout=10)
+            self.say(line, "error")
             if not self.app.engine.alive:
                 self.app.model_lost(line)
         self.transcript.follow()
@@ -533,6 +532,18 @@ class ChatScreen(ConversationCommands, Screen):
                 return False
             return True if self.generating is not None else None
         return True
+
+    # -- feedback: the one rule (ARCHITECTURE.md, "Where feedback goes") ----------------------------
+    def say(self, line: str, kind: str = "info") -> None:
+        """The result of the person's own command, or news about the conversation (an error
+        included): a line in the transcript, which stays where it happened."""
+        self.transcript.note(line, kind)
+
+    def toast(self, line: str, severity: str = "information") -> None:
+        """Passing state that changes nothing in the conversation (copied, a key refused while an
+        answer is written): one toast, which replaces the one before it."""
+        self.app.clear_notifications()
+        self.app.notify(clean(line, keep_newlines=False), severity=severity)
 
     # -- sessions ----------------------------------------------------------------------------------
     def conversation_changed(self, reason: str) -> None:
@@ -589,22 +600,18 @@ class ChatScreen(ConversationCommands, Screen):
 
     def on_session_save_failed(self, message: SessionSaveFailed) -> None:
         line = clean(message.error, keep_newlines=False)
-        if line != self.save_error:
-            self.transcript.note(f"Not saved: {line} The conversation is still open here.", "error")
+        if line != self.save_error:  # the status line says it from then on
+            self.say(f"Not saved: {line} The conversation is still open here.", "error")
         self.save_error = line
-        self.notify(line, title="Not saved", severity="error", timeout=10)
         self.update_status()
 
     def on_session_note(self, message: SessionNote) -> None:
-        line = clean(message.text, keep_newlines=False)
-        self.transcript.note(line, "error" if message.error else "info")
-        self.notify(line, severity="error" if message.error else "information", timeout=8 if message.error else 5)
+        self.say(clean(message.text, keep_newlines=False), "error" if message.error else "info")
 
     def on_session_switched(self, message: SessionSwitched) -> None:
         self.opening_session = False
         for line in message.errors:
-            self.transcript.note(clean(line, keep_newlines=False), "error")
-            self.notify(clean(line, keep_newlines=False), severity="error", timeout=8)
+            self.say(clean(line, keep_newlines=False), "error")
         if message.errors:
             return
         if message.session is None:
@@ -650,7 +657,7 @@ class ChatScreen(ConversationCommands, Screen):
             line = clean(line, keep_newlines=False)
             self.transcript.note(line[:1].upper() + line[1:], "error")
         if session.read_only:
-            self.notify("This session is open read-only: nothing is saved.", severity="warning", timeout=8)
+            self.say("This session is open read-only: nothing is saved.", "error")
 
     def close_sessions(self) -> None:
         """At exit: write what is queued and release the session's lock."""
