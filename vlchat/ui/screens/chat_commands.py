@@ -77,7 +77,8 @@ class ConversationCommands:
         question = messages[index]
         del messages[index:]
         self.pending = list(question.images) + self.pending
-        self.last_prompt_tokens = None  # a server's count was of the conversation as it was
+        # the figures of an answer that is gone, and a server's count of the conversation as it was
+        self.last_prompt_tokens = self.last_timings = self.last_tokens = None
         self.transcript.render_conversation(self.conversation)
         self.fill_prompt(question.text)
         self.conversation_changed("edit")
