@@ -131,8 +131,9 @@ TURNS = [
 
 # Families with no published copy of their files found (SOURCES.md): the project-made ones stand in.
 FOLDERS = {"llava-1.5": "llava", "qwen2.5-vl": "qwen2_5_vl", "minicpm-v-4.6": "minicpmv4_6", "blip-2": "blip-2",
+           "llava-next": "llava_next",
            # no published copy of their files found (SOURCES.md): the project-made ones stand in
-           "llava-next": "llava_next", "smolvlm": "idefics3", "instructblip": "instructblip"}
+           "smolvlm": "idefics3", "instructblip": "instructblip"}
 
 
 @pytest.fixture(scope="module")

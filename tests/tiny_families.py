@@ -10,6 +10,7 @@ words.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 VOCAB = 384
@@ -371,6 +372,10 @@ def shrink_llava(config: dict) -> None:
     config["vision_config"].update(TINY_VISION, projection_dim=64)
 
 
+def shrink_llava_next(config: dict) -> None:
+    shrink_llava(config)
+
+
 def shrink_blip2(config: dict) -> None:
     config["text_config"].update(hidden_size=64, ffn_dim=128, num_hidden_layers=1, num_attention_heads=2,
                                  word_embed_proj_dim=64)
@@ -393,7 +398,7 @@ def shrink_minicpmv4_6(config: dict) -> None:
     config["insert_layer_id"] = 0  # its merger sits after this vision layer: there are two
 
 
-SHRINK = {"llava": shrink_llava, "blip-2": shrink_blip2, "qwen2_5_vl": shrink_qwen2_5_vl,
+SHRINK = {"llava": shrink_llava, "llava_next": shrink_llava_next, "blip-2": shrink_blip2, "qwen2_5_vl": shrink_qwen2_5_vl,
           "minicpmv4_6": shrink_minicpmv4_6}
 
 
@@ -406,6 +411,8 @@ def build_real(family: str, folder: Path) -> Path:
 
     _seed()
     copy_real(family, folder)
+    if family in TOKENIZER_FROM:
+        TOKENIZER_FROM[family](folder)
     data = json.loads((folder / "config.json").read_text())
     SHRINK[data["model_type"]](data)
     (folder / "config.json").write_text(json.dumps(data, indent=2))
@@ -425,6 +432,31 @@ def build_real(family: str, folder: Path) -> Path:
     return folder
 
 
+def mistral_tokenizer_for_llava_next(folder: Path) -> None:
+    """llava-v1.6-mistral-7b-hf's tokenizer as transformers' LLaVA-NeXT conversion script made it:
+    Mistral 7B's (its own files, tests/data/families/mistral-7b) with <image> added as a special
+    token (32000) and <pad> (32001) as the padding token, which the published added_tokens.json
+    records; padded on the left, as the published tokenizer is."""
+    import tempfile
+
+    from tokenizers import AddedToken
+    from transformers import AutoTokenizer
+
+    with tempfile.TemporaryDirectory() as source:
+        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+            (Path(source) / name).write_bytes(real_file("mistral-7b", name))
+        tokenizer = AutoTokenizer.from_pretrained(source, padding_side="left")
+    tokenizer.add_tokens(AddedToken("<image>", special=True, normalized=False), special_tokens=True)
+    tokenizer.add_special_tokens({"pad_token": "<pad>"})
+    added = json.loads((folder / "added_tokens.json").read_text())
+    assert {t: tokenizer.convert_tokens_to_ids(t) for t in added} == added, "the published ids"
+    tokenizer.save_pretrained(folder)
+    (folder / "added_tokens.json").write_bytes(real_file("llava-next", "added_tokens.json"))
+
+
+TOKENIZER_FROM = {"llava-next": mistral_tokenizer_for_llava_next}
+
+
 def load_tokenizer(folder: Path):
     from transformers import AutoTokenizer
 
@@ -437,7 +469,7 @@ def load_tokenizer(folder: Path):
 # Where the published files were found they are used (build_real); the rest are made here.
 BUILDERS = {
     "llava": lambda folder: build_real("llava-1.5", folder),
-    "llava_next": build_llava_next,
+    "llava_next": lambda folder: build_real("llava-next", folder),
     "blip-2": lambda folder: build_real("blip-2", folder),
     "instructblip": build_instructblip,
     "idefics3": build_idefics3,
