@@ -465,6 +465,68 @@ def load_tokenizer(folder: Path):
 
 
 
+# SmolVLM-Instruct (HuggingFaceTB): its published processor files are stored (tests/data/families/smolvlm,
+# SOURCES.md); its tokenizer (SmolLM2's 49152-token BPE) and config.json were not found whole. The
+# tokenizer here keeps the published special-token layout: SmolLM2's 17 special tokens at ids 0-16,
+# the three added_tokens.json ones at 49152-49154, the roles SmolLM2 and SmolVLM give them (BOS
+# <|im_start|>, which the template writes itself; EOS <end_of_utterance>, the generation_config's
+# 49154; padding <|im_end|>, its 2); text goes byte by byte through placeholder ids in between.
+# The config carries the published vision-language values: image token 49153, pixel shuffle
+# scale 3, 384-pixel tiles of 14-pixel patches (so 81 tokens a tile, the processor's image_seq_len),
+# a 49155-token vocabulary and untied output embeddings.
+SMOLLM2_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<repo_name>", "<reponame>", "<file_sep>",
+                   "<filename>", "<gh_stars>", "<issue_start>", "<issue_comment>", "<issue_closed>",
+                   "<jupyter_start>", "<jupyter_text>", "<jupyter_code>", "<jupyter_output>", "<jupyter_script>",
+                   "<empty_output>"]
+
+
+def smolvlm_tokenizer(folder: Path):
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    added = json.loads(real_file("smolvlm", "added_tokens.json"))
+    vocab = {token: i for i, token in enumerate(SMOLLM2_SPECIAL)}
+    for char in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab[char] = len(vocab)
+    vocab.update({f"\u2400unused{i}\u2400": i for i in range(len(vocab), min(added.values()))})
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SMOLLM2_SPECIAL])
+    for token, _ in sorted(added.items(), key=lambda item: item[1]):
+        tok.add_special_tokens([AddedToken(token, special=True, normalized=False)])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<end_of_utterance>", pad_token="<|im_end|>",
+        unk_token="<|endoftext|>", additional_special_tokens=sorted(added, key=added.get), model_max_length=16384,
+    )
+    assert {t: tokenizer.convert_tokens_to_ids(t) for t in added} == added, "the published ids"
+    return tokenizer
+
+
+def build_smolvlm(folder: Path) -> Path:
+    _seed()
+    from transformers import GenerationConfig, Idefics3Config, Idefics3ForConditionalGeneration
+
+    copy_real("smolvlm", folder)
+    tokenizer = smolvlm_tokenizer(folder)
+    tokenizer.save_pretrained(folder)
+    config = Idefics3Config(
+        image_token_id=49153, scale_factor=3, tie_word_embeddings=False,
+        text_config=dict(model_type="llama", vocab_size=49155, head_dim=32, bos_token_id=1, eos_token_id=2,
+                         pad_token_id=2, max_position_embeddings=16384, tie_word_embeddings=False, **TINY_TEXT),
+        vision_config=dict(image_size=384, patch_size=14, **TINY_VISION),
+    )
+    config.architectures = ["Idefics3ForConditionalGeneration"]
+    model = Idefics3ForConditionalGeneration(config)
+    model.save_pretrained(folder)
+    generation = GenerationConfig.from_pretrained(folder)
+    blank = {i for i in range(len(SMOLLM2_SPECIAL), len(SMOLLM2_SPECIAL) + 256) if not tokenizer.decode([i]).strip()}
+    generation.suppress_tokens = sorted(set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder) | blank)
+    generation.max_length = None
+    generation.save_pretrained(folder)
+    return folder
+
+
 # The tiny model of each native family, by the name tests use (conftest.tiny_models builds them once).
 # Where the published files were found they are used (build_real); the rest are made here.
 BUILDERS = {
@@ -472,7 +534,7 @@ BUILDERS = {
     "llava_next": lambda folder: build_real("llava-next", folder),
     "blip-2": lambda folder: build_real("blip-2", folder),
     "instructblip": build_instructblip,
-    "idefics3": build_idefics3,
+    "idefics3": build_smolvlm,
     "qwen2_vl": build_qwen2_vl,  # Qwen2-VL (not a seed family): small pictures for the batching tests
     "qwen2_5_vl": lambda folder: build_real("qwen2.5-vl", folder),
     "minicpmv4_6": lambda folder: build_real("minicpm-v-4.6", folder),
