@@ -148,10 +148,17 @@ def card_processor(folder):
     """AutoProcessor.from_pretrained(folder), as the card loads it. transformers 5.23+ builds the
     Qwen2.5-VL processor only with torchvision (for its video half): without it, the same class
     without the video half (vlchat.engines.novideo), as vlchat itself loads it."""
-    from transformers import AutoProcessor
+    import json
+
+    from transformers import AutoProcessor, InstructBlipProcessor
 
     try:
-        processor = AutoProcessor.from_pretrained(folder)
+        if json.loads((folder / "config.json").read_text())["model_type"] == "instructblip":
+            # its card loads InstructBlipProcessor by name: the published processor_config.json names
+            # the video processor, which AutoProcessor would build (with torchvision only)
+            processor = InstructBlipProcessor.from_pretrained(folder)
+        else:
+            processor = AutoProcessor.from_pretrained(folder)
         if "InstructBlip" in type(processor).__name__ and isinstance(processor.image_token, str):
             # transformers 5.23's InstructBLIP processor reads .content of a token it was given as a
             # string, so its own call fails; vlchat's engine does the same repair (blip2.py load)

@@ -96,39 +96,6 @@ def _save(folder: Path, model, processor) -> Path:
     return folder
 
 
-def build_llava_next(folder: Path) -> Path:
-    _seed()
-    from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextProcessor
-    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
-
-    tokenizer = build_tokenizer([])
-    pinpoints = [[IMAGE, IMAGE], [IMAGE, 2 * IMAGE], [2 * IMAGE, IMAGE]]
-    config = LlavaNextConfig(
-        vision_config=_clip(), text_config=_llama(), image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-        image_grid_pinpoints=pinpoints, vision_feature_select_strategy="default", vision_feature_layer=-1,
-    )
-    processor = LlavaNextProcessor(
-        image_processor=LlavaNextImageProcessorPil(
-            size={"shortest_edge": IMAGE}, crop_size={"height": IMAGE, "width": IMAGE}, image_grid_pinpoints=pinpoints
-        ),
-        tokenizer=tokenizer, patch_size=PATCH, vision_feature_select_strategy="default",
-        num_additional_image_tokens=1, chat_template=TEMPLATE.replace("@IMG@", "<image>"),
-    )
-    return _save(folder, LlavaNextForConditionalGeneration(config), processor)
-
-
-def _blip_vision(config_cls):
-    return config_cls(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2,
-                      image_size=IMAGE, patch_size=PATCH)
-
-
-def _blip_image_processor():
-    from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
-
-    return BlipImageProcessorPil(size={"height": IMAGE, "width": IMAGE})
-
-
-QUERY_TOKENS = 8
 # Answers full of code and punctuation, as a conversation about a screenshot of code has them.
 CODE = (
     "def f(x): return {'a': [x, x], 'b': (x,)}; print(f(1))  # -> {'a': [1, 1], 'b': (1,)}",
@@ -136,30 +103,6 @@ CODE = (
     "if (a && b) || !c { return x[0]->y; } else { return *p++; } // ok?",
     "SELECT a.b, c.d FROM t1 a JOIN t2 c ON (a.id = c.id) WHERE x > 1; -- done",
 )
-
-
-def build_instructblip(folder: Path) -> Path:
-    _seed()
-    from transformers import (InstructBlipConfig, InstructBlipForConditionalGeneration, InstructBlipProcessor,
-                              InstructBlipQFormerConfig, InstructBlipVisionConfig)
-
-    # InstructBLIP-Vicuna's own files were not found (tests/data/families/SOURCES.md): its two real
-    # tokenizers stand in. Vicuna's is Llama 2's (LLaVA 1.5's published files, which add <image>
-    # and <pad>); the Q-Former's is bert-base-uncased with [DEC] as BOS, as transformers' conversion
-    # makes it. Code takes far more BERT tokens than Llama tokens: BERT splits every punctuation mark.
-    tokenizer = llama2_tokenizer()
-    qformer_tokenizer = bert_uncased_tokenizer(bos="[DEC]")
-    qformer = InstructBlipQFormerConfig(hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
-                                        intermediate_size=128, encoder_hidden_size=64,
-                                        vocab_size=len(qformer_tokenizer), max_position_embeddings=512)
-    config = InstructBlipConfig(
-        vision_config=_blip_vision(InstructBlipVisionConfig), qformer_config=qformer,
-        text_config=_llama(vocab_size=len(tokenizer), bos_token_id=1, eos_token_id=2, pad_token_id=32001),
-        num_query_tokens=QUERY_TOKENS, image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-    )
-    processor = InstructBlipProcessor(_blip_image_processor(), tokenizer, qformer_tokenizer,
-                                      num_query_tokens=QUERY_TOKENS)
-    return _save(folder, InstructBlipForConditionalGeneration(config), processor)
 
 
 def build_qwen2_vl(folder: Path) -> Path:
@@ -198,29 +141,6 @@ def build_qwen2_vl(folder: Path) -> Path:
     )
     (folder / "processor_config.json").write_text('{"processor_class": "Qwen2VLProcessor"}')
     return folder
-
-
-def build_idefics3(folder: Path) -> Path:
-    _seed()
-    from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3Processor
-    from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
-
-    extra = ["<fake_token_around_image>", "<end_of_utterance>", "<global-img>"]
-    extra += [f"<row_{i + 1}_col_{j + 1}>" for i in range(6) for j in range(6)]
-    tokenizer = build_tokenizer(extra)
-    config = Idefics3Config(
-        vision_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=IMAGE, patch_size=PATCH),
-        text_config=_llama(), scale_factor=2, image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-    )
-    image_processor = Idefics3ImageProcessorPil(
-        do_image_splitting=False, size={"longest_edge": IMAGE}, max_image_size={"longest_edge": IMAGE},
-    )
-    processor = Idefics3Processor(image_processor, tokenizer, image_seq_len=(IMAGE // PATCH) ** 2 // 4,
-                                  chat_template=TEMPLATE.replace("@IMG@", "<image>"))
-    return _save(folder, Idefics3ForConditionalGeneration(config), processor)
-
-
 
 
 # JoyCaption's shape: Llama 3.1 header template over string contents, with a tokenizer that adds
@@ -269,18 +189,6 @@ def real_file(family: str, name: str) -> bytes:
     if (folder / name).is_file():
         return (folder / name).read_bytes()
     return lzma.decompress((folder / (name + ".xz")).read_bytes())
-
-
-def llama2_tokenizer():
-    """Llama 2's tokenizer (Vicuna's) from LLaVA 1.5's published files."""
-    import tempfile
-
-    from transformers import AutoTokenizer
-
-    with tempfile.TemporaryDirectory() as folder:
-        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json"):
-            (Path(folder) / name).write_bytes(real_file("llava-1.5", name))
-        return AutoTokenizer.from_pretrained(folder)
 
 
 def real_json(family: str, name: str) -> dict:
@@ -383,6 +291,12 @@ def shrink_blip2(config: dict) -> None:
     config["qformer_config"].update(TINY_BERT, encoder_hidden_size=64)
 
 
+def shrink_instructblip(config: dict) -> None:
+    config["text_config"].update(TINY_TEXT, head_dim=32)
+    config["vision_config"].update(TINY_VISION, num_hidden_layers=1)
+    config["qformer_config"].update(TINY_BERT, encoder_hidden_size=64)
+
+
 def shrink_qwen2_5_vl(config: dict) -> None:
     config.update(TINY_TEXT)
     # the rotary sections split a head's half (here 32 / 2 = 16) as the real ones split 128 / 2
@@ -398,7 +312,7 @@ def shrink_minicpmv4_6(config: dict) -> None:
     config["insert_layer_id"] = 0  # its merger sits after this vision layer: there are two
 
 
-SHRINK = {"llava": shrink_llava, "llava_next": shrink_llava_next, "blip-2": shrink_blip2, "qwen2_5_vl": shrink_qwen2_5_vl,
+SHRINK = {"llava": shrink_llava, "llava_next": shrink_llava_next, "blip-2": shrink_blip2, "instructblip": shrink_instructblip, "qwen2_5_vl": shrink_qwen2_5_vl,
           "minicpmv4_6": shrink_minicpmv4_6}
 
 
@@ -454,7 +368,32 @@ def mistral_tokenizer_for_llava_next(folder: Path) -> None:
     (folder / "added_tokens.json").write_bytes(real_file("llava-next", "added_tokens.json"))
 
 
-TOKENIZER_FROM = {"llava-next": mistral_tokenizer_for_llava_next}
+def vicuna_tokenizer_for_instructblip(folder: Path) -> None:
+    """Salesforce/instructblip-vicuna-7b's two tokenizers. Vicuna's is LLaMA's 32000-token
+    SentencePiece vocabulary, the same as Llama 2's (llava-1.5's published tokenizer.json, its own
+    added tokens taken out); the published tokenizer_config.json adds [PAD], <image> and <video> at
+    32000-32002 and makes "</s>" the BOS, which is what the tokenizer puts first (transformers'
+    InstructBLIP code notes the authors' "</s>" BOS, id 2); its legacy normalizer is llava-1.5's too.
+    The Q-Former's is bert-base-uncased with [DEC] added as BOS (30522, the published
+    qformer_tokenizer/added_tokens.json)."""
+    data = json.loads(real_file("llava-1.5", "tokenizer.json"))
+    data["added_tokens"] = [token for token in data["added_tokens"] if token["id"] < 32000]
+    bos = next(token["id"] for token in data["added_tokens"] if token["content"] == "</s>")
+    first = {"SpecialToken": {"id": "</s>", "type_id": 0}}
+    data["post_processor"] = {
+        "type": "TemplateProcessing",
+        "single": [first, {"Sequence": {"id": "A", "type_id": 0}}],
+        "pair": [first, {"Sequence": {"id": "A", "type_id": 0}}, {"SpecialToken": {"id": "</s>", "type_id": 1}},
+                 {"Sequence": {"id": "B", "type_id": 1}}],
+        "special_tokens": {"</s>": {"id": "</s>", "ids": [bos], "tokens": ["</s>"]}},
+    }
+    (folder / "tokenizer.json").write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    qformer = bert_uncased_tokenizer(bos="[DEC]")
+    assert qformer.convert_tokens_to_ids("[DEC]") == 30522
+    qformer.save_pretrained(folder / "qformer_tokenizer")
+
+
+TOKENIZER_FROM = {"llava-next": mistral_tokenizer_for_llava_next, "instructblip": vicuna_tokenizer_for_instructblip}
 
 
 def load_tokenizer(folder: Path):
@@ -533,7 +472,7 @@ BUILDERS = {
     "llava": lambda folder: build_real("llava-1.5", folder),
     "llava_next": lambda folder: build_real("llava-next", folder),
     "blip-2": lambda folder: build_real("blip-2", folder),
-    "instructblip": build_instructblip,
+    "instructblip": lambda folder: build_real("instructblip", folder),
     "idefics3": build_smolvlm,
     "qwen2_vl": build_qwen2_vl,  # Qwen2-VL (not a seed family): small pictures for the batching tests
     "qwen2_5_vl": lambda folder: build_real("qwen2.5-vl", folder),
