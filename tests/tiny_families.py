@@ -215,11 +215,13 @@ TINY_BERT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num
 
 
 def build_blip(folder: Path, *, vqa: bool = False) -> Path:
-    """Salesforce/blip-image-captioning-base's config and image processor, its tokenizer made as
-    transformers' BLIP conversion makes it (bert-base-uncased, [DEC] as BOS, [ENC] added); for
-    ``vqa`` the same with the question-answering architecture (blip-vqa-base has BLIP-base's sizes)."""
+    """Salesforce/blip-image-captioning-base's config and image processor, and its tokenizer as
+    published: bert-base-uncased's vocabulary with the BLIP repositories' tokenizer_config.json and
+    special_tokens_map.json, which name no [DEC] or [ENC] (the model puts those in itself, from its
+    config: bos_token_id 30522); for ``vqa`` the same with the question-answering architecture
+    (blip-vqa-base has BLIP-base's sizes, tokenizer and image settings)."""
     _seed()
-    from transformers import (BlipConfig, BlipForConditionalGeneration, BlipForQuestionAnswering,
+    from transformers import (AutoTokenizer, BlipConfig, BlipForConditionalGeneration, BlipForQuestionAnswering,
                               BlipImageProcessor, BlipProcessor)
 
     data = real_json("blip", "config.json")
@@ -232,7 +234,9 @@ def build_blip(folder: Path, *, vqa: bool = False) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "preprocessor_config.json").write_bytes(real_file("blip", "preprocessor_config.json"))
     image_processor = BlipImageProcessor.from_pretrained(folder)
-    tokenizer = bert_uncased_tokenizer(bos="[DEC]", extra=("[ENC]",))
+    for name in ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
+        (folder / name).write_bytes(real_file("bert-base-uncased" if name == "vocab.txt" else "blip", name))
+    tokenizer = AutoTokenizer.from_pretrained(folder)
     processor = BlipProcessor(image_processor, tokenizer)
     model = model_class(config)
     model.generation_config.max_length = None
