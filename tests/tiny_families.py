@@ -144,34 +144,63 @@ def build_qwen2_vl(folder: Path) -> Path:
 
 
 # JoyCaption's shape: Llama 3.1 header template over string contents, with a tokenizer that adds
-# <|begin_of_text|> by itself, as Llama 3's does (the source of a doubled BOS).
+# <|begin_of_text|> by itself, as Llama 3's does (the source of a doubled BOS). The template is
+# project-made (the published one was not found); the tokens are JoyCaption's: Llama 3.1's special
+# tokens at their ids (128000-128255), the image token and the BOS/EOS/padding roles as
+# llama-joycaption-alpha-two-hf-llava publishes them (tests/data/families/joycaption-alpha-two).
 JOY_TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
     "{{ m['content'] }}<|eot_id|>{% endfor %}"
     "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
 )
+LLAMA31_SPECIAL = (["<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>",
+                    "<|reserved_special_token_1|>", "<|finetune_right_pad_id|>", "<|reserved_special_token_2|>",
+                    "<|start_header_id|>", "<|end_header_id|>", "<|eom_id|>", "<|eot_id|>", "<|python_tag|>"]
+                   + [f"<|reserved_special_token_{i}|>" for i in range(3, 248)])  # ids 128000-128255
+
+
+def llama31_layout_tokenizer():
+    """Llama 3.1's special tokens at their published ids (128000-128255) over a byte-level
+    vocabulary of placeholders (Llama 3.1's own 128000 tokens are not here): text goes byte by
+    byte, every special token keeps its id, and <|begin_of_text|> is put first as Llama 3's does."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {char: i for i, char in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    vocab.update({f"\u2400unused{i}\u2400": i for i in range(len(vocab), 128000)})
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in LLAMA31_SPECIAL])
+    tok.post_processor = processors.TemplateProcessing(
+        single="<|begin_of_text|> $A", pair="<|begin_of_text|> $A <|begin_of_text|> $B",
+        special_tokens=[("<|begin_of_text|>", 128000)])
+    roles = {key: value["content"] for key, value in real_json("joycaption-alpha-two", "special_tokens_map.json").items()}
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=131072, **roles)
+    assert tokenizer.convert_tokens_to_ids("<|reserved_special_token_69|>") == 128077
+    return tokenizer
 
 
 def build_joycaption(folder: Path) -> Path:
     _seed()
-    from tokenizers import processors
     from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-    tokenizer = build_tokenizer(["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"])
-    bos = tokenizer.bos_token_id
-    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
-    )
+    tokenizer = llama31_layout_tokenizer()
+    published = real_json("joycaption-alpha-two", "processor_config.json")
+    image_token = published["image_token"]
     config = LlavaConfig(
-        vision_config=_clip(), text_config=_llama(), image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-        vision_feature_select_strategy="default", vision_feature_layer=-1,
+        vision_config=_clip(),
+        text_config=_llama(vocab_size=128256, bos_token_id=128000, eos_token_id=128009, pad_token_id=128004),
+        image_token_index=tokenizer.convert_tokens_to_ids(image_token),
+        vision_feature_select_strategy=published["vision_feature_select_strategy"], vision_feature_layer=-1,
     )
     processor = LlavaProcessor(
         image_processor=CLIPImageProcessorPil(size={"height": IMAGE, "width": IMAGE}, do_center_crop=False,
                                               crop_size={"height": IMAGE, "width": IMAGE}),
-        tokenizer=tokenizer, patch_size=PATCH, vision_feature_select_strategy="default",
-        num_additional_image_tokens=1, chat_template=JOY_TEMPLATE,
+        tokenizer=tokenizer, patch_size=PATCH, vision_feature_select_strategy=published["vision_feature_select_strategy"],
+        num_additional_image_tokens=published["num_additional_image_tokens"], image_token=image_token,
+        chat_template=JOY_TEMPLATE,
     )
     return _save(folder, LlavaForConditionalGeneration(config), processor)
 
