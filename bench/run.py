@@ -10,7 +10,7 @@ The rows come from the benchmark modules beside this file (each also runs on its
 options): ttft.py (time to first token as a conversation grows, with and without KV-cache reuse),
 stream_overhead.py (streaming against plain generate), startup.py (`vlchat --help`/`--version`,
 the app's first frame with a picture, a 6000x4000 JPEG's preview), sessions.py (save and load at
-500 turns), memory.py (weights in 4-bit, 8-bit and full precision) and caption.py (`vlchat
+500 turns), memory.py (weights at 4-bit, computed from each model's config) and caption.py (`vlchat
 caption` against a plain generate loop). Every figure is the median
 of several runs. The load average is recorded before and after each benchmark, since a busy
 machine slows everything down.
@@ -156,16 +156,14 @@ def table_rows(results: dict) -> list[dict]:
             f"session.json {r['session_json_bytes'] / 1024:.0f} KiB")
         row(section, "load", round(r["load_ms"], 1), "ms", f"< {r['load_goal_ms']:.0f} ms", r["load_ms"] < r["load_goal_ms"])
 
-    section = "7. weights memory (ratio to full precision)"
+    section = "7. weights at 4-bit nf4, computed from each model's config.json (bench/memory.py)"
     if not failed(section, "memory"):
-        r = results["memory"]
-        for model, m in r["models"].items():
-            full_mb = m["bytes"]["none"] / 1e6
-            row(section, f"{model}: full precision", round(full_mb, 1), "MB")
-            for q, label in (("8bit", "8-bit"), ("4bit", "4-bit nf4")):
-                if q in m["ratio_to_full"]:
-                    row(section, f"{model}: {label}", m["ratio_to_full"][q], "x",
-                        note=f"{m['bytes'][q] / 1e6:.1f} MB")
+        for model, m in results["memory"]["models"].items():
+            if "skipped" in m:
+                row(section, model, None, "", note=m["skipped"])
+                continue
+            row(section, model, round(m["bytes_4bit"] / 1e9, 2), "GB",
+                note=f"KV cache {m['kv_cache_bytes_per_1000_tokens'] / 1e6:.0f} MB per 1,000 tokens; {m['config']}")
     section = "8. vlchat caption, demo model, pictures per second"
     if not failed(section, "caption"):
         r = results["caption"]

@@ -167,7 +167,7 @@ async def test_picker_lists_named_and_cached_models_and_switches(tiny_models, pi
         await pilot.pause(0.1)
         options = app.screen.query_one(OptionList)
         shown = "\n".join(str(options.get_option_at_index(i).prompt) for i in range(options.option_count))
-        assert "llava-1.5-7b" in shown and "not downloaded (~4.2 GB at 4-bit)" in shown
+        assert "llava-1.5-7b" in shown and "not downloaded (~4.6 GB at 4-bit)" in shown
         assert "minicpm-o-2.6" in shown and "own code" in shown
         await pilot.press("escape")
         assert not isinstance(app.screen, ModelPicker) and app.switching is None
