@@ -214,7 +214,7 @@ def test_every_native_family_keeps_its_pictures_in_the_cache(tiny_models, pictur
             for engine, conversation in ((reuse, with_reuse), (fresh, without)):
                 conversation.add_user(question, refs)
                 inputs = engine.prepare(conversation)
-                spans = engine.picture_spans(inputs["input_ids"][0].tolist(), inputs)
+                spans = engine.picture_runs(inputs["input_ids"][0].tolist(), inputs)
                 towers[engine].clear()
                 stream = engine.stream(conversation, GenerationParams(max_new_tokens=6))
                 texts.append("".join(stream))

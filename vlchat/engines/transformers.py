@@ -520,19 +520,8 @@ class TransformersEngine:
         n = 0
         while n < limit and kept_ids[n] == new_ids[n]:
             n += 1
-        spans = self.picture_spans(new_ids, kwargs) if kwargs.get("pixel_values") is not None else []
-        if spans is None:
-            return 0  # pictures whose tokens cannot be found: nothing is safe to reuse
-        # Every picture has the same placeholder tokens: equal ids do not mean equal pictures.
-        for i, runs in enumerate(spans):
-            start, end = runs[0][0], runs[-1][1]
-            seen = i < len(pictures) and i < len(kept_pictures) and pictures[i] == kept_pictures[i]
-            if start < n and (n < end or not seen):
-                n = start
-                break
-        before = sum(1 for runs in spans if runs[-1][1] <= n)
-        if before and not self.drop_pictures(kwargs, spans, before):
-            n = min(n, spans[0][0][0])  # this layout of pixels is not known: encode every picture
+        same = lambda i: i < min(len(pictures), len(kept_pictures)) and pictures[i] == kept_pictures[i]  # noqa: E731
+        n = self._cut_outside_pictures(new_ids, n, kwargs, same=same)
         if n <= 0:
             return 0
         extra = cache.get_seq_length() - n
@@ -541,17 +530,40 @@ class TransformersEngine:
         kwargs[cache_argument()] = cache
         return n
 
+    def _cut_outside_pictures(self, ids: list[int], n: int, kwargs: dict[str, Any], same=lambda _i: True) -> int:
+        """Move the cut before any picture it would split or that is not the cached one, and take the
+        pictures before it out of the model's inputs (picture_runs and drop_pictures say how).
+
+        ``same(i)`` says whether the i-th picture of the prompt is the picture the cache saw there:
+        every picture has the same placeholder tokens, so equal ids do not mean equal pictures.
+        """
+        if kwargs.get("pixel_values") is None:
+            return n
+        spans = self.picture_runs(ids, kwargs)
+        if spans is None:
+            return 0  # pictures whose tokens cannot be found: nothing is safe to reuse
+        for i, runs in enumerate(spans):
+            start, end = runs[0][0], runs[-1][1]
+            if start < n and (n < end or not same(i)):
+                n = start
+                break
+        before = sum(1 for runs in spans if runs[-1][1] <= n)
+        if before and not self.drop_pictures(kwargs, spans, before):
+            n = min(n, spans[0][0][0])  # this layout of pixels is not known: encode every picture
+        return n
+
     def picture_token(self) -> int | None:
         config = getattr(self.model, "config", None)
         token = getattr(config, "image_token_id", None)
         return getattr(config, "image_token_index", None) if token is None else token
 
-    def picture_spans(self, ids: list[int], inputs: dict[str, Any]) -> list[list[tuple[int, int]]] | None:
+    def picture_runs(self, ids: list[int], inputs: dict[str, Any]) -> list[list[tuple[int, int]]] | None:
         """Each picture's runs of image tokens in the prompt, in order: (start, end) of each run.
 
         A picture the processor cuts into tiles (Idefics3/SmolVLM) has one run per tile, separated
         by row and column tokens; its last run is the whole picture's, after the global-image tag.
-        A family with another layout overrides this (and drop_pictures); None: not known.
+        A family with another layout overrides this and drop_pictures (or _cut_outside_pictures
+        whole); None: not known.
         """
         token = self.picture_token()
         if token is None:
