@@ -18,7 +18,7 @@ wild can be produced here:
     demo-bad-json       a few pieces, then a chunk that is not JSON
     demo-fail-midway    a few pieces, then {"error": ...} inside the stream (vLLM does this)
     demo-stall          a few pieces, then silence (for the client's token timeout)
-    demo-escape         the answer with terminal escape sequences mixed in
+    demo-escape         the answer with terminal escape sequences, bidi overrides and zero-width spaces mixed in
     demo-whole          ignores stream: true and sends the whole completion as one JSON body
 
 Hostile servers (no model runs; each ends on its own after HOSTILE_MAX_S, so no test can hang):
@@ -463,7 +463,7 @@ class _Handler(BaseHTTPRequestHandler):
                     if self.gone.is_set():
                         raise ClientGone
                     if model == "demo-escape":
-                        piece = "\x1b]0;pwned\x07" + piece + "\x1b[2J"
+                        piece = "\x1b]0;pwned\x07\u202e" + piece + "\u2066\u200b\x1b[2J"
                     delta = {"role": "assistant", "content": piece} if ollama else {"content": piece}
                     self.event(chunk(delta))
                     if n == MISBEHAVE_AFTER and self.misbehave(model):

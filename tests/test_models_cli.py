@@ -11,7 +11,7 @@ from vlchat.engines.registry import NAMED, resolve
 pytestmark = pytest.mark.timeout(120)
 
 
-def _cache_model(hf_home, repo: str, config: dict, weights: bool = True) -> None:
+def cache_model(hf_home, repo: str, config: dict, weights: bool = True) -> None:
     """A model in the hub cache's own layout (blobs, snapshots, refs), as `hf download` leaves it."""
     folder = hf_home / "hub" / ("models--" + repo.replace("/", "--"))
     snapshot = folder / "snapshots" / ("a" * 40)
@@ -31,9 +31,9 @@ def _cache_model(hf_home, repo: str, config: dict, weights: bool = True) -> None
 
 def test_models_lists_registry_and_cached_vision_models(run_vlchat, tmp_path):
     hf_home = tmp_path / "hf-home"
-    _cache_model(hf_home, "llava-hf/llava-1.5-7b-hf", {"model_type": "llava", "vision_config": {}})
-    _cache_model(hf_home, "Someone/Tiny-VLM", {"model_type": "llava_next", "vision_config": {}})
-    _cache_model(hf_home, "Someone/text-only", {"model_type": "llama"})
+    cache_model(hf_home, "llava-hf/llava-1.5-7b-hf", {"model_type": "llava", "vision_config": {}})
+    cache_model(hf_home, "Someone/Tiny-VLM", {"model_type": "llava_next", "vision_config": {}})
+    cache_model(hf_home, "Someone/text-only", {"model_type": "llama"})
     result = run_vlchat("models", "--json")
     assert result.returncode == 0, result.stderr
     rows = {row["name"]: row for row in map(json.loads, result.stdout.splitlines())}  # JSON lines
@@ -41,7 +41,7 @@ def test_models_lists_registry_and_cached_vision_models(run_vlchat, tmp_path):
     assert rows["llava-1.5-7b"]["downloaded"] is True
     assert rows["llava-1.5-13b"]["downloaded"] is False
     assert rows["qwen2.5-vl-7b"]["hub_id"] == "Qwen/Qwen2.5-VL-7B-Instruct"
-    assert rows["minicpm-o-2.6"]["remote_code"] is True
+    assert rows["minicpm-o-2.6"]["remote_code"] is False and rows["minicpm-o-2.6"]["family"] == "minicpm-2.6"
     assert rows["Someone/Tiny-VLM"]["named"] is False and rows["Someone/Tiny-VLM"]["family"] == "llava_next"
     assert "Someone/text-only" not in rows  # not a vision model
 

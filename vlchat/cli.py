@@ -296,10 +296,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_app(args, demo=args.command == "demo")
     except UsageError as error:
-        print(f"vlchat: error: {error}", file=sys.stderr)
+        print(f"vlchat: error: {_shown(error)}", file=sys.stderr)
         return EXIT_USAGE
     except VlchatError as error:
-        print(f"vlchat: error: {error}", file=sys.stderr)
+        print(f"vlchat: error: {_shown(error)}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
         if os.environ.get("VLCHAT_DEBUG"):
@@ -324,6 +324,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_MODEL
+
+
+def _shown(error: Exception) -> str:
+    from vlchat.core.text import clean
+
+    return clean(str(error), keep_newlines=False)
 
 
 def entry() -> None:

@@ -58,6 +58,9 @@ def run_app(args: argparse.Namespace, *, demo: bool = False) -> int:
 
     from vlchat.engines import make_engine
     from vlchat.ui.app import make_app
+    from vlchat.ui.driver import accept_invalid_utf8
+
+    accept_invalid_utf8()
 
     engine = make_engine(settings, separate=True)  # the model in its own process: see engines/process.py
     try:
@@ -86,7 +89,7 @@ def resume_session(name: str, settings, sources):
     """The session --resume names, locked (or read-only when it is open elsewhere), with the model
     and sampling it used, unless flags, the environment or the config file say otherwise."""
     from vlchat.commands.remember import apply_remembered
-    from vlchat.core.sessions import SessionLockedError, SessionStore, store_root
+    from vlchat.core.sessions import SessionLockedError, SessionStore, SessionWriteRefusedError, store_root
 
     store = SessionStore(store_root(settings))
     notes = []
@@ -94,7 +97,7 @@ def resume_session(name: str, settings, sources):
         session = store.open(name or None)
     except SessionLockedError as error:
         session = store.open(name or None, read_only=True)
-        notes.append(f"{error.message}: opened read-only, so nothing you add here is saved "
-                     "(quit the other vlchat to continue it here)")
+        why = "" if isinstance(error, SessionWriteRefusedError) else " (quit the other vlchat to continue it here)"
+        notes.append(f"{error.message}: opened read-only, so nothing you add here is saved{why}")
     notes += apply_remembered(session, settings, sources)
     return session, notes

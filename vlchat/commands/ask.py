@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import signal
 import sys
 import threading
@@ -15,8 +14,17 @@ from vlchat.commands.remember import model_record
 from vlchat.core.conversation import Conversation, GenerationParams
 from vlchat.core.errors import InputError
 from vlchat.core.images import load_image
-from vlchat.core.text import clean
+from vlchat.core.text import clean, clean_data
 from vlchat.engines.base import EngineError, TokenStream
+
+
+def _names_a_file(text: str) -> bool:
+    """Whether ``text`` is the path of an existing file; a long question (over the 255 bytes a file
+    name may have) or one with a NUL in it is simply not one."""
+    try:
+        return Path(text).is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def split_items(items: list[str]) -> tuple[list[str], str]:
@@ -24,7 +32,7 @@ def split_items(items: list[str]) -> tuple[list[str], str]:
     *images, question = items
     if not question.strip() and not images:  # with pictures, a captioner takes it as "caption this"
         raise InputError("the question is empty", "put the question last, in quotes")
-    if not images and Path(question).is_file():
+    if not images and _names_a_file(question):
         raise InputError(
             f"no question after the picture {clean(question, keep_newlines=False)}",
             'put the question last, in quotes: vlchat ask photo.jpg "What is in the picture?"',
@@ -36,7 +44,7 @@ def write_stream(stream: TokenStream, out: TextIO | None) -> str:
     """Consume the stream, writing each piece as it comes (flushed: a pipe sees it at once)."""
     for piece in stream:
         if out is not None:
-            out.write(piece)
+            out.write(clean(piece))
             out.flush()
     return stream.text
 
@@ -86,17 +94,21 @@ def run_ask(args: argparse.Namespace) -> int:
     # before the (slow) model load, so a typo fails at once and changes nothing.
     _params(settings)
     pictures = [load_image(path) for path in image_paths]
+    from vlchat.core.sessions import SessionSaveError
+
     wanted = (getattr(args, "session", None) or "").strip()
     session = None
-    if wanted and wanted.lower() != "new":
-        session = open_session(args, settings, sources)
     try:
+        if wanted and wanted.lower() != "new":
+            session = open_session(args, settings, sources)
         engine = make_engine(settings)
         if not question.strip() and not getattr(engine, "captions_without_text", False):
             raise InputError("the question is empty", "put the question last, in quotes (an empty one is for captioners such as blip-large)")
         if wanted.lower() == "new":
             session = open_session(args, settings, sources)
         return _ask(args, settings, engine, pictures, question, session)
+    except SessionSaveError as error:
+        raise error.for_command() from None  # nothing stays open after this command: its own hint
     finally:
         if session is not None:
             session.close()
@@ -218,7 +230,10 @@ def _ask(args, settings, engine, pictures, question, session) -> int:
         }
         if session is not None:
             record["session"] = {"id": session.id, "title": session.title, "path": str(session.folder)}
-        out.write(json.dumps(record, ensure_ascii=False) + "\n")
+        from vlchat.core.sessions import json_bytes
+
+        # cleaned value by value; a file name that is not UTF-8 as its JSON escape
+        out.write(json_bytes(clean_data(record)).decode("utf-8") + "\n")
     elif not text.endswith("\n"):
         out.write("\n")
     out.flush()

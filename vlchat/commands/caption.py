@@ -115,7 +115,9 @@ class Tally:
 
 
 def picture_name(found: Found) -> str:
-    return clean(found.path, keep_newlines=False)
+    from vlchat.core.sessions import shown_path
+
+    return shown_path(found.path)
 
 
 class Progress:
@@ -222,15 +224,12 @@ class Reader(threading.Thread):
 
     def _look(self, found: Found) -> tuple[str, Item, Any]:
         """What to do with one picture: ("skip"|"copy"|"error"|"picture", item, earlier record)."""
-        from vlchat.core.images import ImageError, load_image, sha256_file
+        from vlchat.core.images import MODEL_MAX_SIDE, ImageError, load_image
 
         item = Item(found)
         done = self.store.done
         self.store.prepare(found.path)
-        try:
-            item.sha256 = sha256_file(found.path)
-        except OSError:
-            item.sha256 = None  # load_image below says what is wrong, in one line
+        item.sha256 = regular_file_sha256(found.path)  # None: load_image below says what is wrong, in one line
         earlier = done.caption_for(item.sha256, self.model, self.prompt) if item.sha256 else None
         if earlier:
             if done.has_path(found.path, item.sha256, self.model, self.prompt):
@@ -239,7 +238,7 @@ class Reader(threading.Thread):
         if not self.retry_errors and done.has_error(found.path, self.model, self.prompt):
             return "skip", item, None
         try:
-            item.picture = load_image(found.path)
+            item.picture = load_image(found.path, max_side=MODEL_MAX_SIDE)
         except ImageError as error:
             item.error = error.line()
             return "error", item, None
@@ -298,6 +297,29 @@ class Reader(threading.Thread):
                 ready = []
         if ready:
             self._send(ready)
+
+
+def regular_file_sha256(path: str) -> str | None:
+    """The sha256 of a regular file's bytes; None for anything else (a pipe would block the run
+    forever, a device might never end) or a file that cannot be read."""
+    import hashlib
+    import stat
+
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        digest = hashlib.sha256()
+        while chunk := os.read(fd, 1 << 20):
+            digest.update(chunk)
+        return digest.hexdigest()
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def decode_workers(engine, remote: bool) -> int:
@@ -373,6 +395,7 @@ def run_caption(args: argparse.Namespace) -> int:
 
 def caption_all(engine, found: list[Found], store: Store, *, args, settings, params: GenerationParams,
                 batch_size: int, concurrency: int, limit: int | None, err=None) -> int:
+    from vlchat.core.captions import PictureWriteError
     from vlchat.engines.batch import can_batch
     from vlchat.engines.base import LoadProgress
 
@@ -431,22 +454,30 @@ def caption_all(engine, found: list[Found], store: Store, *, args, settings, par
 
     def record(item: Item, caption=None, seconds: float | None = None, model_failed: bool = False,
                copied: bool = False) -> None:
-        entry: dict[str, Any] = {"path": item.found.path, "sha256": item.sha256}
+        # Absolute, so that a run started from another folder knows the picture as done.
+        entry: dict[str, Any] = {"path": os.path.abspath(item.found.path), "sha256": item.sha256}
         failing[0] = failing[0] + 1 if model_failed else 0 if caption is not None and not copied else failing[0]
         if caption is not None:
             entry.update(caption=caption.text, model=model, prompt=prompt, tokens=caption.tokens,
                          seconds=round(seconds or 0.0, 4))
+        else:
+            entry.update(model=model, prompt=prompt, error=item.error)
+        try:
+            store.write(entry)
+        except PictureWriteError as error:  # this picture's .txt or folder only: the others go on
+            tally.failed += 1
+            progress.say(f"vlchat: {clean(error.line(), keep_newlines=False)}")
+            return
+        if caption is not None:
             if copied:
                 tally.skipped += 1
             else:
                 tally.captioned += 1
         else:
-            entry.update(model=model, prompt=prompt, error=item.error)
             tally.failed += 1
             message = clean(item.error or "", keep_newlines=False)
             name = picture_name(item.found)
             progress.say(f"vlchat: {message}" if name in message else f"vlchat: {name}: {message}")
-        store.write(entry)
         progress.draw()
         if failing[0] >= MAX_FAILING:
             from vlchat.engines.base import GenerationError

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TextIO
 
-from vlchat.core.text import clean
+from vlchat.core.text import clean, clean_data
 
 # model_type values of image-text-to-text models, for spotting them in the cache by their config
 _VISION_HINTS = ("vision_config", "vision_tower", "image_token_index", "image_token_id", "qformer_config")
@@ -35,9 +35,9 @@ class ModelRow:
 def _scan_cache() -> dict[str, tuple[int, Path | None]]:
     """hub id (lower case) -> (bytes on disk, the newest snapshot folder) for every cached model."""
     try:
-        from huggingface_hub import scan_cache_dir
+        from huggingface_hub import constants, scan_cache_dir
 
-        info = scan_cache_dir()
+        info = scan_cache_dir(constants.HF_HUB_CACHE)  # looked up now, so the cache can be changed at run time
     except Exception:  # no cache yet, or one we cannot read: nothing is downloaded
         return {}
     found: dict[str, tuple[int, Path | None]] = {}
@@ -52,17 +52,19 @@ def _scan_cache() -> dict[str, tuple[int, Path | None]]:
     return found
 
 
-def _is_image_text_model(snapshot: Path | None) -> tuple[bool, str]:
+def _is_image_text_model(snapshot: Path | None) -> tuple[bool, str, bool]:
+    """Whether the cached model is an image-text-to-text one, its family, and whether it brings
+    its own code (an ``auto_map`` in its config: it only loads with trust_remote_code)."""
     if snapshot is None or not (snapshot / "config.json").is_file():
-        return False, ""
+        return False, "", False
     try:
         config = json.loads((snapshot / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return False, ""
+        return False, "", False
     if not isinstance(config, dict):
-        return False, ""
+        return False, "", False
     family = str(config.get("model_type", "?"))
-    return any(key in config for key in _VISION_HINTS), family
+    return any(key in config for key in _VISION_HINTS), family, bool(config.get("auto_map"))
 
 
 def _has_weights(snapshot: Path | None) -> bool:
@@ -96,12 +98,13 @@ def local_models_table() -> list[ModelRow]:
     for repo_id, (size, snapshot) in sorted(cache.items()):
         if repo_id in known:
             continue
-        vision, family = _is_image_text_model(snapshot)
+        vision, family, own_code = _is_image_text_model(snapshot)
         if not vision:
             continue
         # the cache folder name keeps the hub's spelling; the key was lower-cased for matching
         hub_id = snapshot.parent.parent.name.removeprefix("models--").replace("--", "/") if snapshot else repo_id
-        rows.append(ModelRow(hub_id, hub_id, family, None, _has_weights(snapshot), size_bytes=size, named=False))
+        rows.append(ModelRow(hub_id, hub_id, family, None, _has_weights(snapshot), size_bytes=size, named=False,
+                             remote_code=own_code))
     return rows
 
 
@@ -146,7 +149,7 @@ def run_models(args: argparse.Namespace) -> int:
         rows = local_models_table()
         if args.json:
             for row in rows:
-                out.write(json.dumps(row.to_dict(), ensure_ascii=False) + "\n")
+                out.write(json.dumps(clean_data(row.to_dict()), ensure_ascii=False) + "\n")
             return 0
         out.write(format_table(rows) + "\n\n")
         others = [row for row in rows if not row.named]
@@ -164,7 +167,7 @@ def run_models(args: argparse.Namespace) -> int:
     if args.json:
         for model in served:
             record = {**model.to_dict(), "id": clean(model.id, keep_newlines=False), "endpoint": engine.endpoint}
-            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+            out.write(json.dumps(clean_data(record), ensure_ascii=False) + "\n")
     elif not served:
         print(f"vlchat: the server at {engine.endpoint} serves no models", file=sys.stderr)
     else:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from datetime import datetime
 from pathlib import Path
 
-from vlchat.core.sessions import SessionInfo, SessionStore, parse_iso, store_root
-from vlchat.core.text import clean
+from vlchat.core.sessions import SessionInfo, SessionStore, json_bytes, parse_iso, shown_path, store_root
+from vlchat.core.text import clean, clean_data
 
 
 def store_from(args: argparse.Namespace) -> SessionStore:
@@ -31,7 +30,7 @@ def table(infos: list[SessionInfo]) -> str:
     """Title, updated (local time), turns, pictures, model, id: one row per session, newest first."""
     headers = ("TITLE", "UPDATED", "TURNS", "PICTURES", "MODEL", "ID")
     rows = [
-        (_cut(i.title, 48), _local(i.updated), str(i.turns), str(i.pictures), _cut(i.model, 32), i.id)
+        tuple(clean(c, keep_newlines=False) for c in (_cut(i.title, 48), _local(i.updated), str(i.turns), str(i.pictures), _cut(i.model, 32), i.id))
         for i in infos
     ]
     widths = [max(len(h), *(len(r[n]) for r in rows)) for n, h in enumerate(headers)]
@@ -48,7 +47,7 @@ def run_sessions(args: argparse.Namespace) -> int:
     infos = store.list()
     good = [i for i in infos if not i.error]
     if args.json:
-        print(json.dumps([i.to_dict() for i in infos], ensure_ascii=False, indent=1))
+        print(json_bytes(clean_data([i.to_dict() for i in infos]), indent=1).decode("utf-8"))
     elif good:
         print(table(good))
     elif infos:
@@ -58,7 +57,7 @@ def run_sessions(args: argparse.Namespace) -> int:
               "(start one with: vlchat ask --session new PICTURE \"QUESTION\")")
     for info in infos:
         if info.error:
-            print(f"vlchat: warning: {info.error}", file=sys.stderr)
+            print(f"vlchat: warning: {clean(info.error, keep_newlines=False)}", file=sys.stderr)
     return 0
 
 
@@ -69,10 +68,13 @@ def run_export(args: argparse.Namespace) -> int:
     # Read-only: exporting works while the session is open in the app, and never changes it.
     with store.open(args.session, read_only=True) as session:
         for problem in session.problems:
-            print(f"vlchat: warning: {problem}", file=sys.stderr)
+            print(f"vlchat: warning: {clean(problem, keep_newlines=False)}", file=sys.stderr)
         target = Path(args.output) if args.output else Path(default_name(session))
         result = export_markdown(session, target, force=args.force)
+    for name in result.changed:
+        print(f"vlchat: warning: the picture {name} in the session no longer matches its sha256 (it changed after it "
+              "was attached), so it is left out of the export and the transcript says so", file=sys.stderr)
     pictures = len(result.pictures)
-    where = f" and {pictures} picture{'s' if pictures != 1 else ''} in {result.assets_dir}" if pictures else ""
-    print(clean(f"wrote {result.path}{where}", keep_newlines=False))
+    where = f" and {pictures} picture{'s' if pictures != 1 else ''} in {shown_path(result.assets_dir)}" if pictures else ""
+    print(f"wrote {shown_path(result.path)}{where}")
     return 0

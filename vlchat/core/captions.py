@@ -6,22 +6,28 @@ done), and never overwrites a file it cannot read as its own.
 
 A record is one picture: path, sha256, caption, model, prompt, tokens, seconds; or, for a picture
 that could not be captioned, path, sha256 (when the file could be read), model, prompt, error.
+The path is absolute, so a run started from another folder still knows what is done; a name that
+is not UTF-8 is kept exactly (see ``json_bytes``; in CSV, as its own bytes).
+
+Nothing here writes through a link, and nothing in an existing file is cut or replaced before
+the file is known to be vlchat's own.
 """
 
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import io
 import json
 import os
+import stat
 import time
 from pathlib import Path
 from typing import Any
 
-from vlchat.core.errors import InputError
-from vlchat.core.sessions import atomic_write
-from vlchat.core.text import clean
+from vlchat.core.errors import InputError, VlchatError
+from vlchat.core.sessions import atomic_write, is_link_error, json_bytes, read_file_nofollow, shown_path
 
 FORMATS = ("jsonl", "json", "csv", "txt-sidecar")
 CSV_COLUMNS = ("path", "sha256", "caption", "model", "prompt", "tokens", "seconds", "error")
@@ -37,8 +43,58 @@ def format_for(output: str | None, requested: str | None) -> str:
     return {".json": "json", ".csv": "csv"}.get(suffix, "jsonl")
 
 
-def _shown(path: str | os.PathLike) -> str:
-    return clean(os.fsdecode(path), keep_newlines=False)
+_shown = shown_path
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+
+
+class CaptionWriteError(VlchatError):
+    """The caption file cannot be written (full disk, I/O error): every picture would fail, so the run stops."""
+
+
+class PictureWriteError(VlchatError):
+    """This picture's caption cannot be written where it goes (its .txt or its folder): it alone is
+    left out, the run goes on."""
+
+
+def _write_failed(path: str | os.PathLike, error: OSError) -> CaptionWriteError:
+    return CaptionWriteError(
+        f"could not write to {_shown(path)}: {error.strerror or error}",
+        "free some disk space or fix the folder, then run the same command again: it goes on where it stopped",
+    )
+
+
+def _open_output(path: Path) -> int:
+    """The output file for reading and appending, made if missing; never through a link, never a
+    pipe or device. Nothing in it is changed here."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | _NOFOLLOW | _NONBLOCK | _CLOEXEC, 0o644)
+    except OSError as error:
+        if is_link_error(error):
+            raise InputError(f"{_shown(path)} is a link; vlchat writes caption files only to the file itself",
+                             "give the path of the file it points to with -o, or choose another name") from None
+        raise InputError(f"cannot write {_shown(path)}: {error.strerror or error}", "check the folder and its permissions") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise InputError(f"{_shown(path)} is not a regular file", "choose another -o FILE")
+    os.set_blocking(fd, True)
+    return fd
+
+
+def _read_all(fd: int) -> bytes:
+    os.lseek(fd, 0, os.SEEK_SET)
+    chunks = []
+    while chunk := os.read(fd, 1 << 20):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _not_ours(path: str | os.PathLike, why: str) -> InputError:
@@ -117,29 +173,25 @@ class JsonLinesStore(Store):
     def __init__(self, path: str | os.PathLike):
         super().__init__()
         self.path = Path(path)
-        self._handle = None
-        keep = self._read()
+        self._fd: int | None = _open_output(self.path)
         try:
-            self._handle = open(self.path, "r+b" if self.path.exists() else "wb")
-            self._handle.seek(keep)
-            self._handle.truncate()
-            if keep:
-                self._handle.seek(keep - 1)
-                if self._handle.read(1) != b"\n":
-                    self._handle.write(b"\n")  # a last record saved without its newline
-            self._handle.flush()
+            data = _read_all(self._fd)
+            keep = self._read(data)  # raises, changing nothing, if the file is not ours
+            if keep < len(data):
+                os.ftruncate(self._fd, keep)  # only our own last line, cut short by a kill
+            os.lseek(self._fd, 0, os.SEEK_END)
+            if keep and data[keep - 1 : keep] != b"\n":
+                _write_all(self._fd, b"\n")  # a last record saved without its newline
         except OSError as error:
+            self.close()
             raise InputError(f"cannot write {_shown(self.path)}: {error.strerror or error}", "check the folder and its permissions") from None
+        except BaseException:
+            self.close()
+            raise
 
-    def _read(self) -> int:
-        """Read earlier records; return how many bytes of the file to keep (a line cut short by a
-        crash is dropped)."""
-        try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
-            return 0
-        except OSError as error:
-            raise InputError(f"cannot read {_shown(self.path)}: {error.strerror or error}", "check its permissions") from None
+    def _read(self, data: bytes) -> int:
+        """Read earlier records; return how many bytes of the file to keep (a line of ours cut short
+        by a crash is dropped; any other line that is not a record refuses the whole file)."""
         keep = 0
         lines = data.split(b"\n")
         for number, raw in enumerate(lines, 1):
@@ -149,75 +201,93 @@ class JsonLinesStore(Store):
                 continue
             try:
                 record = json.loads(raw)
-            except ValueError:
+            except (ValueError, RecursionError):
                 record = None
+                # Only a line that is not JSON at all and starts as every line vlchat writes can be
+                # our own, cut short: valid JSON of any other shape is someone else's.
+                if last and raw.startswith(b'{"path": "'):
+                    break
             if not _is_record(record):
-                if last and raw.startswith(b'{"path"'):
-                    break  # our own line, cut short when the run was killed: captioned again
                 raise _not_ours(self.path, f"line {number} is not a caption record")
             self.done.add(record)
             keep += len(raw) + (0 if last else 1)
         return keep
 
     def write(self, record: dict[str, Any]) -> None:
-        assert self._handle is not None
-        self._handle.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
-        self._handle.flush()
+        assert self._fd is not None
+        try:
+            _write_all(self._fd, json_bytes(record) + b"\n")
+        except OSError as error:
+            raise _write_failed(self.path, error) from None
         self.written += 1
 
     def close(self) -> None:
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 class CsvStore(Store):
-    """A header and one row a picture, appended and flushed as each finishes."""
+    """A header and one row a picture, appended and flushed as each finishes.
+
+    The file is UTF-8; a file name that is not UTF-8 is written as its own bytes (as ``ls`` shows it).
+    """
 
     def __init__(self, path: str | os.PathLike):
         super().__init__()
         self.path = Path(path)
-        fresh = self._read()
+        self._fd: int | None = _open_output(self.path)
         try:
-            self._handle = open(self.path, "a", encoding="utf-8", newline="")
+            fresh = self._read(_read_all(self._fd))
+            os.lseek(self._fd, 0, os.SEEK_END)
+            if fresh:
+                self._append_row(dict(zip(CSV_COLUMNS, CSV_COLUMNS)))
         except OSError as error:
+            self.close()
             raise InputError(f"cannot write {_shown(self.path)}: {error.strerror or error}", "check the folder and its permissions") from None
-        self._writer = csv.DictWriter(self._handle, fieldnames=CSV_COLUMNS, lineterminator="\n")
-        if fresh:
-            self._writer.writeheader()
-            self._handle.flush()
+        except BaseException:
+            self.close()
+            raise
 
-    def _read(self) -> bool:
-        try:
-            text = self.path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return True
-        except (OSError, UnicodeDecodeError) as error:
-            raise _not_ours(self.path, f"it cannot be read as text: {error}") from None
+    def _read(self, data: bytes) -> bool:
+        """Read earlier rows; True when the file is new (empty). Changes nothing unless it is ours."""
+        text = data.decode("utf-8", "surrogateescape")
         if not text.strip():
-            self.path.write_text("")
+            if text:
+                raise _not_ours(self.path, "it holds only blank space")
             return True
-        if not text.endswith("\n"):
-            # a row cut short when the run was killed: drop it, it is captioned again
-            text = text[: text.rfind("\n") + 1]
-            if not text:
-                raise _not_ours(self.path, "it has no header line")
-            with open(self.path, "r+", encoding="utf-8") as handle:
-                handle.truncate(len(text.encode("utf-8")))
-        reader = csv.DictReader(io.StringIO(text))
+        complete = text[: text.rfind("\n") + 1]
+        reader = csv.DictReader(io.StringIO(complete or text))
         if tuple(reader.fieldnames or ()) != CSV_COLUMNS:
             raise _not_ours(self.path, "its header is not " + ",".join(CSV_COLUMNS))
-        for row in reader:
+        if not complete:
+            raise _not_ours(self.path, "it has no header line")
+        rows = list(reader)
+        if complete != text:
+            # a row cut short when the run was killed: the file is ours (its header says so), so
+            # the piece is dropped and that picture captioned again
+            os.ftruncate(self._fd, len(complete.encode("utf-8", "surrogateescape")))
+        for row in rows:
             self.done.add({k: v for k, v in row.items() if v not in (None, "")})
         return False
 
+    def _append_row(self, row: dict[str, Any]) -> None:
+        buffer = io.StringIO()
+        csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n").writerow(row)
+        _write_all(self._fd, buffer.getvalue().encode("utf-8", "surrogateescape"))
+
     def write(self, record: dict[str, Any]) -> None:
-        self._writer.writerow({key: record.get(key, "") for key in CSV_COLUMNS})
-        self._handle.flush()
+        assert self._fd is not None
+        try:
+            self._append_row({key: record.get(key, "") for key in CSV_COLUMNS})
+        except OSError as error:
+            raise _write_failed(self.path, error) from None
         self.written += 1
 
     def close(self) -> None:
-        self._handle.close()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 class JsonArrayStore(Store):
@@ -231,15 +301,20 @@ class JsonArrayStore(Store):
         self._saved_at = time.monotonic()
         self._dirty = False
         try:
-            text = self.path.read_text(encoding="utf-8")
+            text = read_file_nofollow(self.path).decode("utf-8")
         except FileNotFoundError:
             text = ""
-        except (OSError, UnicodeDecodeError) as error:
-            raise _not_ours(self.path, f"it cannot be read as text: {error}") from None
+        except OSError as error:
+            if is_link_error(error):
+                raise InputError(f"{_shown(self.path)} is a link; vlchat writes caption files only to the file itself",
+                                 "give the path of the file it points to with -o, or choose another name") from None
+            raise _not_ours(self.path, f"it cannot be read: {error.strerror or error}") from None
+        except UnicodeDecodeError:
+            raise _not_ours(self.path, "it is not UTF-8 text") from None
         if text.strip():
             try:
                 data = json.loads(text)
-            except ValueError:
+            except (ValueError, RecursionError):
                 raise _not_ours(self.path, "it is not JSON") from None
             if not isinstance(data, list) or not all(_is_record(r) for r in data):
                 raise _not_ours(self.path, "it is not a list of caption records")
@@ -257,8 +332,10 @@ class JsonArrayStore(Store):
             self._save()
 
     def _save(self) -> None:
-        data = json.dumps(self.records, ensure_ascii=False, indent=1) + "\n"
-        atomic_write(self.path, data.encode("utf-8"), mode=0o644)
+        try:
+            atomic_write(self.path, json_bytes(self.records, indent=1) + b"\n", mode=0o644)
+        except OSError as error:
+            raise _write_failed(self.path, error) from None
         self._saved_at = time.monotonic()
         self._dirty = False
 
@@ -293,13 +370,13 @@ class SidecarStore(Store):
             return self._manifests[folder]
         entries: dict[str, dict[str, Any]] = {}
         try:
-            lines = (Path(folder) / MANIFEST).read_text(encoding="utf-8").splitlines()
+            lines = read_file_nofollow(Path(folder) / MANIFEST).decode("utf-8").splitlines()
         except (OSError, UnicodeDecodeError):
-            lines = []
+            lines = []  # missing, or not ours (a link is never read): nothing there counts as written by vlchat
         for line in lines:
             try:
                 record = json.loads(line)
-            except ValueError:
+            except (ValueError, RecursionError):
                 continue  # a line cut short by a kill: that .txt counts as not ours until rewritten
             if isinstance(record, dict) and isinstance(record.get("txt"), str) and record.get("text_sha256"):
                 entries[record["txt"]] = record
@@ -312,7 +389,7 @@ class SidecarStore(Store):
         if entry is None:
             return None
         try:
-            data = txt.read_bytes()
+            data = read_file_nofollow(txt)
         except OSError:
             return None
         return entry if entry.get("text_sha256") == _text_sha(data) else None
@@ -329,7 +406,13 @@ class SidecarStore(Store):
         other = self._claimed.get(str(txt))
         if other is not None and os.path.realpath(other) != os.path.realpath(picture):
             return f"{_shown(txt)} is already the caption of {_shown(other)} in this run"
-        if txt.exists() and not self.overwrite and self._ours(txt) is None:
+        try:
+            info = os.lstat(txt)
+        except OSError:
+            info = None
+        if info is not None and stat.S_ISDIR(info.st_mode):
+            return f"{_shown(txt)} is a folder, so the caption has nowhere to go"
+        if info is not None and not self.overwrite and self._ours(txt) is None:
             return f"{_shown(txt)} exists and vlchat did not write it (--overwrite replaces it)"
         self._claimed[str(txt)] = picture
         return None
@@ -345,12 +428,36 @@ class SidecarStore(Store):
             entry["text_sha256"] = _text_sha(data)
         # The manifest line first: a .txt on disk is only ever one the manifest already claims,
         # so a kill between the two leaves a caption to redo, never a .txt we would not own.
-        with open(Path(folder) / MANIFEST, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        manifest = Path(folder) / MANIFEST
+        try:
+            self._append_manifest(manifest, json_bytes(entry) + b"\n")
+            if not record.get("error"):
+                atomic_write(txt, data, mode=0o644)
+        except OSError as error:
+            raise PictureWriteError(
+                f"could not write the caption of {_shown(picture)} to {_shown(txt)}: {error.strerror or error}",
+                "fix that folder, then run the same command again",
+            ) from None
         if not record.get("error"):
             self._manifest(folder)[txt.name] = entry
-            atomic_write(txt, data, mode=0o644)
         self.written += 1
+
+    @staticmethod
+    def _append_manifest(manifest: Path, line: bytes) -> None:
+        """One line onto the manifest, never through a link (a link there is someone else's file)."""
+        try:
+            fd = os.open(manifest, os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW | _NONBLOCK | _CLOEXEC, 0o644)
+        except OSError as error:
+            if is_link_error(error):
+                raise OSError(errno.ELOOP, f"{MANIFEST} there is a link, and vlchat does not write through links") from None
+            raise
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+                raise OSError(errno.EINVAL, f"{MANIFEST} there is not a file of its own, and vlchat does not write to it")
+            _write_all(fd, line)
+        finally:
+            os.close(fd)
 
     def where(self) -> str:
         return "a .txt beside each picture"

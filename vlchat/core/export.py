@@ -11,15 +11,17 @@ bytes. A file that is not a previous vlchat export is never overwritten unless `
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
 from vlchat.core.conversation import GenerationParams, Message
 from vlchat.core.errors import InputError
-from vlchat.core.sessions import Session, atomic_write, parse_iso
+from vlchat.core.sessions import Session, atomic_write, parse_iso, shown_path
 from vlchat.core.text import clean
 
 MARKER = "<!-- vlchat export of session "
@@ -36,6 +38,7 @@ class ExportResult:
     assets_dir: Path
     pictures: list[Path] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)  # stored pictures whose bytes no longer match their sha256
 
 
 def default_name(session: Session) -> str:
@@ -104,8 +107,12 @@ def plan_assets(session: Session) -> dict[str, str]:
     return names
 
 
-def render(session: Session, assets_link: str, asset_names: dict[str, str], missing: set[str]) -> str:
-    """The transcript as Markdown text; ``assets_link`` is the assets folder as seen from the file."""
+def render(session: Session, assets_link: str, asset_names: dict[str, str], missing: set[str],
+           changed: set[str] = frozenset()) -> str:
+    """The transcript as Markdown text; ``assets_link`` is the assets folder as seen from the file.
+
+    A picture in ``changed`` (its stored bytes no longer hash to its sha256) is left out and said so.
+    """
     lines: list[str] = [f"# {clean(session.title, keep_newlines=False)}", ""]
     models = list(dict.fromkeys(m.model for m in session.conversation.messages if m.role == "assistant" and m.model))
     if not models and session.model.get("name"):
@@ -136,7 +143,9 @@ def render(session: Session, assets_link: str, asset_names: dict[str, str], miss
             for ref in message.images:
                 picture = session.pictures.get(ref.sha256)
                 name = picture.name if picture else ref.sha256[:12]
-                if ref.sha256 in missing or ref.sha256 not in asset_names:
+                if ref.sha256 in changed:
+                    lines += [f"*(picture left out: {name} in the session no longer matches its sha256)*", ""]
+                elif ref.sha256 in missing or ref.sha256 not in asset_names:
                     lines += [f"*(picture missing from the session: {name})*", ""]
                 else:
                     target = quote(f"{assets_link}/{asset_names[ref.sha256]}", safe="/")
@@ -158,13 +167,15 @@ def render(session: Session, assets_link: str, asset_names: dict[str, str], miss
         lines += ["", "---", "", "## Pictures attached but not asked about yet", ""]
         for sha in pending:
             name = session.pictures[sha].name
-            if sha in missing:
+            if sha in changed:
+                lines += [f"*(picture left out: {name} in the session no longer matches its sha256)*", ""]
+            elif sha in missing:
                 lines += [f"*(picture missing from the session: {name})*", ""]
             else:
                 lines += [f"![{_alt(name)}]({quote(f'{assets_link}/{asset_names[sha]}', safe='/')})", ""]
         lines.pop()
     lines += ["", "---", "", f"{MARKER}{session.id}: exporting again replaces this file -->", ""]
-    return "\n".join(lines)
+    return clean("\n".join(lines))
 
 
 def _assistant_heading(message: Message) -> str:
@@ -172,23 +183,42 @@ def _assistant_heading(message: Message) -> str:
     return f"### Assistant ({model})"
 
 
+_LAST_LINE = re.compile(rb"<!-- vlchat export of session ([0-9a-f]{12}): exporting again replaces this file -->\n?")
+
+
 def _is_previous_export(path: Path) -> bool:
+    """Whether ``path`` is a transcript vlchat wrote: it ends with the marker line, and its header
+    names the same session. A file that only quotes the marker somewhere is someone else's."""
     try:
-        with open(path, "rb") as handle:
-            handle.seek(max(0, os.path.getsize(path) - 512))
-            tail = handle.read()
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a pipe there must not hang us
     except OSError:
         return False
-    return MARKER.encode() in tail
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return False
+        head = os.pread(fd, 4096, 0)
+        tail = os.pread(fd, 512, max(0, info.st_size - 512))
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    last = tail.rstrip(b"\n").rsplit(b"\n", 1)[-1] + b"\n"
+    match = _LAST_LINE.fullmatch(last)
+    if match is None or not head.startswith(b"# "):
+        return False
+    return f"\n- **Session:** `{match.group(1).decode()}`\n".encode() in head
 
 
 def export_markdown(session: Session, path: str | os.PathLike, *, force: bool = False) -> ExportResult:
     """Write the transcript to ``path`` and its pictures to ``<stem>_assets/`` beside it."""
     path = Path(path)
+    if path.is_dir() or not path.name:
+        raise ExportError(f"{shown_path(path)} is a folder", "give a file name such as transcript.md, or a path inside the folder")
     if path.suffix.lower() not in (".md", ".markdown"):
         path = path.with_name(path.name + ".md") if path.suffix == "" else path
     assets = assets_dir_for(path)
-    shown = clean(str(path), keep_newlines=False)
+    shown = shown_path(path)
     if path.is_dir():
         raise ExportError(f"{shown} is a folder", "give a file name such as transcript.md, or a path inside the folder")
     ours = path.exists() and _is_previous_export(path)
@@ -204,28 +234,36 @@ def export_markdown(session: Session, path: str | os.PathLike, *, force: bool = 
 
     asset_names = plan_assets(session)
     missing = {sha for sha in asset_names if session.picture_path(sha) is None}
+    # Each picture is read once, checked against its sha256 as `vlchat ask` checks it: a stored
+    # file changed since it was attached is not exported as if it were the picture.
+    contents = {sha: session.read_picture(sha) for sha in asset_names if sha not in missing}
+    changed = {sha for sha, data in contents.items() if data is None}
     result = ExportResult(path=path, assets_dir=assets)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        if len(missing) < len(asset_names):
+        if len(missing) + len(changed) < len(asset_names):
             assets.mkdir(exist_ok=True)
         for sha, name in asset_names.items():
             if sha in missing:
                 result.missing.append(session.pictures[sha].name)
                 continue
-            source = session.picture_path(sha)
+            if sha in changed:
+                result.changed.append(session.pictures[sha].name)
+                continue
             target = assets / name
-            data = source.read_bytes()  # type: ignore[union-attr]
+            data = contents[sha]
             if not (target.is_file() and not target.is_symlink() and target.read_bytes() == data):
                 if target.is_symlink():
                     target.unlink()
                 atomic_write(target, data, mode=0o644)
             result.pictures.append(target)
         link = os.path.relpath(assets, path.parent).replace(os.sep, "/")
-        atomic_write(path, render(session, link, asset_names, missing).encode("utf-8"), mode=0o644)
+        text = render(session, link, asset_names, missing, changed)
+        atomic_write(path, text.encode("utf-8", "replace"), mode=0o644)
     except OSError as error:
+        full = error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
         raise ExportError(
             f"could not write the transcript to {shown}: {clean(error.strerror or str(error), keep_newlines=False)}",
-            "choose another place with -o",
+            "free some disk space, or choose another place with -o" if full else "choose another place with -o",
         ) from None
     return result

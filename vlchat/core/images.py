@@ -8,6 +8,7 @@ single line that names the file and says what to do, never a traceback or a Pill
 from __future__ import annotations
 
 import codecs
+import contextlib
 import hashlib
 import io
 import os
@@ -15,11 +16,12 @@ import re
 import shlex
 import stat
 import struct
+import threading
 import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -33,6 +35,11 @@ StrPath = str | os.PathLike
 # picture near 300 MB. Pillow also refuses anything over twice Image.MAX_IMAGE_PIXELS (~179 MP)
 # on its own; that error is turned into ImageTooLargeError too.
 MAX_PIXELS = 100_000_000
+
+# The most any supported family's processor keeps of a picture by default (Qwen2-VL's max_pixels
+# is 3584x3584; LLaVA, BLIP-2, MiniCPM-V and JoyCaption use far less): a batch job decodes bigger
+# pictures down to this at once, rather than hold their full size until the processor shrinks them.
+MODEL_MAX_SIDE = 3584
 
 # Pillow format name -> the extension a picture of that format is stored under.
 FORMAT_EXTENSIONS: dict[str, str] = {
@@ -104,17 +111,28 @@ def sha256_file(path: StrPath) -> str:
     return digest.hexdigest()
 
 
-def load_image(path: StrPath, *, max_pixels: int = MAX_PIXELS) -> LoadedImage:
-    """Read, check and decode one picture; raise an ``ImageError`` with a one-line message if it can't be used."""
+def load_image(path: StrPath, *, max_pixels: int = MAX_PIXELS, max_side: int | None = None) -> LoadedImage:
+    """Read, check and decode one picture; raise an ``ImageError`` with a one-line message if it can't be used.
+
+    With ``max_side`` the picture is made at most that many pixels on each side as it is decoded
+    (JPEGs straight from the file at 1/2, 1/4 or 1/8 size; others decoded, shrunk and the full
+    size freed at once), and only so many full-size pixels are decoded at a time across threads:
+    memory then follows the number of pictures, not their size. The reference keeps the picture's
+    own size.
+    """
     name = _display(path)
     data = _read_bytes(path, name)
-    image, fmt = _decode(data, name, max_pixels)
+    if max_side is None:
+        image, fmt = _decode(data, name, max_pixels)
+        size = image.size
+    else:
+        image, fmt, size = _decode_sized(data, name, max_pixels, max_side)
     ref = ImageRef(
         sha256=hashlib.sha256(data).hexdigest(),
         path=os.path.abspath(os.fsdecode(path)),
         format=fmt,
-        width=image.width,
-        height=image.height,
+        width=size[0],
+        height=size[1],
     )
     return LoadedImage(image=image, ref=ref)
 
@@ -339,6 +357,91 @@ def _decode(data: bytes, name: str, max_pixels: int) -> tuple[Image.Image, str]:
         return _finish(image, name, fmt), fmt
 
 
+# Full-size pixels decoded at once, across threads, by load_image(max_side=...): vlchat caption
+# decodes several pictures side by side, and each full-size decode of a 100 MP picture is 300 MB.
+_DECODE_BUDGET = MAX_PIXELS
+_decode_room = threading.Condition()
+_decoding_now = 0
+
+
+@contextlib.contextmanager
+def _decode_slot(pixels: int) -> Iterator[None]:
+    global _decoding_now
+    with _decode_room:
+        # One picture over the budget still goes, alone: the budget bounds, it does not refuse.
+        while _decoding_now and _decoding_now + pixels > _DECODE_BUDGET:
+            _decode_room.wait()
+        _decoding_now += pixels
+    try:
+        yield
+    finally:
+        with _decode_room:
+            _decoding_now -= pixels
+            _decode_room.notify_all()
+
+
+def _decode_sized(data: bytes, name: str, max_pixels: int, max_side: int) -> tuple[Image.Image, str, tuple[int, int]]:
+    """The picture at most ``max_side`` on each side, its format, and its own (upright) size."""
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        image, fmt = _open(data, name, max_pixels)
+        size = _upright_size(image)
+        if fmt == "JPEG" and max(image.size) > max_side:
+            image.draft("RGB", (max_side, max_side))
+        with _decode_slot(image.width * image.height):
+            rgb = _finish(image, name, fmt)
+            if max(rgb.size) <= max_side:
+                return rgb, fmt, size
+            scale = max_side / max(rgb.size)
+            small_size = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))
+            # reducing_gap shrinks by a whole factor first (cheap), then finishes with LANCZOS.
+            small = rgb.resize(small_size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+            rgb.close()
+    return small, fmt, size
+
+
+def _upright_size(image: Image.Image) -> tuple[int, int]:
+    width, height = image.size
+    try:
+        if image.getexif().get(0x0112) in (5, 6, 7, 8):  # EXIF orientations that turn it a quarter
+            return height, width
+    except Exception:
+        pass  # a broken orientation tag is ignored when decoding too
+    return width, height
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_TEXT = (b"tEXt", b"zTXt", b"iTXt")
+# Pillow refuses a compressed text chunk that unpacks to more than PngImagePlugin.MAX_TEXT_CHUNK
+# (1 MB) and all text chunks together over MAX_TEXT_MEMORY (64 MB): guards against decompression
+# bombs in metadata. vlchat never uses a PNG's text, so such a picture is read without it.
+_PNG_TEXT_PLAIN_MAX = 1 << 20
+
+
+def _png_without_big_text(data: bytes) -> bytes:
+    """``data`` with its text chunks (metadata) left out when Pillow would refuse them, else as is."""
+    if not data.startswith(_PNG_SIGNATURE) or not any(kind in data for kind in _PNG_TEXT):
+        return data
+    chunks, pos, refused, text = [], len(_PNG_SIGNATURE), False, 0
+    while pos + 12 <= len(data):
+        length = int.from_bytes(data[pos:pos + 4], "big")
+        kind = data[pos + 4:pos + 8]
+        end = pos + 12 + length
+        if end > len(data):
+            break  # cut short: left to Pillow to say so
+        if kind in _PNG_TEXT:
+            text += length
+            refused = refused or kind != b"tEXt" or text > _PNG_TEXT_PLAIN_MAX
+        else:
+            chunks.append((pos, end))
+        pos = end
+        if kind == b"IEND":
+            break
+    if not refused:
+        return data
+    return _PNG_SIGNATURE + b"".join(data[a:b] for a, b in chunks) + data[pos:]
+
+
 def _open(data: bytes, name: str, max_pixels: int) -> tuple[Image.Image, str]:
     """Identify the picture from its header and refuse it before any pixel is decoded."""
     if not data:
@@ -346,6 +449,7 @@ def _open(data: bytes, name: str, max_pixels: int) -> tuple[Image.Image, str]:
     unsupported = _sniff_unsupported(data)
     if unsupported:
         raise _unsupported(name, unsupported)
+    data = _png_without_big_text(data)
     try:
         image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as err:

@@ -22,7 +22,9 @@ cannot be read as a vlchat session is never overwritten, moved or deleted by thi
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
+import math
 import os
 import re
 import secrets
@@ -82,6 +84,11 @@ class SessionLockedError(SessionError):
         super().__init__(message, hint)
 
 
+class SessionWriteRefusedError(SessionLockedError):
+    """The session can be read but not opened for writing: its folder cannot be written (read-only
+    disk, no permission), or its ``.lock`` is not vlchat's (a link, a folder, another file)."""
+
+
 class SessionReadOnlyError(SessionError):
     """The session was opened read-only, so it is not saved."""
 
@@ -95,9 +102,31 @@ class SessionSaveError(VlchatError):
         self.errno = errno_
         super().__init__(message, hint)
 
+    def for_command(self) -> "SessionSaveError":
+        """The same failure, with the hint for a command that ends here (nothing stays open)."""
+        return SessionSaveError(self.message, _save_hint(self.errno, still_open=False), errno_=self.errno)
 
-def _show(path: StrPath) -> str:
-    return clean(os.fsdecode(path), keep_newlines=False)
+
+def shown_path(path: StrPath) -> str:
+    """A path or file name as it may be shown or written as text: control characters removed, and
+    bytes that are not UTF-8 (held as surrogate escapes, PEP 383) shown as U+FFFD."""
+    text = os.fsdecode(path)
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return clean(text, keep_newlines=False)
+
+
+_show = shown_path
+
+
+def json_bytes(value: Any, *, indent: int | None = None) -> bytes:
+    """JSON as UTF-8 bytes that any text (file names that are not UTF-8 included) survives.
+
+    A file name that is not UTF-8 is held in Python as surrogate escapes (PEP 383, as
+    ``os.fsdecode`` gives it); those cannot be encoded as UTF-8, so each is written as the JSON
+    escape ``\\udcXX``, which ``json.loads`` turns back into the same string and ``os.fsencode``
+    into the original bytes. Everything else is written as it is.
+    """
+    return json.dumps(value, ensure_ascii=False, indent=indent).encode("utf-8", "backslashreplace")
 
 
 # -- small helpers ----------------------------------------------------------------------------------
@@ -170,18 +199,114 @@ def atomic_write(path: StrPath, data: bytes, *, mode: int | None = None) -> None
     fsync_dir(path.parent)
 
 
+# Files inside a session folder are opened without following links: a session folder may come
+# from someone else, and a link in it (images/, .lock, a picture) must not make vlchat read,
+# write or delete anything outside it.
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+
+
+def is_link_error(error: OSError) -> bool:
+    """Whether an ``O_NOFOLLOW`` open failed because the last part of the path is a link."""
+    return error.errno in (errno.ELOOP, errno.EMLINK) and _NOFOLLOW != 0
+
+
+def open_folder_nofollow(path: StrPath) -> int:
+    """A file descriptor of the folder at ``path``; OSError (ELOOP) if it is a link, ENOTDIR if not a folder."""
+    return os.open(path, os.O_RDONLY | _DIRECTORY | _NOFOLLOW | _CLOEXEC)
+
+
+def read_file_nofollow(path: StrPath, *, dir_fd: int | None = None) -> bytes:
+    """The bytes of a regular file, never through a link at its name and never from a pipe or device.
+
+    Raises OSError: ELOOP for a link, EISDIR for a folder, EINVAL for anything else that is not a file.
+    """
+    fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _NONBLOCK | _CLOEXEC, dir_fd=dir_fd)
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise IsADirectoryError(errno.EISDIR, "it is a folder", os.fsdecode(path))
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "it is not a regular file (a pipe, socket or device)", os.fsdecode(path))
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def read_regular_file(path: StrPath) -> bytes:
+    """The bytes of a regular file (a link to one is followed: it is the person's own picture),
+    never of a pipe or device, which could block or never end."""
+    fd = os.open(path, os.O_RDONLY | _NONBLOCK | _CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "it is not a regular file", os.fsdecode(path))
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+class _NotAFolderError(OSError):
+    """images/ is a link or a file where vlchat's folder should be."""
+
+
+def atomic_write_at(dir_fd: int, name: str, data: bytes, *, mode: int | None = None) -> None:
+    """``atomic_write`` into the folder open as ``dir_fd``: the temporary file is made there with
+    O_EXCL|O_NOFOLLOW and renamed over ``name`` there, so a link swapped in for the folder or the
+    file is never written through."""
+    tmp = f".{name}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, 0o600, dir_fd=dir_fd)
+    try:
+        try:
+            if mode is not None:
+                os.fchmod(fd, mode)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        try:
+            os.unlink(tmp, dir_fd=dir_fd)
+        except OSError:
+            pass
+        raise
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_UNWRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def _save_hint(code: int | None, *, still_open: bool) -> str:
+    if code in _FULL:
+        return ("free some disk space; the conversation is still open and is saved again after the next answer" if still_open
+                else "free some disk space and run it again; what was saved before is kept")
+    if code in _UNWRITABLE:
+        return ("the folder cannot be written; choose another with --sessions-dir or VLCHAT_SESSIONS_DIR (the conversation is still open)"
+                if still_open else "the folder cannot be written; copy the session somewhere writable, or choose another sessions folder with --sessions-dir")
+    if code in (errno.ENOTDIR, errno.ENOENT):
+        return "the sessions folder is not a usable folder; choose another with --sessions-dir or VLCHAT_SESSIONS_DIR"
+    return ("check the disk; the conversation is still open and is saved again after the next answer" if still_open
+            else "check the disk and run it again")
+
+
 def _save_error(what: str, path: StrPath, error: OSError) -> SessionSaveError:
     code = error.errno
     reason = clean(error.strerror or str(error), keep_newlines=False)
-    if code in (errno.ENOSPC, errno.EDQUOT):
-        hint = "free some disk space; the conversation is still open and is saved again after the next answer"
-    elif code in (errno.EROFS, errno.EACCES, errno.EPERM):
-        hint = "the folder cannot be written; choose another with --sessions-dir or VLCHAT_SESSIONS_DIR (the conversation is still open)"
-    elif code in (errno.ENOTDIR, errno.ENOENT):
-        hint = "the sessions folder is not a usable folder; choose another with --sessions-dir or VLCHAT_SESSIONS_DIR"
-    else:
-        hint = "check the disk; the conversation is still open and is saved again after the next answer"
-    return SessionSaveError(f"could not save {what} to {_show(path)}: {reason}", hint, errno_=code)
+    return SessionSaveError(f"could not save {what} to {_show(path)}: {reason}", _save_hint(code, still_open=True), errno_=code)
 
 
 # -- the lock ---------------------------------------------------------------------------------------
@@ -202,10 +327,9 @@ class SessionLock:
         import fcntl
 
         for _attempt in range(20):
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            except OSError as error:
-                raise _save_error("the session lock", self.path, error) from None
+            fd = self._open()
+            if fd is None:
+                continue
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as error:
@@ -219,21 +343,82 @@ class SessionLock:
                         "close it there, or open it read-only to look at it (`vlchat export` reads it while it is open)",
                         pid=pid,
                     ) from None
-                raise _save_error("the session lock", self.path, error) from None
+                raise self._cannot_open(error) from None
             # The holder may have removed the file between our open and our flock: then we hold a
             # lock on a file nobody else can see. Only a lock on the file at the path counts.
             try:
-                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+                here, there = os.fstat(fd), os.lstat(self.path)
+                same = (here.st_ino, here.st_dev) == (there.st_ino, there.st_dev)
             except FileNotFoundError:
                 same = False
             if not same:
                 os.close(fd)
                 continue
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
+            self._write_pid(fd)
             self.fd = fd
             return
         raise SessionLockedError(f"could not lock the session in {_show(self.path.parent)}", "try again")
+
+    def _open(self) -> int | None:
+        """The lock file, made here or known to be a lock file vlchat made; None if it just vanished.
+
+        Never through a link, and never a file that is not a lock: the pid is written into it.
+        """
+        flags = os.O_RDWR | _NOFOLLOW | _CLOEXEC
+        try:
+            return os.open(self.path, flags | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        except OSError as error:
+            raise self._cannot_open(error) from None
+        try:
+            fd = os.open(self.path, flags | _NONBLOCK)
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            if is_link_error(error):
+                raise self._not_ours("a link") from None
+            if error.errno == errno.EISDIR:
+                raise self._not_ours("a folder") from None
+            raise self._cannot_open(error) from None
+        info = os.fstat(fd)
+        why = None
+        if not stat.S_ISREG(info.st_mode):
+            why = "not a regular file"
+        elif info.st_nlink != 1:
+            why = "a file with other names (a hard link)"
+        elif info.st_size > 64 or not re.fullmatch(rb"\s*\d*\s*", os.pread(fd, 64, 0)):
+            why = "a file that does not hold a process id"
+        if why:
+            os.close(fd)
+            raise self._not_ours(why)
+        return fd
+
+    def _write_pid(self, fd: int) -> None:
+        # The pid only names the holder (the flock is the lock): a full disk must not stop the open.
+        data = f"{os.getpid()}\n".encode()
+        try:
+            os.pwrite(fd, data, 0)
+            os.ftruncate(fd, len(data))
+        except OSError:
+            pass
+
+    def _not_ours(self, what: str) -> SessionWriteRefusedError:
+        return SessionWriteRefusedError(
+            f"{_show(self.path)} is {what}, not vlchat's lock, so vlchat does not write to it or open the session for writing",
+            "remove that .lock if you trust the folder, then open the session again (`vlchat export` reads it as it is)",
+        )
+
+    def _cannot_open(self, error: OSError) -> SessionError | SessionSaveError:
+        reason = clean(error.strerror or str(error), keep_newlines=False)
+        message = f"cannot open the session in {_show(self.path.parent)} for writing: {reason}"
+        if error.errno in _UNWRITABLE:
+            return SessionWriteRefusedError(
+                message, "copy the session folder somewhere writable to go on with it; `vlchat export` reads it where it is"
+            )
+        if error.errno in _FULL:
+            return SessionSaveError(message, "free some disk space and open it again", errno_=error.errno)
+        return SessionSaveError(message, "check the disk and the folder", errno_=error.errno)
 
     @staticmethod
     def _read_pid(fd: int) -> int | None:
@@ -280,7 +465,7 @@ class Picture:
     def name(self) -> str:
         """The original file name, cleaned, for showing and for export."""
         base = os.path.basename(self.source.replace("\\", "/")) if self.source else ""
-        return clean(base, keep_newlines=False) or f"{self.sha256[:12]}.{_EXTENSIONS.get(self.format, 'bin')}"
+        return shown_path(base) or f"{self.sha256[:12]}.{_EXTENSIONS.get(self.format, 'bin')}"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -373,7 +558,7 @@ class Session:
         Put the returned reference into the conversation: it names the copy in the session, so the
         conversation no longer depends on the original file. Call ``save()`` afterwards.
         """
-        from vlchat.core.images import ImageNotFoundError, LoadedImage, load_image, sha256_file
+        from vlchat.core.images import ImageNotFoundError, LoadedImage, load_image
 
         loaded = item if isinstance(item, (LoadedImage, _RefOnly)) else load_image(item)
         ref = loaded.ref
@@ -383,11 +568,9 @@ class Session:
             raise SessionReadOnlyError(f"the session {self.title!r} is open read-only", "pictures are not added to it")
         source = Path(ref.path)
         try:
-            data = source.read_bytes()
+            data = read_regular_file(source)
         except OSError:
             data = b""
-        import hashlib
-
         if hashlib.sha256(data).hexdigest() != ref.sha256:
             raise ImageNotFoundError(
                 f"{_show(source)} has changed or gone since it was loaded, so it cannot be copied into the session",
@@ -403,18 +586,62 @@ class Session:
             added=now_iso(),
         )
         target = self.folder / picture.file
+        name = picture.file.split("/")[-1]
         try:
-            self.images_dir.mkdir(parents=True, exist_ok=True)
-            existing = os.lstat(target) if os.path.lexists(target) else None
-            if existing is None or not stat.S_ISREG(existing.st_mode) or sha256_file(target) != ref.sha256:
-                if existing is not None and not stat.S_ISREG(existing.st_mode):
-                    os.unlink(target)  # a link or other non-file squatting on our name; never follow it
-                atomic_write(target, data)
+            images = self._open_images_dir(create=True)
+            try:
+                try:
+                    same = hashlib.sha256(read_file_nofollow(name, dir_fd=images)).hexdigest() == ref.sha256
+                except OSError:
+                    same = False  # missing, or a link or other non-file squatting on our name: replaced
+                if not same:
+                    atomic_write_at(images, name, data)
+            finally:
+                os.close(images)
+        except _NotAFolderError as error:
+            raise SessionSaveError(
+                f"could not save the picture {_show(source.name)} in {_show(self.folder)}: {error.strerror}, and vlchat does not write through it",
+                "move that images link or file away, then attach the picture again (the conversation is still open)",
+                errno_=error.errno,
+            ) from None
         except OSError as error:
             raise _save_error(f"the picture {_show(source.name)}", target, error) from None
         self.pictures[ref.sha256] = picture
         self._refused.discard(ref.sha256)
         return self._runtime_ref(picture)
+
+    def _open_images_dir(self, *, create: bool = False) -> int:
+        """A descriptor of images/, refusing a link (or anything not a folder) in its place."""
+        if create:
+            try:
+                os.mkdir(self.images_dir, 0o700)
+            except FileExistsError:
+                pass
+        try:
+            return open_folder_nofollow(self.images_dir)
+        except OSError as error:
+            if is_link_error(error) or error.errno == errno.ENOTDIR:
+                raise _NotAFolderError(errno.ENOTDIR, f"{IMAGES_DIR}/ is a link or a file, not a folder of its own",
+                                       os.fsdecode(self.images_dir)) from None
+            raise
+
+    def read_picture(self, sha256: str) -> bytes | None:
+        """The stored bytes of a picture if they are still the picture's (their sha256 matches);
+        None when it is missing, refused, or no longer what was attached. Never read through a link."""
+        picture = self.pictures.get(sha256)
+        if picture is None or sha256 in self._refused:
+            return None
+        try:
+            images = self._open_images_dir()
+        except OSError:
+            return None
+        try:
+            data = read_file_nofollow(picture.file.split("/")[-1], dir_fd=images)
+        except OSError:
+            return None
+        finally:
+            os.close(images)
+        return data if hashlib.sha256(data).hexdigest() == sha256 else None
 
     def pending_pictures(self) -> list[ImageRef]:
         """Pictures attached but not yet sent with a question (shown in the preview on resume)."""
@@ -543,7 +770,7 @@ class Session:
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             atomic_write(self.file, data)
-            info = os.stat(self.file)
+            info = os.lstat(self.file)
         except OSError as error:
             raise _save_error(f"the session {clean(title, keep_newlines=False)!r}", self.file, error) from None
         self.updated, self.title = updated, title
@@ -564,7 +791,7 @@ class Session:
     def _refuse_to_overwrite_foreign_file(self) -> None:
         """If session.json changed on disk since we read or wrote it and is no longer a vlchat session, stop."""
         try:
-            info = os.stat(self.file)
+            info = os.lstat(self.file)
         except FileNotFoundError:
             return
         except OSError as error:
@@ -632,7 +859,8 @@ def _dumps(header: dict[str, Any], message_lines: list[str]) -> bytes:
     else:
         lines.append(' "conversation": {"messages": []}')
     lines.append("}\n")
-    return "\n".join(lines).encode("utf-8")
+    # A lone surrogate (a file name that is not UTF-8, see json_bytes) becomes its JSON escape.
+    return "\n".join(lines).encode("utf-8", "backslashreplace")
 
 
 # -- reading --------------------------------------------------------------------------------------
@@ -640,12 +868,15 @@ def read_session_data(path: Path) -> dict[str, Any]:
     """The JSON of a session.json that is a vlchat session of a version we read, or a one-line error."""
     name = _show(path)
     try:
-        raw = path.read_bytes()
+        raw = read_file_nofollow(path)
     except FileNotFoundError:
         raise SessionNotFoundError(f"no session file at {name}", "list sessions with `vlchat sessions`") from None
     except IsADirectoryError:
         raise SessionDamagedError(f"{name} is a folder, not a session file", "") from None
     except OSError as error:
+        if is_link_error(error):
+            raise SessionDamagedError(f"{name} is a link; vlchat does not follow links inside a session folder",
+                                      "it is left as it is; put the file itself there") from None
         raise SessionDamagedError(f"cannot read {name}: {clean(error.strerror or str(error), keep_newlines=False)}", "check its permissions") from None
     if not raw.strip():
         raise SessionDamagedError(f"{name} is empty, so the session in it is lost or was never written",
@@ -655,6 +886,8 @@ def read_session_data(path: Path) -> dict[str, Any]:
         data = json.loads(text)
     except UnicodeDecodeError:
         raise SessionDamagedError(f"{name} is not a vlchat session (it is not text)", "it is left as it is") from None
+    except RecursionError:
+        raise SessionDamagedError(f"{name} is not a vlchat session (its JSON is nested too deeply)", "it is left as it is") from None
     except json.JSONDecodeError as error:
         # vlchat always writes a whole object: one that stops before its closing brace was cut short.
         body = text.strip()
@@ -679,6 +912,215 @@ def read_session_data(path: Path) -> dict[str, Any]:
     if version < 0:
         raise SessionDamagedError(f"{name} has an impossible schema_version {version}", "it is left as it is")
     return data
+
+
+# -- checking ----------------------------------------------------------------------------------------
+# The same rules as sessions/session.schema.json, in code: jsonschema is only a test dependency,
+# and a test checks that both refuse the same files. A picture path that breaks its pattern is not
+# checked here: that picture alone is refused (see check_picture_path), the rest still opens.
+INT_MAX = 2**31 - 1
+SEED_MAX = 2**64 - 1
+TIME_MAX = 253402300799  # 9999-12-31T23:59:59Z, the last second a datetime can hold
+_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_FORMATS = tuple(_EXTENSIONS)
+_QUANTS = ("auto", "4bit", "8bit", "none")
+_DTYPES = ("auto", "bfloat16", "float16", "float32")
+
+
+class _Broken(Exception):
+    """One field that breaks the format: where it is and what is wrong with it."""
+
+
+def _brief(value: Any) -> str:
+    try:
+        text = json.dumps(value, ensure_ascii=True)
+    except (TypeError, ValueError):
+        text = type(value).__name__
+    return text if len(text) <= 40 else text[:39] + "…"
+
+
+def _fail(where: str, what: str) -> None:
+    raise _Broken(f"{where}: {what}")
+
+
+def _object(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        _fail(where, f"{_brief(value)} is not an object")
+    return value
+
+
+def _integer(owner: dict[str, Any], key: str, where: str, low: int, high: int, *, null: bool = False) -> None:
+    value = owner[key]
+    if value is None and null:
+        return
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = owner[key] = int(value)  # 64.0 is 64, as JSON Schema counts it
+    if not isinstance(value, int) or isinstance(value, bool):
+        _fail(where, f"{_brief(value)} is not a whole number")
+    if not low <= value <= high:
+        _fail(where, f"{value} is not between {low} and {high}")
+
+
+def _number(value: Any, where: str, low: float, high: float, *, null: bool = False, above_low: bool = False) -> None:
+    if value is None and null:
+        return
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        _fail(where, f"{_brief(value)} is not a number")
+    if not (low < value if above_low else low <= value) or value > high:
+        _fail(where, f"{value} is out of range")
+
+
+def _text(value: Any, where: str, *, null: bool = False, plain: bool = False, min_length: int = 0) -> None:
+    if value is None and null:
+        return
+    if not isinstance(value, str):
+        _fail(where, f"{_brief(value)} is not text")
+    if len(value) < min_length:
+        _fail(where, "it is empty")
+    if plain and (_CONTROL.search(value) or len(value) > 4096):
+        _fail(where, f"{_brief(value)} holds control characters or is too long")
+
+
+def _time(value: Any, where: str) -> None:
+    if not isinstance(value, str) or not _TIME.fullmatch(value):
+        _fail(where, f"{_brief(value)} is not a UTC time like 2025-11-20T09:15:02.120Z")
+    try:
+        parse_iso(value)
+    except ValueError:
+        _fail(where, f"{_brief(value)} is not a date")
+
+
+def _check_params(value: Any, where: str) -> None:
+    params = _object(value, where)
+    if "max_new_tokens" in params:
+        _integer(params, "max_new_tokens", f"{where}.max_new_tokens", 1, INT_MAX)
+    if "temperature" in params:
+        _number(params["temperature"], f"{where}.temperature", 0, 5)
+    if "top_p" in params:
+        _number(params["top_p"], f"{where}.top_p", 0, 1, above_low=True)
+    if "seed" in params:
+        _integer(params, "seed", f"{where}.seed", 0, SEED_MAX, null=True)
+
+
+def _check_ref(value: Any, where: str) -> None:
+    ref = _object(value, where)
+    for key in ("sha256", "path", "format", "width", "height"):
+        if key not in ref:
+            _fail(where, f"{key} is missing")
+    _text(ref["sha256"], f"{where}.sha256")
+    _text(ref["path"], f"{where}.path")
+    if ref["format"] not in _FORMATS:
+        _fail(f"{where}.format", f"{_brief(ref['format'])} is not one of {', '.join(_FORMATS)}")
+    _integer(ref, "width", f"{where}.width", 0, INT_MAX)
+    _integer(ref, "height", f"{where}.height", 0, INT_MAX)
+
+
+def _check_message(value: Any, where: str) -> None:
+    message = _object(value, where)
+    for key in ("role", "text", "created"):
+        if key not in message:
+            _fail(where, f"{key} is missing")
+    if message["role"] not in ("system", "user", "assistant"):
+        _fail(f"{where}.role", f"{_brief(message['role'])} is not system, user or assistant")
+    _text(message["text"], f"{where}.text")
+    _number(message["created"], f"{where}.created", -TIME_MAX, TIME_MAX)
+    if "images" in message:
+        images = message["images"]
+        if not isinstance(images, list):
+            _fail(f"{where}.images", f"{_brief(images)} is not a list")
+        for n, ref in enumerate(images):
+            _check_ref(ref, f"{where}.images[{n}]")
+    if "model" in message:
+        _text(message["model"], f"{where}.model", null=True, plain=True)
+    if message.get("params") is not None:
+        _check_params(message["params"], f"{where}.params")
+    if "stopped" in message and not isinstance(message["stopped"], bool):
+        _fail(f"{where}.stopped", f"{_brief(message['stopped'])} is not true or false")
+    if "tokens" in message:
+        _integer(message, "tokens", f"{where}.tokens", 0, INT_MAX, null=True)
+    if message.get("timings") is not None:
+        timings = _object(message["timings"], f"{where}.timings")
+        for key in ("first_token_s", "total_s", "tokens_per_s"):
+            if key in timings:
+                _number(timings[key], f"{where}.timings.{key}", 0, float(TIME_MAX), null=True)
+
+
+def check_session_data(data: dict[str, Any], path: StrPath) -> dict[str, Any]:
+    """``data`` (a session.json of the current format) if every field is what the format says;
+    else a SessionDamagedError naming the first broken field. Whole numbers written as 64.0 are
+    made ints. Fields vlchat does not know are not checked."""
+    try:
+        for key in ("id", "title", "title_is_auto", "created", "updated", "model", "params", "pictures", "conversation"):
+            if key not in data:
+                _fail(key, "it is missing")
+        if not isinstance(data["id"], str) or not _ID.fullmatch(data["id"]):
+            _fail("id", f"{_brief(data['id'])} is not 12 hex digits")
+        _text(data["title"], "title", min_length=1)
+        if not isinstance(data["title_is_auto"], bool):
+            _fail("title_is_auto", f"{_brief(data['title_is_auto'])} is not true or false")
+        _time(data["created"], "created")
+        _time(data["updated"], "updated")
+        model = _object(data["model"], "model")
+        for key in ("name", "model", "device"):
+            if key in model:
+                _text(model[key], f"model.{key}", null=True, plain=True)
+        for key, allowed in (("quant", _QUANTS), ("dtype", _DTYPES)):
+            if model.get(key) is not None and model[key] not in allowed:
+                _fail(f"model.{key}", f"{_brief(model[key])} is not one of {', '.join(allowed)}")
+        if "endpoint" in model:
+            _text(model["endpoint"], "model.endpoint", plain=True)
+        _check_params(data["params"], "params")
+        pictures = _object(data["pictures"], "pictures")
+        for sha, entry in pictures.items():
+            where = f"pictures.{sha[:12]}"
+            entry = _object(entry, where)
+            for key in ("file", "format", "width", "height"):
+                if key not in entry:
+                    _fail(where, f"{key} is missing")
+            _text(entry["file"], f"{where}.file")
+            if entry["format"] not in _FORMATS:
+                _fail(f"{where}.format", f"{_brief(entry['format'])} is not one of {', '.join(_FORMATS)}")
+            _integer(entry, "width", f"{where}.width", 0, INT_MAX)
+            _integer(entry, "height", f"{where}.height", 0, INT_MAX)
+            if "bytes" in entry:
+                _integer(entry, "bytes", f"{where}.bytes", 0, 2**63 - 1, null=True)
+            if "source" in entry:
+                _text(entry["source"], f"{where}.source")
+            if "added" in entry:
+                _time(entry["added"], f"{where}.added")
+        conversation = _object(data["conversation"], "conversation")
+        messages = conversation.get("messages")
+        if not isinstance(messages, list):
+            _fail("conversation.messages", f"{_brief(messages)} is not a list")
+        for n, message in enumerate(messages):
+            _check_message(message, f"conversation.messages[{n}]")
+    except _Broken as broken:
+        raise SessionDamagedError(
+            f"{_show(path)} is a vlchat session with a broken field ({broken})",
+            "it is left as it is; fix the field or restore a backup",
+        ) from None
+    return data
+
+
+def current_session_data(path: StrPath) -> dict[str, Any]:
+    """session.json read, brought up to the current format and checked field by field; or a
+    one-line SessionError. Nothing is written."""
+    return _current_session_data(Path(path))[0]
+
+
+def _current_session_data(path: Path) -> tuple[dict[str, Any], int]:
+    data = read_session_data(path)
+    version = data["schema_version"]
+    if version < SCHEMA_VERSION:
+        try:
+            data = migrate(data)
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError, OSError) as error:
+            raise SessionDamagedError(
+                f"{_show(path)} is an older vlchat session with a broken field ({clean(str(error), keep_newlines=False)[:80]})",
+                "it is left as it is; fix the field or restore a backup",
+            ) from None
+    return check_session_data(data, path), version
 
 
 def migrate(data: dict[str, Any]) -> dict[str, Any]:
@@ -816,15 +1258,12 @@ def load_session(folder: StrPath, *, read_only: bool = False) -> Session:
     """Open the session in ``folder``: locked for writing unless ``read_only``; migrated if older."""
     folder = Path(folder)
     file = folder / SESSION_FILE
-    data = read_session_data(file)
+    data, version = _current_session_data(file)
     lock = None
     if not read_only:
         lock = SessionLock(folder, clean(str(data.get("title") or ""), keep_newlines=False) or None)
         lock.acquire()
     try:
-        version = data["schema_version"]
-        if version < SCHEMA_VERSION:
-            data = migrate(data)
         session = _session_from_data(folder, data, read_only=read_only)
         session._lock = lock
         if lock is not None:
@@ -836,7 +1275,7 @@ def load_session(folder: StrPath, *, read_only: bool = False) -> Session:
             else:
                 _backup_and_upgrade(session, file, version)
         else:
-            info = os.stat(file)
+            info = os.lstat(file)
             session._disk_stamp = (info.st_ino, info.st_size, info.st_mtime_ns)
         return session
     except BaseException:
@@ -846,13 +1285,28 @@ def load_session(folder: StrPath, *, read_only: bool = False) -> Session:
 
 
 def _remove_stale_temporary_files(folder: Path) -> None:
-    """Temporary files of saves that were killed before their rename; we hold the lock, so none is live."""
-    for pattern in (f".{SESSION_FILE}.*.tmp", f"{IMAGES_DIR}/.*.tmp"):
-        for stray in folder.glob(pattern):
-            try:
-                stray.unlink()
-            except OSError:
-                pass
+    """Temporary files of saves that were killed before their rename; we hold the lock, so none is live.
+
+    Only in the session folder and in an images/ that is a folder of its own (not a link to one).
+    """
+    for stray in folder.glob(f".{SESSION_FILE}.*.tmp"):
+        try:
+            stray.unlink()
+        except OSError:
+            pass
+    try:
+        images = open_folder_nofollow(folder / IMAGES_DIR)
+    except OSError:
+        return
+    try:
+        for name in os.listdir(images):
+            if name.startswith(".") and name.endswith(".tmp"):
+                try:
+                    os.unlink(name, dir_fd=images)
+                except OSError:
+                    pass
+    finally:
+        os.close(images)
 
 
 def _backup_and_upgrade(session: Session, file: Path, version: int) -> None:
@@ -867,7 +1321,7 @@ def _backup_and_upgrade(session: Session, file: Path, version: int) -> None:
             atomic_write(backup, original)
     except OSError as error:
         raise _save_error("a backup of the older session", backup, error) from None
-    info = os.stat(file)
+    info = os.lstat(file)
     session._disk_stamp = (info.st_ino, info.st_size, info.st_mtime_ns)
     session.save(touch=False)  # migrating is not a change to the conversation
 
@@ -897,26 +1351,34 @@ class SessionInfo:
 
 def _info(folder: Path) -> SessionInfo:
     try:
-        data = read_session_data(folder / SESSION_FILE)
-        if data["schema_version"] < SCHEMA_VERSION:
-            data = migrate(data)
+        data = current_session_data(folder / SESSION_FILE)
         messages = data["conversation"]["messages"]
         model = next((m.get("model") for m in reversed(messages) if m.get("role") == "assistant" and m.get("model")), None)
         model = model or (data.get("model") or {}).get("name") or ""
         return SessionInfo(
-            folder=folder, id=str(data["id"]), title=clean(str(data.get("title") or "Untitled"), keep_newlines=False),
+            folder=folder, id=str(data["id"]), title=shown_path(str(data.get("title") or "Untitled")),
             created=str(data["created"]), updated=str(data.get("updated") or data["created"]),
             turns=sum(1 for m in messages if m.get("role") == "user"),
             pictures=len(data.get("pictures") or {}), model=clean(str(model), keep_newlines=False),
         )
     except SessionError as error:
         return SessionInfo(folder, folder.name, "", "", "", 0, 0, "", error=str(error))
-    except (KeyError, TypeError, AttributeError, ValueError) as error:
+    except Exception as error:  # noqa: BLE001 - one bad folder must never stop the listing of the others
         return SessionInfo(folder, folder.name, "", "", "", 0, 0, "",
-                           error=f"{_show(folder / SESSION_FILE)} is a vlchat session with a broken field ({clean(str(error), keep_newlines=False)}).")
+                           error=f"{_show(folder / SESSION_FILE)} is a vlchat session with a broken field "
+                                 f"({type(error).__name__}: {clean(str(error), keep_newlines=False)[:80]}).")
 
 
 # -- the store ------------------------------------------------------------------------------------
+def _holds_session(folder: Path) -> bool:
+    """Whether a folder of the store has a session.json (one that cannot even be looked at counts,
+    so that it is listed as damaged rather than stopping the listing)."""
+    try:
+        return stat.S_ISDIR(os.stat(folder).st_mode) and os.path.lexists(folder / SESSION_FILE)
+    except OSError:
+        return False
+
+
 def default_root() -> Path:
     from vlchat.config import data_dir
 
@@ -965,7 +1427,11 @@ class SessionStore:
         if title:
             session.title, session.title_is_auto = " ".join(clean(title, keep_newlines=False).split()), False
         lock = SessionLock(folder)
-        lock.acquire()
+        try:
+            lock.acquire()
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)  # ours, just made, empty
+            raise
         session._lock = lock
         try:
             session.save()
@@ -989,7 +1455,7 @@ class SessionStore:
             return iter(())
         except OSError as error:
             raise SessionError(f"cannot read the sessions folder {_show(self.root)}: {error.strerror}", "check its permissions") from None
-        return (p for p in entries if (p / SESSION_FILE).exists() and p.is_dir())
+        return (p for p in entries if _holds_session(p))
 
     def list(self) -> list[SessionInfo]:
         """Every session, most recently updated first; unreadable ones carry ``error`` and sort last."""
@@ -1060,10 +1526,20 @@ class SessionStore:
         session = load_session(folder)  # refuses damaged, too-new and locked sessions
         try:
             known = {SESSION_FILE, LOCK_FILE, IMAGES_DIR}
-            for picture in session.pictures.values():
-                path = folder / picture.file
-                if os.path.lexists(path) and picture.sha256 not in session._refused:
-                    os.unlink(path)
+            try:
+                images = open_folder_nofollow(folder / IMAGES_DIR)  # never delete through a link
+            except OSError:
+                images = None
+            try:
+                for picture in session.pictures.values():
+                    if images is not None and picture.sha256 not in session._refused:
+                        try:
+                            os.unlink(picture.file.split("/")[-1], dir_fd=images)
+                        except FileNotFoundError:
+                            pass
+            finally:
+                if images is not None:
+                    os.close(images)
             for backup in folder.glob("session.v*.json.bak*"):
                 backup.unlink()
             for stray in folder.glob(f".{SESSION_FILE}.*.tmp"):

@@ -22,6 +22,12 @@ def engine_class(spec: "ModelSpec"):
     config = read_config(spec.source) if (spec.is_local or family == "auto" or spec.remote_code) else None
     if family == "auto" and config:
         family = str(config.get("model_type", "auto"))
+    from vlchat.engines.minicpm import FAMILY as MINICPM, is_minicpm26
+
+    if family == MINICPM or is_minicpm26(config):
+        from vlchat.engines.minicpm import MiniCPMEngine
+
+        return MiniCPMEngine
     if spec.remote_code or (config and uses_chat_api(config)):
         from vlchat.engines.remote import RemoteCodeEngine
 

@@ -21,6 +21,7 @@ from typing import Any, Sequence
 
 from vlchat.core.conversation import GenerationParams
 from vlchat.core.text import clean
+from vlchat.engines.templates import apply_template
 
 
 # The reader thread runs the processor on the next batch while the main thread decodes the last
@@ -53,6 +54,8 @@ def can_batch(engine: Any) -> bool:
     if callable(getattr(engine, "batch_inputs", None)) and callable(getattr(engine, "batch_outputs", None)):
         return True
     cls = type(engine)
+    if getattr(cls, "batches", False):  # a family whose processor takes a batch as the generic one does
+        return True
     return all(
         getattr(cls, name) is getattr(TransformersEngine, name) for name in ("prepare", "chat_messages", "stream")
     )
@@ -64,7 +67,7 @@ def render_prompt(engine: Any, prompt: str, system: str | None = None) -> str:
     if system:
         messages.append({"role": "system", "content": [{"type": "text", "text": system}]})
     messages.append({"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]})
-    return engine.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return apply_template(engine.processor, messages, add_generation_prompt=True, tokenize=False)
 
 
 def prepare_batch(

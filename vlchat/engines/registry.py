@@ -67,14 +67,8 @@ REGISTRY: tuple[NamedModel, ...] = (
         6.7,
     ),
     NamedModel("minicpm-v-4.6", "openbmb/MiniCPM-V-4.6", "minicpmv4_6", "MiniCPM-V 4.6", 1.9),
-    NamedModel(
-        "minicpm-o-2.6",
-        "openbmb/MiniCPM-o-2_6",
-        "minicpmo",
-        "MiniCPM-o 2.6 (own code; vision only)",
-        6.0,
-        remote_code=True,
-    ),
+    NamedModel("minicpm-o-2.6", "openbmb/MiniCPM-o-2_6", "minicpm-2.6", "MiniCPM-o 2.6 (native; vision only)", 6.0),
+    NamedModel("minicpm-v-2.6", "openbmb/MiniCPM-V-2_6", "minicpm-2.6", "MiniCPM-V 2.6 (native)", 5.6),
     NamedModel("blip2-opt-2.7b", "Salesforce/blip2-opt-2.7b", "blip-2", "BLIP-2 OPT 2.7B", 3.8),
     NamedModel("instructblip-7b", "Salesforce/instructblip-vicuna-7b", "instructblip", "InstructBLIP Vicuna 7B", 6.3),
     # BLIP is small (0.25-0.47B parameters, most of them its vision tower): it runs unquantized by default

@@ -38,6 +38,7 @@ from vlchat.engines.base import (
     TokenStream,
 )
 from vlchat.engines.registry import ModelSpec, resolve
+from vlchat.engines.templates import apply_template
 
 QUANTS = ("auto", "4bit", "8bit", "none")
 
@@ -378,7 +379,8 @@ class TransformersEngine:
         self._require_loaded()
         if not conversation.messages or conversation.messages[-1].role != "user":
             raise GenerationError("there is no question to answer", "add a user message first")
-        inputs = self.processor.apply_chat_template(
+        inputs = apply_template(
+            self.processor,
             self.chat_messages(conversation),
             add_generation_prompt=True,
             tokenize=True,

@@ -351,7 +351,7 @@ class VlchatApp(App):
         _freeze_heap()
         self.update_status()
         waiting = self.conversation.messages and self.conversation.messages[-1].role == "user"
-        if waiting and self.generating is None:
+        if waiting and self.generating is None and not (self.session is not None and self.session.read_only):
             self.start_answer()
         else:
             self._count_context()
@@ -463,7 +463,7 @@ class VlchatApp(App):
         if old is not None and old is not engine:
             self._unload(old, old_name)
         waiting = self.conversation.messages and self.conversation.messages[-1].role == "user"
-        if waiting and self.generating is None:
+        if waiting and self.generating is None and not (self.session is not None and self.session.read_only):
             self.start_answer()
         else:
             self._count_context()

@@ -61,15 +61,15 @@ class NoteView(Static):
         super().__init__(Text(clean(text)), classes=f"note {kind}")
 
 
-def wrap_rows(text: str, width: int, start: int = 0) -> list[int]:
-    """Where each row starts when ``text[start:]`` (one line, no newlines) is wrapped greedily at
+def wrap_rows(text: str, width: int, start: int = 0, end: int | None = None) -> list[int]:
+    """Where each row starts when ``text[start:end]`` (one line, no newlines) is wrapped greedily at
     ``width`` cells: at the last space that fits, or mid-word for a word longer than a row.
 
     Greedy wrapping never moves a row break once the text after it is longer than a row, so a
     growing line only needs its last row wrapped again.
     """
     starts = [start]
-    pos, end = start, len(text)
+    pos, end = start, len(text) if end is None else end
     width = max(1, width)
     while True:
         cells, i = 0, pos
@@ -147,6 +147,106 @@ class LiveText(Widget):
         return Strip([Segment(self.text[starts[row]:end].rstrip(" "), self._style)])
 
 
+# Past these, the rest of an answer is shown as plain text: Textual's Markdown builds widgets for
+# every block, table row and cell, and parses a growing block again at every frame, so a
+# 3,000-row table cost minutes of CPU and gigabytes, and the app took no keys meanwhile. Table
+# rows cost the most (about 13 ms each), so they have a lower limit of their own.
+MARKDOWN_MAX_LINES = 200
+MARKDOWN_MAX_TABLE_ROWS = 50
+MARKDOWN_MAX_CHARS = 100_000
+
+
+def markdown_cut(text: str) -> int | None:
+    """Where Markdown rendering stops in ``text`` (the start of a line), or None if it all fits.
+
+    It depends only on the text before it, so it stays put while an answer grows."""
+    if len(text) <= MARKDOWN_MAX_CHARS and text.count("\n") <= MARKDOWN_MAX_TABLE_ROWS:
+        return None
+    cut = pos = lines = rows = 0
+    while True:
+        newline = text.find("\n", pos, MARKDOWN_MAX_CHARS)
+        if newline < 0:  # no more whole lines within the character limit
+            return cut if len(text) > MARKDOWN_MAX_CHARS else None
+        lines += 1
+        rows += text[pos:newline].lstrip().startswith("|")
+        if lines > MARKDOWN_MAX_LINES or rows > MARKDOWN_MAX_TABLE_ROWS:
+            return cut
+        cut = pos = newline + 1
+
+
+class PlainText(Widget):
+    """Many lines of plain text, wrapped at spaces and drawn row by row: the cost of a frame is the
+    rows on screen and the text that is new, however long the text is. With ``cap`` rows (while
+    the transcript follows the answer) only the last ``cap`` rows are shown, as LiveText does, so
+    its height stops changing and a frame lays nothing out again."""
+
+    DEFAULT_CSS = """
+    PlainText {
+        height: auto;
+    }
+    """
+
+    def __init__(self, text: str = "", **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.text = ""
+        self._rows: list[tuple[int, int]] = []
+        self._width = 0
+        self._last_line = 0  # where the last line starts in ``text``
+        self._last_rows = 0  # and its first row in ``_rows``
+        self._height = 0  # rows shown, as of the last layout
+        self.cap: int | None = None
+        self.text = text.expandtabs(4)
+
+    def _shown(self) -> int:
+        rows = len(self._rows) if self.text else 0
+        return rows if self.cap is None else min(rows, self.cap)
+
+    def show(self, text: str, cap: int | None = None) -> None:
+        text = text.expandtabs(4)
+        if text == self.text and cap == self.cap:
+            return
+        if self._width and text.startswith(self.text):
+            del self._rows[self._last_rows:]
+            self._wrap(text, self._last_line)
+        else:
+            self._rows = []
+            if self._width:
+                self._wrap(text, 0)
+        self.text = text
+        self.cap = cap
+        self.refresh(layout=self._shown() != self._height or not self._width)
+
+    def _wrap(self, text: str, pos: int) -> None:
+        while True:
+            newline = text.find("\n", pos)
+            end = len(text) if newline < 0 else newline
+            self._last_line, self._last_rows = pos, len(self._rows)
+            starts = wrap_rows(text, self._width, pos, end)
+            self._rows += zip(starts, [*starts[1:], end])
+            if newline < 0:
+                return
+            pos = newline + 1
+
+    def get_content_height(self, container, viewport, width: int) -> int:
+        if width != self._width or not self._rows and self.text:
+            self._width = width
+            self._rows = []
+            self._wrap(self.text, 0)
+        self._height = self._shown()
+        return self._height
+
+    def render_lines(self, crop):
+        self._style = self.rich_style
+        return super().render_lines(crop)
+
+    def render_line(self, y: int) -> Strip:
+        row = y + max(0, len(self._rows) - self._height)  # the last rows, when capped
+        if row >= len(self._rows) or not self.text:
+            return Strip.blank(self.size.width)
+        start, end = self._rows[row]
+        return Strip([Segment(self.text[start:end].rstrip(" "), self._style)])
+
+
 class AnswerView(Vertical):
     """One assistant answer: a Markdown body that can be streamed into, and a footer.
 
@@ -161,13 +261,32 @@ class AnswerView(Vertical):
         self.model = model_label(message.model or model if message else model)
         self.shown = ""
         self._settled = 0  # how much of ``shown`` the Markdown body has
+        self._has_plain = False  # past the Markdown limits: the rest is a PlainText
 
     def compose(self) -> ComposeResult:
         yield Static(Text(self.model or "model", style="bold"), classes="answer-head")
-        yield Markdown(clean(self.message.text) if self.message else "", classes="answer-body")
+        text = clean(self.message.text) if self.message else ""
+        cut = markdown_cut(text)
+        yield Markdown(text if cut is None else text[:cut], classes="answer-body")
+        if cut is not None:
+            yield from self._plain(text[cut:])
         if self.message is None:
             yield LiveText(classes="answer-live")
         yield Static(answer_footer(self.message) if self.message else Text("…", style="dim"), classes="answer-foot")
+
+    def _plain(self, text: str) -> list[Widget]:
+        self._has_plain = True
+        note = Text("(a long answer: the rest of it is shown as plain text)", style="dim italic")
+        return [Static(note, classes="answer-plain-note"), PlainText(text, classes="answer-plain")]
+
+    async def _show_plain(self, text: str, cap: int | None = None) -> None:
+        found = self.query(PlainText)
+        if found:
+            found.first().show(text, cap)
+        else:
+            widgets = self._plain(text)
+            widgets[-1].cap = cap
+            await self.mount_all(widgets, before=self.query_one(".answer-foot"))
 
     @property
     def body(self) -> Markdown:
@@ -179,7 +298,8 @@ class AnswerView(Vertical):
         text = clean(text)
         if text == self.shown:
             return
-        cut = text.rfind("\n") + 1
+        plain = markdown_cut(text)
+        cut = text.rfind("\n") + 1 if plain is None else plain
         if not text.startswith(self.shown[: self._settled]) or cut < self._settled:
             self._settled = 0
             await self.body.update(text[:cut])
@@ -189,7 +309,15 @@ class AnswerView(Vertical):
             await self.body.append(text[self._settled:cut])
         self._settled = cut
         self.shown = text
-        self.query_one(LiveText).show(text[cut:], cap)
+        if plain is None:
+            self.query_one(LiveText).show(text[cut:], cap)
+            if self._has_plain:  # the text was replaced by a shorter one
+                self._has_plain = False
+                for widget in self.query(".answer-plain, .answer-plain-note"):
+                    await widget.remove()
+        else:
+            self.query_one(LiveText).show("", cap)
+            await self._show_plain(text[cut:], cap)
 
     async def finish(self, message: Message) -> None:
         """The final text in one full update (streamed Markdown can differ at block edges)."""
@@ -199,8 +327,11 @@ class AnswerView(Vertical):
         # The app may be closing (quit as the answer ends): then there is nothing left to draw on.
         for live in self.query(LiveText):
             await live.remove()
+        cut = markdown_cut(self.shown)
         for body in self.query(Markdown):
-            await body.update(self.shown)
+            await body.update(self.shown if cut is None else self.shown[:cut])
+        if cut is not None and self.is_attached:
+            await self._show_plain(self.shown[cut:])
         for foot in self.query(".answer-foot"):
             foot.update(answer_footer(message))
 
