@@ -18,7 +18,8 @@ Buffers (rotary tables and the like, a few kB) and the CUDA context are left out
 demo model in 4-bit on the CPU and compares the formula with the bytes of its real tensors.
 
 Where the published config.json is in tests/data/families (SOURCES.md there says where each came
-from) it is used as is ("real config"); for the others the config is a real one of the same family
+from) it is used as is ("real config"; MiniCPM 2.6's in tests/data/minicpm, with its published sizes
+set back); for the others the config is a real one of the same family
 with the published sizes of the model's parts set in CONFIGS below ("sizes set here").
 """
 
@@ -79,6 +80,8 @@ def configs() -> dict[str, tuple[str, dict]]:
         "joycaption": ("LLaVA 1.5's real config, Llama 3.1 8B text, SigLIP so400m vision",
                        derived("llava-1.5", text_config=LLAMA31_8B, vision_config=SIGLIP_SO400M, image_token_index=128077)),
         "minicpm-v-4.6": ("real config", real("minicpm-v-4.6")),
+        "minicpm-o-2.6": ("real config, published sizes set back (tests/data/minicpm/o)", minicpm26("minicpm/o")),
+        "minicpm-v-2.6": ("real config, published sizes set back (tests/data/minicpm)", minicpm26("minicpm")),
         "blip2-opt-2.7b": ("real config", real("blip-2")),
         "instructblip-7b": ("BLIP-2's real vision config, Vicuna 7B text, InstructBLIP class",
                             derived("blip-2", model_type="instructblip", architectures=["InstructBlipForConditionalGeneration"],
@@ -98,7 +101,22 @@ def configs() -> dict[str, tuple[str, dict]]:
     }
 
 
-NOT_COMPUTED = {"minicpm-o-2.6": "its own code (trust_remote_code): not built here"}
+NOT_COMPUTED: dict[str, str] = {}
+
+# MiniCPM-V/-o 2.6 run on vlchat's own model class (engines/minicpm_model.py) from their published
+# config.json; tests/data/minicpm holds them with the sizes shrunk (its README), set back here to the
+# published ones (Qwen2-7B / Qwen2.5-7B text, SigLIP so400m vision). MiniCPM-o's audio and speech
+# parts are not loaded by vlchat and not counted.
+MINICPM26_TEXT = dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, max_window_layers=28,
+                      num_attention_heads=28, num_key_value_heads=4)
+MINICPM26_VISION = dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16)
+
+
+def minicpm26(folder: str) -> dict:
+    raw = json.loads((ROOT / "tests" / "data" / folder / "config.json").read_text())
+    raw.update(MINICPM26_TEXT)
+    raw["vision_config"] = {**raw["vision_config"], **MINICPM26_VISION}
+    return {**raw, "architectures": ["vlchat:MiniCPM26Model"]}
 
 
 def build_meta(config_dict: dict):
@@ -112,15 +130,22 @@ def build_meta(config_dict: dict):
 
     from vlchat.engines.transformers import skip_patterns
 
-    with tempfile.TemporaryDirectory() as folder:
-        (Path(folder) / "config.json").write_text(json.dumps(config_dict))
-        config = AutoConfig.from_pretrained(folder)
-    model_class = getattr(transformers, config_dict["architectures"][0])
+    skip = skip_patterns()
+    if config_dict["architectures"][0] == "vlchat:MiniCPM26Model":
+        from vlchat.engines.minicpm_model import MiniCPM26Config, MiniCPM26Model
+
+        config, model_class = MiniCPM26Config.from_checkpoint(config_dict), MiniCPM26Model
+        skip.append(r"(?:.*\.)?vpm")  # as MiniCPMEngine._quantization_config keeps its vision tower
+    else:
+        with tempfile.TemporaryDirectory() as folder:
+            (Path(folder) / "config.json").write_text(json.dumps(config_dict))
+            config = AutoConfig.from_pretrained(folder)
+        model_class = getattr(transformers, config_dict["architectures"][0])
     with torch.device("meta"):
         model = model_class._from_config(config, dtype=torch.bfloat16)
     quantization = BitsAndBytesConfig(
         load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=torch.bfloat16, llm_int8_skip_modules=skip_patterns(),
+        bnb_4bit_compute_dtype=torch.bfloat16, llm_int8_skip_modules=skip,
     )
     quantizer = AutoHfQuantizer.from_config(quantization, pre_quantized=False)
     quantizer.preprocess_model(model, device_map={"": "cpu"})

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import platform
 import subprocess
@@ -209,7 +210,7 @@ def table_rows(results: dict) -> list[dict]:
             if "skipped" in m:
                 row(section, model, None, "", note=m["skipped"])
                 continue
-            row(section, model, round(m["bytes_4bit"] / 1e9, 2), "GB",
+            row(section, model, math.ceil(m["bytes_4bit"] / 1e8) / 10, "GB",  # rounded up, as in the registry
                 note=f"KV cache {m['kv_cache_bytes_per_1000_tokens'] / 1e6:.0f} MB per 1,000 tokens; {m['config']}")
     section = "8. vlchat caption, demo model, pictures per second"
     if not failed(section, "caption"):

@@ -54,7 +54,7 @@ class NamedModel:
 
 # Memory figures: the exact bytes of the weights quantized as vlchat quantizes them (nf4, the parts in
 # KEEP_UNQUANTIZED in 16-bit), computed by bench/memory.py from each model's config.json, in GB
-# (10^9 bytes), rounded up to a tenth. MiniCPM-o 2.6 (its own code) is an estimate.
+# (10^9 bytes), rounded up to a tenth.
 REGISTRY: tuple[NamedModel, ...] = (
     NamedModel("llava-1.5-7b", "llava-hf/llava-1.5-7b-hf", "llava", "LLaVA 1.5 7B", 4.6),
     NamedModel("llava-1.5-13b", "llava-hf/llava-1.5-13b-hf", "llava", "LLaVA 1.5 13B", 7.9),
@@ -67,8 +67,8 @@ REGISTRY: tuple[NamedModel, ...] = (
         6.7,
     ),
     NamedModel("minicpm-v-4.6", "openbmb/MiniCPM-V-4.6", "minicpmv4_6", "MiniCPM-V 4.6", 1.9),
-    NamedModel("minicpm-o-2.6", "openbmb/MiniCPM-o-2_6", "minicpm-2.6", "MiniCPM-o 2.6 (native; vision only)", 6.0),
-    NamedModel("minicpm-v-2.6", "openbmb/MiniCPM-V-2_6", "minicpm-2.6", "MiniCPM-V 2.6 (native)", 5.6),
+    NamedModel("minicpm-o-2.6", "openbmb/MiniCPM-o-2_6", "minicpm-2.6", "MiniCPM-o 2.6 (native; vision only)", 6.6),
+    NamedModel("minicpm-v-2.6", "openbmb/MiniCPM-V-2_6", "minicpm-2.6", "MiniCPM-V 2.6 (native)", 6.6),
     NamedModel("blip2-opt-2.7b", "Salesforce/blip2-opt-2.7b", "blip-2", "BLIP-2 OPT 2.7B", 3.8),
     NamedModel("instructblip-7b", "Salesforce/instructblip-vicuna-7b", "instructblip", "InstructBLIP Vicuna 7B", 6.3),
     # BLIP is small (0.25-0.47B parameters, most of them its vision tower): it runs unquantized by default
