@@ -162,7 +162,7 @@ async def test_picker_lists_named_and_cached_models_and_switches(tiny_models, pi
         await pilot.pause(0.1)
         options = app.screen.query_one(OptionList)
         shown = "\n".join(str(options.get_option_at_index(i).prompt) for i in range(options.option_count))
-        assert "llava-1.5-7b" in shown and "not downloaded (~4.2 GB at 4-bit)" in shown
+        assert "llava-1.5-7b" in shown and "not downloaded (~4.6 GB at 4-bit)" in shown
         minicpm = next(line for line in shown.splitlines() if "minicpm-o-2.6" in line)
         assert "minicpm-2.6" in minicpm and "own code" not in minicpm  # native: no --trust-remote-code
         await pilot.press("escape")
