@@ -82,14 +82,14 @@ def atomic_write(path: StrPath, data: bytes, *, mode: int | None = None) -> None
 # Files inside a session folder are opened without following links: a session folder may come
 # from someone else, and a link in it (images/, .lock, a picture) must not make vlchat read,
 # write or delete anything outside it.
-NOFOLLOW = getattr(os, "ONOFOLLOW", 0)
-CLOEXEC = getattr(os, "OCLOEXEC", 0)
+NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _DIRECTORY = getattr(os, "O_DIRECTORY", 0)
-NONBLOCK = getattr(os, "ONONBLOCK", 0)
+NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 
 
 def is_link_error(error: OSError) -> bool:
-    """Whether an ``ONOFOLLOW`` open failed because the last part of the path is a link."""
+    """Whether an ``O_NOFOLLOW`` open failed because the last part of the path is a link."""
     return error.errno in (errno.ELOOP, errno.EMLINK) and NOFOLLOW != 0
 
 
@@ -136,7 +136,7 @@ def read_regular_file(path: StrPath) -> bytes:
 
 def atomic_write_at(dir_fd: int, name: str, data: bytes, *, mode: int | None = None) -> None:
     """``atomic_write`` into the folder open as ``dir_fd``: the temporary file is made there with
-    O_EXCL|ONOFOLLOW and renamed over ``name`` there, so a link swapped in for the folder or the
+    O_EXCL|O_NOFOLLOW and renamed over ``name`` there, so a link swapped in for the folder or the
     file is never written through."""
     tmp = f".{name}.{secrets.token_hex(4)}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW | CLOEXEC, 0o600, dir_fd=dir_fd)
