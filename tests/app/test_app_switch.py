@@ -118,10 +118,10 @@ class GatedEngine(TransformersEngine):
 @run_async
 async def test_old_model_answers_while_the_new_one_loads(tiny_models, picture, monkeypatch):
     """A question asked during the switch is answered by the old model; the swap waits for it."""
-    import vlchat.engines
+    import vlchat.engines.factory
 
     first_name, other = str(tiny_models["llava"]), str(tiny_models["llava_next"])
-    monkeypatch.setattr(vlchat.engines, "engine_class", lambda spec: GatedEngine)
+    monkeypatch.setattr(vlchat.engines.factory, "engine_class", lambda spec: GatedEngine)
     engine = fresh_engine(first_name)
     app = make_app(settings(model=first_name, max_new_tokens=4), [picture("circle", "red", "blue").ref],
                    engine=engine, engine_loaded=True)
