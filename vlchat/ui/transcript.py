@@ -138,6 +138,10 @@ class WrappedText(Widget):
         # between a short and a long answer).
         self.rows_wrapped = 0
 
+    def wrapped(self) -> list[str]:
+        """Every row of the text as wrapped at the widget's width (shown or not)."""
+        return [self.text[a:b].rstrip(" ") for a, b in self._rows] if self.text else []
+
     def _shown(self) -> int:
         rows = len(self._rows) if self.text else 0
         return rows if self.cap is None else min(rows, self.cap)
