@@ -4,8 +4,9 @@ FRAME_S is the most often (30 a second). A frame costs a few milliseconds of Pyt
 thread (the same at any length of answer: see transcript.AnswerView), and that can be taken from
 the model in two cases. A model on a thread of this process (a test's, say) waits for it: the
 interpreter lock is one for all threads. A model in its own process (as `vlchat` runs it) that
-keeps every core busy (torch's threads spin while one of them is held up) loses a core to it.
-Then frames are spaced so that the UI thread uses at most UI_SHARE of the time (measured: all its
+keeps every core busy (torch's threads spin while one of them is held up) loses a core to it,
+and so does any model when other programs keep the rest of the cores busy (a fully loaded CPU,
+read from /proc/stat where there is one). Then frames are spaced so that the UI thread uses at most UI_SHARE of the time (measured: all its
 work since the last frame, the screen's redraw included), and still come at least every
 FRAME_MAX_S, so the screen is never more than about a quarter of a second behind the model.
 Otherwise (a GPU model, a CPU model limited to fewer threads than there are cores, a server
@@ -16,6 +17,7 @@ frames a second, as a rule.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Any, Callable
 
@@ -27,6 +29,21 @@ UI_SHARE_IDLE = 0.25
 BUSY_CORES = 0.75  # a model in this process that uses this much CPU (in cores) is at work
 SPARE_CORES = 0.75  # a model in its own process that leaves less than this of the cores free holds them all
 FRAME_MAX_S = 0.25
+MACHINE_S = 0.25  # how often the machine's load is looked at
+
+
+def machine_busy_seconds() -> float | None:
+    """CPU seconds all the cores have spent on anything but idling since boot (Linux; else None)."""
+    try:
+        with open("/proc/stat", "rb") as stat:
+            fields = stat.readline().split()[1:]
+        ticks = os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if len(fields) < 5:
+        return None
+    values = [int(f) for f in fields[:8]]
+    return (sum(values) - values[3] - values[4]) / ticks  # all but idle and waiting for the disk
 
 
 class FramePacer:
@@ -44,6 +61,9 @@ class FramePacer:
         self._timer: asyncio.TimerHandle | None = None
         self._painted_at: tuple[float, float, float | None] = (0.0, 0.0, None)
         self.running = False
+        # The machine's CPU time (all cores) at the last look, and whether it was fully loaded.
+        self._machine: tuple[float, float, float] | None = None
+        self._machine_full = False
 
     def start(self) -> None:
         self.running = True
@@ -78,8 +98,8 @@ class FramePacer:
             wall = time.perf_counter() - began
             used = time.thread_time() - ui_began
             cpu = self._engine().cpu_seconds()
-            busy = False
-            if cpu is not None and cpu_began is not None:
+            busy = self._full_machine()
+            if cpu is not None and cpu_began is not None and not busy:
                 busy = (cpu - cpu_began) / max(wall, 1e-6) >= self._busy_cores()
             share = UI_SHARE if busy else UI_SHARE_IDLE
             gap = min(FRAME_MAX_S, used / share)
@@ -94,6 +114,22 @@ class FramePacer:
         process, or this whole one, the UI thread included, since while the model holds the
         interpreter lock, time the UI thread spends on a frame is time the model's thread waits)."""
         return time.perf_counter(), time.thread_time(), self._engine().cpu_seconds()
+
+    def _full_machine(self) -> bool:
+        """Whether everything but this thread keeps all the cores but a spare share busy (looked at
+        over MACHINE_S at least: the kernel counts in ticks of 10 ms)."""
+        now, ui = time.perf_counter(), time.thread_time()
+        if self._machine is not None and now - self._machine[0] < MACHINE_S:
+            return self._machine_full
+        busy = machine_busy_seconds()
+        if busy is None:
+            return False
+        if self._machine is not None:
+            began, ui_began, busy_began = self._machine
+            others = (busy - busy_began - (ui - ui_began)) / (now - began)
+            self._machine_full = others >= usable_cores() - SPARE_CORES
+        self._machine = (now, ui, busy)
+        return self._machine_full
 
     def _busy_cores(self) -> float:
         """How much CPU (in cores) the model must use for frames to be economical: in this process,
