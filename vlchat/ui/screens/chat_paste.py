@@ -169,7 +169,7 @@ class PasteHandling:
             if wanted:
                 self.notify(
                     "Reading the clipboard's picture: the terminal may ask you to allow it (answer in the terminal).",
-                    timeout=READ_TIMEOUT,
+                    timeout=6,
                 )
                 self._start_read([wanted], "picture", READ_TIMEOUT, password=self._paste_password, name="vlchat")
             elif self.graphics.paste.local:
