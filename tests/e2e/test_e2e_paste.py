@@ -319,6 +319,14 @@ def test_dropping_a_picture_path_attaches_it_and_text_stays_text(played, tmp_pat
     term.send(b"\x1b[200~two words\x1b[201~")
     screen = term.wait_for(lambda s: "two words" in s, what="the text paste in the prompt")
     assert "1/1" in screen
+    term.send(b"\x15")  # ctrl+u: the prompt empty again
+    term.wait_for(lambda s: "two words" not in s, what="the prompt emptied")
+    # Esc right after a drop keeps the path as text, and attaches nothing.
+    other = folder / "keep as text.png"
+    other.write_bytes(picture_bytes("green", seed=4))
+    term.send(b"\x1b[200~" + shlex.quote(str(other)).encode() + b"\x1b[201~\x1b")
+    screen = term.wait_for(lambda s: "keep as text.png" in s, what="the path as text in the prompt")
+    assert "1/1" in screen and "2/2" not in screen
 
 
 # -- the local clipboard: X11 with xclip, the app in tmux ---------------------------------------------
@@ -327,8 +335,28 @@ def test_dropping_a_picture_path_attaches_it_and_text_stays_text(played, tmp_pat
     reason="needs Xvfb, xclip and tmux (.ci/run installs them)",
 )
 def test_ctrl_v_pastes_the_x_clipboards_picture_in_tmux(tmp_path):
-    display = f":{90 + os.getpid() % 400}"
-    xvfb = subprocess.Popen(["Xvfb", display, "-nolisten", "tcp"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Xvfb picks a free display and writes its number on a pipe once it is ready.
+    ready_read, ready_write = os.pipe()
+    xvfb = subprocess.Popen(
+        ["Xvfb", "-displayfd", str(ready_write), "-nolisten", "tcp"], pass_fds=(ready_write,),
+        stdout=subprocess.DEVNULL, stderr=open(tmp_path / "xvfb.log", "wb"),
+    )
+    os.close(ready_write)
+    got, deadline = b"", time.monotonic() + 30
+    while not got.endswith(b"\n") and time.monotonic() < deadline:
+        readable, _, _ = select.select([ready_read], [], [], 1)
+        chunk = os.read(ready_read, 64) if readable else b""
+        if readable and not chunk:
+            break
+        got += chunk
+    # (the pipe stays open while Xvfb runs: it writes the number and its newline apart, and dies
+    # if the second write finds the pipe closed)
+    number = got.decode().strip()
+    if not number:
+        xvfb.kill()
+        os.close(ready_read)
+        raise AssertionError(f"Xvfb did not start: {(tmp_path / 'xvfb.log').read_text()[-800:]}")
+    display = f":{number}"
     socket = f"vlchat-paste-{os.getpid()}"
     xclip = None
     try:
@@ -336,17 +364,18 @@ def test_ctrl_v_pastes_the_x_clipboards_picture_in_tmux(tmp_path):
         picture.write_bytes(picture_bytes("green"))
         env = dict(os.environ, DISPLAY=display)
         deadline = time.monotonic() + 30
-        while subprocess.run(["xclip", "-selection", "clipboard", "-o"], env=env, capture_output=True).returncode not in (0, 1) or not os.path.exists(f"/tmp/.X11-unix/X{display[1:]}"):
-            assert time.monotonic() < deadline, "Xvfb did not start"
+        # The number comes a moment before the server takes connections.
+        while b"open display" in subprocess.run(["xclip", "-selection", "clipboard", "-o"], env=env, capture_output=True, timeout=10).stderr:
+            assert time.monotonic() < deadline, f"Xvfb does not take connections: {xvfb.poll()} {(tmp_path / 'xvfb.log').read_text()[-800:]}"
             time.sleep(0.1)
         # xclip keeps serving the selection from the background until another owner takes it.
         xclip = subprocess.Popen(
             ["xclip", "-selection", "clipboard", "-t", "image/png", "-i", str(picture)], env=env,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "xclip.log", "wb"),
         )
         deadline = time.monotonic() + 30
         while b"image/png" not in subprocess.run(["xclip", "-selection", "clipboard", "-t", "TARGETS", "-o"], env=env, capture_output=True).stdout:
-            assert time.monotonic() < deadline, "the picture never reached the X clipboard"
+            assert time.monotonic() < deadline, f"the picture never reached the X clipboard: {(tmp_path / 'xclip.log').read_text()} {xclip.poll()}"
             time.sleep(0.1)
         exports = " ".join(
             f"{k}={shlex.quote(v)}"
@@ -387,3 +416,4 @@ def test_ctrl_v_pastes_the_x_clipboards_picture_in_tmux(tmp_path):
             xclip.wait(timeout=10)
         xvfb.terminate()
         xvfb.wait(timeout=10)
+        os.close(ready_read)
