@@ -445,11 +445,8 @@ def dropped_paths(text: str) -> list[str] | None:
 
 def _path_of(word: str) -> str | None:
     if word.startswith("file://"):
-        parts = urllib.parse.urlsplit(word)
-        if parts.netloc not in ("", "localhost") and not parts.netloc.startswith("localhost"):
-            # file://HOST/path (some terminals name the machine): the path is still the path.
-            pass
-        word = urllib.parse.unquote(parts.path)
+        # file://HOST/path (some terminals name the machine): the path is the path all the same.
+        word = urllib.parse.unquote(urllib.parse.urlsplit(word).path)
     if not (word.startswith(("/", "~/", "./", "../"))):
         return None
     if not word.lower().endswith(PICTURE_EXTENSIONS):
