@@ -72,7 +72,7 @@ class PromptArea(TextArea):
         Binding("enter", "send", "Send", id="send"),
         Binding("ctrl+j,shift+enter", "newline", "Newline", id="newline", show=False),
         Binding("tab", "complete", "Complete", id="complete", show=False),
-        Binding("ctrl+v", "paste_picture", "Paste picture", id="paste_picture"),
+        Binding("ctrl+v", "paste_picture", "Paste", id="paste_picture"),
     ]
 
     class Submitted(Message):

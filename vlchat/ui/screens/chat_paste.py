@@ -48,6 +48,13 @@ class PasteNote(Message):
         self.line, self.error = line, error
 
 
+PASTE_HELP = (
+    "Pasting pictures: in kitty (0.44.1+) or Ghostty (1.4+), here or over SSH, use the terminal's own paste key, "
+    "or ctrl+v (/paste; the terminal may ask you to allow it). In other terminals on this machine, ctrl+v reads the "
+    "clipboard (wl-paste, xclip, the macOS pasteboard). Elsewhere (over SSH without kitty/Ghostty, inside tmux): "
+    "drop a file that is on this machine onto the prompt, or /image PATH; copy a picture here with scp first."
+)
+
 _EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "image/gif": "gif", "image/bmp": "bmp", "image/tiff": "tiff"}
 
 
