@@ -237,6 +237,7 @@ def played(tmp_path):
     for terminal in terminals:
         terminal.close()
         assert b"Traceback" not in terminal.raw
+        assert not terminal.mode_on(), "the paste-events mode was left on: the shell's paste would break"
 
 
 def test_a_picture_pasted_with_the_terminals_paste_key_is_answered_about(played):
@@ -245,11 +246,11 @@ def test_a_picture_pasted_with_the_terminals_paste_key_is_answered_about(played)
     term.wait_for(lambda s: term.mode_on(), timeout=10, what="the paste-events mode")
     term.clipboard = {"image/png": picture_bytes("green"), "text/plain": b"not this"}
     term.paste_key()
-    screen = term.wait_for(lambda s: "Pasted a picture (PNG, 256x256)" in s, what="the pasted picture")
-    assert "1/1" in screen  # the preview has it
+    # The line, and the picture in the preview (1/1).
+    term.wait_for(lambda s: "Pasted a picture (PNG, 256x256)" in s and "1/1" in s, what="the pasted picture")
     read = term.requests[-1]
     assert read["mimes"] == "image/png" and read["name"] == "Paste event"  # the one-time password, no prompt
-    assert prompt_is_clean(screen)
+    term.wait_for(prompt_is_clean, timeout=60, what="the prompt, clean")
     term.type("What colour is the shape?\r")
     screen = term.wait_for(lambda s: "is green" in s and "first token" in s, what="the answer about the pasted picture")
     assert "What colour is the shape?" in screen
@@ -301,6 +302,26 @@ def test_a_failed_read_gives_one_line_and_a_clean_prompt(played, answer, line):
     screen = term.wait_for(lambda s: "hello" in s, timeout=30, what="typed text")
     prompt_rows = [row for row in screen.splitlines() if "hello" in row]
     assert prompt_rows and all(re.fullmatch(r"[^A-Za-z0-9+/=]*hello[^A-Za-z0-9+/=]*", row.strip()) for row in prompt_rows)
+
+
+def test_a_read_the_terminal_never_answers_says_so_and_times_out_cleanly(played):
+    term = played(paste_events=False)
+    term.wait_for(ready, what="the loaded model")
+    term.clipboard = {"image/png": picture_bytes("green")}
+    late: list[str] = []
+    term.read_answer = lambda ident: late.append(ident) or b""  # the person never answers kitty's prompt
+    term.send(b"\x16")  # ctrl+v
+    term.wait_for(lambda s: "Reading the clipboard's picture" in s, timeout=60, what="the line saying the terminal may ask")
+    term.wait_for(lambda s: "did not answer in time" in s, timeout=90, what="the time-out line")
+    # The answer comes after all: it is swallowed, not typed into the prompt, and attaches nothing.
+    data = picture_bytes("green")
+    ident = late[0]
+    term.send_osc(f"type=read:status=OK{ident}")
+    term.send_osc(f"type=read:status=DATA{ident}:mime={b64('image/png')};{b64(data[:4096])}")
+    term.send_osc(f"type=read:status=DONE{ident}")
+    term.type("ok")
+    screen = term.wait_for(lambda s: re.search(r"▊ ok\s", s), timeout=60, what="the typed keys alone in the prompt")
+    assert "Pasted a picture" not in screen and "1/1" not in screen
 
 
 def test_dropping_a_picture_path_attaches_it_and_text_stays_text(played, tmp_path):

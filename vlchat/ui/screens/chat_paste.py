@@ -76,6 +76,21 @@ class PasteHandling:
             set_clipboard_sink(lambda body: self.post_message(ClipboardReply(body)))
         if support.paste_events:
             self._write_terminal(cb.PASTE_EVENTS_ON)
+            # ctrl+z: the shell gets the terminal back, and its paste key must paste text there.
+            self.app.app_suspend_signal.subscribe(self, self._paste_events_off, immediate=True)
+            self.app.app_resume_signal.subscribe(self, lambda _app: self._write_terminal(cb.PASTE_EVENTS_ON))
+
+    def _paste_events_off(self, _app: Any = None) -> None:
+        try:
+            tty = os.open("/dev/tty", os.O_WRONLY | os.O_NOCTTY)
+        except OSError:
+            return
+        try:
+            os.write(tty, cb.PASTE_EVENTS_OFF.encode())
+        except OSError:
+            pass
+        finally:
+            os.close(tty)
 
     def on_unmount(self) -> None:
         from vlchat.ui.driver import set_clipboard_sink
