@@ -240,11 +240,12 @@ def played(tmp_path):
         assert not terminal.mode_on(), "the paste-events mode was left on: the shell's paste would break"
 
 
-def test_a_picture_pasted_with_the_terminals_paste_key_is_answered_about(played):
+def test_a_picture_pasted_with_the_terminals_paste_key_is_answered_about(played, tmp_path):
     term = played()
     term.wait_for(ready, what="the loaded model")
     term.wait_for(lambda s: term.mode_on(), timeout=10, what="the paste-events mode")
-    term.clipboard = {"image/png": picture_bytes("green"), "text/plain": b"not this"}
+    pasted = picture_bytes("green")
+    term.clipboard = {"image/png": pasted, "text/plain": b"not this"}
     term.paste_key()
     # The line, and the picture in the preview (1/1).
     term.wait_for(lambda s: "Pasted a picture (PNG, 256x256)" in s and "1/1" in s, what="the pasted picture")
@@ -254,6 +255,11 @@ def test_a_picture_pasted_with_the_terminals_paste_key_is_answered_about(played)
     term.type("What colour is the shape?\r")
     screen = term.wait_for(lambda s: "is green" in s and "first token" in s, what="the answer about the pasted picture")
     assert "What colour is the shape?" in screen
+    # Saved into the session by its content, like a picture attached with /image.
+    deadline = time.monotonic() + 60
+    while not any(f.read_bytes() == pasted for f in (tmp_path / "sessions").rglob("*.png")):
+        assert time.monotonic() < deadline, "the pasted picture never reached the session folder"
+        time.sleep(0.2)
 
 
 def test_a_text_paste_event_stays_text(played):

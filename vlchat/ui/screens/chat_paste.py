@@ -9,6 +9,7 @@ display is reachable. The protocol itself is in ``vlchat.ui.clipboard`` (no Text
 
 from __future__ import annotations
 
+import atexit
 import os
 import secrets
 import shutil
@@ -98,8 +99,6 @@ class PasteHandling:
         set_clipboard_sink(None)
         if self.graphics.paste.paste_events:
             self._write_terminal(cb.PASTE_EVENTS_OFF)
-        if self._paste_folder:
-            shutil.rmtree(self._paste_folder, ignore_errors=True)
 
     def _write_terminal(self, text: str) -> None:
         # Textual keeps its driver to itself; its write() goes through the writer thread, in order
@@ -253,7 +252,10 @@ class PasteHandling:
     # -- the picture, checked like any file -----------------------------------------------------------------
     def _check_picture(self, data: bytes, mime: str, origin: str) -> None:
         if self._paste_folder is None:
+            # Private (0700); the session keeps its own copy of each picture, so the folder goes
+            # when the process ends, after the session writer has finished (not when the screen does).
             self._paste_folder = tempfile.mkdtemp(prefix="vlchat-paste-")
+            atexit.register(shutil.rmtree, self._paste_folder, ignore_errors=True)
         self._save_pasted(data, mime, self._paste_folder)
 
     @work(thread=True, group="paste", exit_on_error=False)
