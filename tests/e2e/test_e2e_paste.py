@@ -431,7 +431,19 @@ def test_ctrl_v_pastes_the_x_clipboards_picture_in_tmux(tmp_path):
             raise AssertionError(f"timed out waiting for {what}:\n{text}")
 
         wait_for(ready, "the loaded model")
-        subprocess.run(["tmux", "-L", socket, "send-keys", "-t", "p", "C-v"], timeout=20)
+        # What the start probe found, as --print-config shows it in the same terminal.
+        subprocess.run(
+            ["tmux", "-L", socket, "new-window", "-d", "-t", "p", "-n", "config", f"env {exports} {argv} --print-config; sleep 600"],
+            check=True, timeout=20,
+        )
+        end = time.monotonic() + 60
+        config = ""
+        while "# paste:" not in config:
+            assert time.monotonic() < end, f"--print-config showed no paste line:\n{config}"
+            time.sleep(0.2)
+            config = subprocess.run(["tmux", "-L", socket, "capture-pane", "-p", "-t", "p:config"], capture_output=True, text=True, timeout=20).stdout
+        assert "# paste: ctrl+v reads the local clipboard (xclip) [tmux does not pass the clipboard protocol through]" in config
+        subprocess.run(["tmux", "-L", socket, "send-keys", "-t", "p:0", "C-v"], timeout=20)
         wait_for(lambda s: "Pasted a picture (PNG, 256x256)" in s and "1/1" in s, "the pasted picture")
         subprocess.run(["tmux", "-L", socket, "send-keys", "-t", "p", "-l", "What colour is the shape?"], timeout=20)
         subprocess.run(["tmux", "-L", socket, "send-keys", "-t", "p", "Enter"], timeout=20)

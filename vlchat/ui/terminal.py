@@ -174,7 +174,9 @@ def detect(requested: str = "auto", env: dict[str, str] | None = None, *, probe=
             graphics = TerminalGraphics("halfblock", "no graphics protocol reported")
     if cell:
         graphics.cell_width, graphics.cell_height = cell
-    if _no_probe(env) and not probed:
+    if probed:
+        pass
+    elif _no_probe(env):
         probed = f"terminal {env.get('TERM') or 'unknown'} is not asked"
     elif (env.get("TMUX") or env.get("TERM", "").startswith("tmux")) and not any(paste):
         probed = "tmux does not pass the clipboard protocol through"
