@@ -266,7 +266,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from vlchat.ui.terminal import detect
 
             # The same one probe the app makes at start (on a terminal only; nothing is left in the input).
-            graphics = detect(settings.image_protocol)
+            try:
+                graphics = detect(settings.image_protocol)
+            except VlchatError:
+                graphics = detect("auto")  # the bad image_protocol is shown above, as it is set
             print(f"# pictures: {graphics.protocol} ({graphics.reason})")
             print(f"# paste: {graphics.paste.describe()}")
             return EXIT_OK
