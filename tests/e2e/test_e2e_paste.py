@@ -273,6 +273,19 @@ def test_a_text_paste_event_stays_text(played):
     assert term.requests[-1]["mimes"] == "text/plain" and term.requests[-1]["name"] == "Paste event"
 
 
+def test_files_copied_in_a_file_manager_paste_as_pictures(played, tmp_path):
+    path = tmp_path / "copied shot.png"
+    path.write_bytes(picture_bytes("green"))
+    term = played()
+    term.wait_for(ready, what="the loaded model")
+    term.wait_for(lambda s: term.mode_on(), timeout=10, what="the paste-events mode")
+    uri = "file://" + str(path).replace(" ", "%20")
+    term.clipboard = {"text/uri-list": f"# copied\r\n{uri}\r\n".encode(), "text/plain": str(path).encode()}
+    term.paste_key()
+    term.wait_for(lambda s: "copied shot.png" in s and "1/1" in s, what="the copied file attached")
+    assert term.requests[-1]["mimes"] == "text/uri-list"
+
+
 @pytest.mark.parametrize(
     "answer, line",
     [
