@@ -238,7 +238,6 @@ class VlchatApp(App):
         self.load_error = clean(message.error, keep_newlines=False)
         self.chat.update_status()
         self.chat.transcript.note(f"The model could not be loaded: {self.load_error}", "error")
-        self.notify(self.load_error, title="Model not loaded", severity="error", timeout=10)
 
     def model_lost(self, line: str) -> None:
         """The model's process is gone: no model until /model loads one (the same one too)."""
@@ -249,15 +248,15 @@ class VlchatApp(App):
         """Load ``name`` in the background; the current model answers until it is ready."""
         name = name.strip()
         if self.switching_model:
-            self.notify(f"Already loading {model_label(self.switching_model)}: wait for it first.", severity="warning")
+            self.chat.toast(f"Already loading {model_label(self.switching_model)}: wait for it first.", "warning")
             return
         if not self.loaded and not self.load_error:
             # the first model's loader cannot be interrupted; two loads racing would swap the wrong one in
-            self.notify("The model is still loading: switch once it is ready.", severity="warning")
+            self.chat.toast("The model is still loading: switch once it is ready.", "warning")
             return
         current = self.info.name if self.info is not None else None
         if self.loaded and not self.load_error and name == current:
-            self.notify(f"{model_label(name)} is the model already.")
+            self.chat.transcript.note(f"{model_label(name)} is the model already.")
             return
         self.switching_model = name
         self.switch_stage = "starting"
@@ -310,7 +309,6 @@ class VlchatApp(App):
         if still and not self.load_error:
             line += f" Still talking to {still}."
         self.chat.transcript.note(line, "error")
-        self.notify(line, title="Model not switched", severity="error", timeout=10)
         self.chat.update_status()
 
     def on_model_switched(self, message: ModelSwitched) -> None:
@@ -362,7 +360,7 @@ class VlchatApp(App):
     def on_model_unloaded(self, message: ModelUnloaded) -> None:
         _freeze_heap()  # the unload thawed the heap to collect the old model
         if message.freed_bytes:
-            self.notify(f"{model_label(message.name)} unloaded: {size_text(message.freed_bytes)} of GPU memory freed.")
+            self.chat.toast(f"{model_label(message.name)} unloaded: {size_text(message.freed_bytes)} of GPU memory freed.")
 
     def command_model(self, args: str) -> None:
         name = args.strip()
@@ -383,7 +381,7 @@ class VlchatApp(App):
         name = args.strip()
         if not name:
             names = ", ".join(sorted(n for n in self.available_themes if n.startswith("vlchat-") or n in self.user_theme_names))
-            self.notify(f"Themes: {names}. Use /theme NAME.")
+            self.chat.transcript.note(f"Themes: {names}. Use /theme NAME.")
             return
         self._apply_theme(name, remember=self.remember_theme, quiet=False, switching=True)
 
@@ -392,9 +390,10 @@ class VlchatApp(App):
             shown = clean(name, keep_newlines=False)[:60]
             ours = sorted(n for n in self.available_themes if n.startswith("vlchat-") or n in self.user_theme_names)
             line = f"No theme called {shown!r}. Available: {', '.join(ours)}."
-            self.notify(line, severity="error")
-            if switching:
+            if switching:  # the answer to /theme NAME
                 self.chat.transcript.note(line, "error")
+            else:
+                self.notify(line, severity="error")
             if self.theme not in self.available_themes or not switching:
                 self.theme = theme_files.DEFAULT_THEME if theme_files.DEFAULT_THEME in self.available_themes else "textual-dark"
             return
@@ -402,7 +401,7 @@ class VlchatApp(App):
         if remember:
             theme_files.remember(theme=name)
         if switching and not quiet:
-            self.notify(f"Theme: {name}")
+            self.chat.toast(f"Theme: {name}")
 
     # -- quitting -------------------------------------------------------------------------------
     def command_quit(self, _args: str) -> None:

@@ -14,7 +14,7 @@ from textual.strip import Strip
 from textual.widget import Widget
 from textual.widgets import Markdown, Static
 
-from vlchat.core.conversation import Conversation, Message
+from vlchat.core.conversation import Conversation, Message, how_it_ended
 from vlchat.core.text import clean
 from vlchat.ui.preview import picture_label
 
@@ -29,15 +29,16 @@ def model_label(name: str) -> str:
 
 def answer_footer(message: Message) -> Text:
     details = []
-    if message.tokens:
+    if message.tokens and message.finish_reason != "length":  # a cut answer's mark says how many
         details.append(f"{message.tokens} tokens")
     if message.timings and message.timings.first_token_s is not None:
         details.append(f"first token {message.timings.first_token_s:.2f} s")
     if message.timings and message.timings.tokens_per_s:
         details.append(f"{message.timings.tokens_per_s:.0f} tok/s")
     text = Text()
-    if message.stopped:
-        text.append("■ stopped", style="bold")
+    ended = how_it_ended(message)
+    if ended:
+        text.append(f"{'…' if message.finish_reason == 'length' else '■'} {ended}", style="bold")
         if details:
             text.append(" · ")
     text.append(" · ".join(details), style="dim")

@@ -22,7 +22,9 @@ from typing import Any, Sequence
 
 from rich.text import Text
 from textual import on, work
+from textual.actions import SkipAction
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 
@@ -54,8 +56,17 @@ from vlchat.ui.terminal import TerminalGraphics
 from vlchat.ui.transcript import AnswerView, Transcript, UserView, model_label
 
 
+# Changes after which the context is counted by whoever comes next: an answer starts (and is counted
+# when it ends), or the model is being swapped (counted when the new one is ready).
+COUNTED_LATER = frozenset({"question", "answer", "stopped", "question returned", "regenerate", "model"})
+
+
 class ChatScreen(ConversationCommands, PasteHandling, Screen):
     """The app's main (default) screen. Its keys are declared with the app's keymap (``screen.`` actions)."""
+
+    # Ctrl+C while an answer is written stops it, as Esc does (and as Ctrl-C does in `vlchat ask`);
+    # otherwise the key goes on to whoever else takes it (the prompt's copy, the app's quit hint).
+    BINDINGS = [Binding("ctrl+c", "interrupt", show=False, priority=True)]
 
     def __init__(
         self,
@@ -113,6 +124,7 @@ class ChatScreen(ConversationCommands, PasteHandling, Screen):
         self.opening_session = False  # a /load or /delete is switching the open session
         self._session_notes = list(session_notes)
         self._picture_sources = {ref.sha256: os.path.abspath(ref.path) for ref in self.pending}
+        self._missing: set[str] = set()  # pictures of the open session that are not in its folder
         if session is not None:
             self._adopt(session)
         self.mounted = asyncio.Event()  # set once its widgets are there (the app waits for it)
@@ -228,8 +240,11 @@ class ChatScreen(ConversationCommands, PasteHandling, Screen):
         refs = self.all_pictures()
         pane = self.preview
         pane.set_pictures(refs, len(refs) - 1 if show_last else None)
+        # A picture missing from the session is said once, in the transcript; the pane only shows it is gone.
         for ref in refs:
-            if ref.sha256 not in pane.decoded and ref.sha256 not in pane.errors and self.graphics.protocol not in ("text", "none"):
+            if ref.sha256 in self._missing and ref.sha256 not in pane.errors:
+                pane.picture_decoded(ref.sha256, None, "missing from the session folder")
+            elif ref.sha256 not in pane.decoded and ref.sha256 not in pane.errors and self.graphics.protocol not in ("text", "none"):
                 self._decode_preview(ref)
 
     @work(thread=True, group="preview", exit_on_error=False)
@@ -265,15 +280,15 @@ class ChatScreen(ConversationCommands, PasteHandling, Screen):
 
     def on_pictures_loaded(self, message: PicturesLoaded) -> None:
         for line in message.errors:
-            self.transcript.note(line, "error")
-            self.notify(clean(line, keep_newlines=False), title="Picture not attached", severity="error", timeout=8)
+            self.say(line, "error")
         if message.refs:
             self.pending.extend(message.refs)
             for ref in message.refs:
                 self._picture_sources[ref.sha256] = os.path.abspath(ref.path)
             names = ", ".join(clean(Path(r.path).name, keep_newlines=False) for r in message.refs)
             if self.conversation.last("user") is not None:
-                self.transcript.note(f"Attached {names}: it goes with your next question.")
+                goes = "they go" if len(message.refs) > 1 else "it goes"
+                self.say(f"Attached {names}: {goes} with your next question.")
             self.refresh_pictures(show_last=True)
             self.count_context()
             if message.save:
@@ -318,7 +333,7 @@ class ChatScreen(ConversationCommands, PasteHandling, Screen):
     def handle_input(self, text: str) -> None:
         if self.opening_session:
             self.prompt.text = text
-            self.notify("A session is being opened: one moment.", severity="warning")
+            self.toast("A session is being opened: one moment.", "warning")
             return
         command = slash.parse(text)
         if command is not None:
@@ -331,7 +346,7 @@ class ChatScreen(ConversationCommands, PasteHandling, Screen):
     def ask(self, text: str) -> None:
         if self.generating is not None:
             self.prompt.text = text
-            self.notify("An answer is still being written: wait for it, or press Esc to stop it.", severity="warning")
+            self.toast("An answer is still being written: wait for it, or press Esc to stop it.", "warning")
             return
         with self.app.batch_update():  # the question, the answer's start and the status: one redraw
             self._ask(text)
@@ -393,7 +408,8 @@ class ChatScreen(ConversationCommands, PasteHandling, Screen):
 
     def _post_end(self, answer_id: int, stream: Any, cancel: threading.Event, error: str | None) -> None:
         if stream is None:
-            self.post_message(AnswerFinished(answer_id, "", 0, None, None, cancel.is_set(), error))
+            finish = "error" if error else "stopped"
+            self.post_message(AnswerFinished(answer_id, "", 0, None, None, cancel.is_set(), error, finish_reason=finish))
             return
         stats = stream.stats
         if stats.finished_at is None:
@@ -408,6 +424,8 @@ class ChatScreen(ConversationCommands, PasteHandling, Screen):
                 stats.stopped or cancel.is_set(),
                 error,
                 stats.notice,
+                # a stop asked for while an error ended the answer is still the person's stop
+                stats.finish(error=bool(error) and not cancel.is_set()),
             )
         )
 
@@ -461,6 +479,7 @@ class ChatScreen(ConversationCommands, PasteHandling, Screen):
                 stopped=message.stopped or bool(message.error),
                 tokens=message.tokens,
                 timings=message.timings,
+                finish_reason=message.finish_reason,
             )
             self.last_timings, self.last_tokens = message.timings, message.tokens
             self.last_prompt_tokens = message.prompt_tokens
@@ -482,8 +501,7 @@ class ChatScreen(ConversationCommands, PasteHandling, Screen):
             self.transcript.note(clean(message.notice, keep_newlines=False))
         if message.error:
             line = clean(message.error, keep_newlines=False)
-            self.transcript.note(line, "error")
-            self.notify(line, title="Answer failed", severity="error", timeout=10)
+            self.say(line, "error")
             if not self.app.engine.alive:
                 self.app.model_lost(line)
         self.transcript.follow()
@@ -513,6 +531,11 @@ class ChatScreen(ConversationCommands, PasteHandling, Screen):
         if self.generating is not None:
             self._cancel.set()
 
+    def action_interrupt(self) -> None:
+        if self.generating is None:
+            raise SkipAction()
+        self._cancel.set()
+
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "stop":
             # Esc belongs to dialogs (the command palette) unless an answer is being written; with no
@@ -522,12 +545,28 @@ class ChatScreen(ConversationCommands, PasteHandling, Screen):
             return True if self.generating is not None else None
         return True
 
+    # -- feedback: the one rule (ARCHITECTURE.md, "Where feedback goes") ----------------------------
+    def say(self, line: str, kind: str = "info") -> None:
+        """The result of the person's own command, or news about the conversation (an error
+        included): a line in the transcript, which stays where it happened."""
+        self.transcript.note(line, kind)
+
+    def toast(self, line: str, severity: str = "information") -> None:
+        """Passing state that changes nothing in the conversation (copied, a key refused while an
+        answer is written): one toast, which replaces the one before it."""
+        self.app.clear_notifications()
+        self.app.notify(clean(line, keep_newlines=False), severity=severity)
+
     # -- sessions ----------------------------------------------------------------------------------
     def conversation_changed(self, reason: str) -> None:
         """Called after every change to the conversation: the autosave is queued at once (a quit
         right after still writes it), and ``ConversationChanged`` tells whoever else listens."""
         self.request_save(reason)
         self.post_message(ConversationChanged(self.conversation, reason))
+        # The context count follows every change (/edit, /clear, /load, a picture…); an answer about
+        # to start, or one just ended, is counted once it is over, never in its way.
+        if reason not in COUNTED_LATER:
+            self.count_context()
 
     def snapshot(self) -> Snapshot:
         """The conversation as it is now, in copies the session writer may keep."""
@@ -573,22 +612,18 @@ class ChatScreen(ConversationCommands, PasteHandling, Screen):
 
     def on_session_save_failed(self, message: SessionSaveFailed) -> None:
         line = clean(message.error, keep_newlines=False)
-        if line != self.save_error:
-            self.transcript.note(f"Not saved: {line} The conversation is still open here.", "error")
+        if line != self.save_error:  # the status line says it from then on
+            self.say(f"Not saved: {line} The conversation is still open here.", "error")
         self.save_error = line
-        self.notify(line, title="Not saved", severity="error", timeout=10)
         self.update_status()
 
     def on_session_note(self, message: SessionNote) -> None:
-        line = clean(message.text, keep_newlines=False)
-        self.transcript.note(line, "error" if message.error else "info")
-        self.notify(line, severity="error" if message.error else "information", timeout=8 if message.error else 5)
+        self.say(clean(message.text, keep_newlines=False), "error" if message.error else "info")
 
     def on_session_switched(self, message: SessionSwitched) -> None:
         self.opening_session = False
         for line in message.errors:
-            self.transcript.note(clean(line, keep_newlines=False), "error")
-            self.notify(clean(line, keep_newlines=False), severity="error", timeout=8)
+            self.say(clean(line, keep_newlines=False), "error")
         if message.errors:
             return
         if message.session is None:
@@ -596,6 +631,7 @@ class ChatScreen(ConversationCommands, PasteHandling, Screen):
             if self.settings.system:
                 self.conversation.set_system(self.settings.system)
             self.pending = []
+            self._missing = set()
         else:
             self._adopt(message.session)
         self.save_error = None
@@ -615,6 +651,7 @@ class ChatScreen(ConversationCommands, PasteHandling, Screen):
         """Show ``session``'s conversation (no disk access: it was read by whoever opened it)."""
         self.conversation = Conversation(messages=list(session.conversation.messages))
         self.pending = session.pending_pictures()
+        self._missing = {picture.sha256 for picture in session.missing_pictures()}
         self._name_pictures(session)
 
     def _name_pictures(self, session: Any) -> None:
@@ -627,12 +664,12 @@ class ChatScreen(ConversationCommands, PasteHandling, Screen):
         title = clean(session.title, keep_newlines=False)
         turns = f"{session.turns} turn{'s' if session.turns != 1 else ''}"
         self.transcript.note(f"Session {title!r} ({turns}), from {clean(str(session.folder), keep_newlines=False)}.")
-        for picture in session.missing_pictures():
-            self.transcript.note(f"The picture {picture.name} is missing from the session folder; the conversation goes on without it.", "error")
+        # Each problem once, in the session's own words (a missing picture's says what to do).
         for line in [*session.problems, *notes]:
-            self.transcript.note(clean(line, keep_newlines=False), "error")
+            line = clean(line, keep_newlines=False)
+            self.transcript.note(line[:1].upper() + line[1:], "error")
         if session.read_only:
-            self.notify("This session is open read-only: nothing is saved.", severity="warning", timeout=8)
+            self.say("This session is open read-only: nothing is saved.", "error")
 
     def close_sessions(self) -> None:
         """At exit: write what is queued and release the session's lock."""
