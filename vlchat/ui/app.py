@@ -208,7 +208,7 @@ class VlchatApp(App):
             load_started=self._load_started,
             switching_model=self.switching_model,
             switch_stage=self.switch_stage,
-            width=self.size.width,
+            width=max(1, self.size.width - 2),  # the status row's padding
         )
 
     def notify(self, message: str, *, title: str = "", severity="information", timeout: float | None = None, markup: bool = False) -> None:
