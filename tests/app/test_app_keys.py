@@ -134,3 +134,44 @@ async def test_help_scrolls_in_a_small_terminal_and_f1_closes_it_too(demo_engine
         await until(pilot, lambda: "/quit" in screen_text(app), timeout=5)
         await pilot.press("f1")
         await until(pilot, lambda: app.screen is app.chat, timeout=5)
+
+
+# -- nothing of ours, or a file's, is read as markup ----------------------------------------------------
+@run_async
+async def test_the_palette_shows_bracketed_arguments(demo_engine):
+    from textual.widgets import OptionList
+
+    app = app_for(demo_engine)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await pilot.press("ctrl+p")
+        await until(pilot, lambda: type(app.screen).__name__ == "CommandPalette", timeout=5)
+        await pilot.press(*"/save")
+        await until(pilot, lambda: app.screen.query_one(OptionList).option_count >= 2, timeout=10)
+        await pilot.pause(0.3)
+        options = app.screen.query_one(OptionList)
+        titles = [str(options.get_option_at_index(i).prompt).split("\n")[0] for i in range(options.option_count)]
+        assert "/save" in titles and "/save [TITLE]" in titles, titles
+        await pilot.press("escape")
+        await pilot.press("ctrl+p")
+        await until(pilot, lambda: type(app.screen).__name__ == "CommandPalette", timeout=5)
+        await pilot.press(*"/export")
+        await until(pilot, lambda: app.screen.query_one(OptionList).option_count >= 2, timeout=10)
+        await pilot.pause(0.3)
+        assert "/export [PATH]" in screen_text(app)
+
+
+@run_async
+async def test_a_file_name_that_looks_like_markup_is_shown_as_it_is(demo_engine, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    app = app_for(demo_engine)
+    async with app.run_test(size=(120, 40), notifications=True) as pilot:
+        await settle(pilot)
+        await command(pilot, "/image '[b]bold[/b].png'")
+        await until(pilot, lambda: "[b]bold[/b].png does not exist" in screen_text(app), timeout=5)  # the transcript
+
+        def toasts() -> str:
+            return "\n".join(str(toast.render()) for toast in app.screen.query("Toast"))
+
+        await until(pilot, lambda: "does not exist" in toasts(), timeout=5)
+        assert "[b]bold[/b].png does not exist" in toasts()
