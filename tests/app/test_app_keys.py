@@ -175,3 +175,13 @@ async def test_a_file_name_that_looks_like_markup_is_shown_as_it_is(demo_engine,
 
         await until(pilot, lambda: "does not exist" in toasts(), timeout=5)
         assert "[b]bold[/b].png does not exist" in toasts()
+
+
+def test_key_names_are_checked_as_textual_spells_them():
+    from vlchat.ui.keys import unknown_keys
+
+    assert unknown_keys("escape,ctrl+s") == []
+    assert unknown_keys("f3, alt+left, ctrl+shift+k, comma, euro_sign, shift+enter") == []
+    assert unknown_keys("ctrl+shift+banana,f3") == ["ctrl+shift+banana"]
+    assert unknown_keys("banana") == ["banana"]  # the name of an emoji, which no key types
+    assert unknown_keys("ctrl+,f25,ctrl+ctrl+a,hyper+x") == ["ctrl+", "f25", "ctrl+ctrl+a"]

@@ -65,13 +65,11 @@ def parse(text: str) -> tuple[str, str] | None:
     return head.lower(), rest.strip()
 
 
-def help_text() -> str:
-    lines = ["Commands (type them in the prompt, or find them with ctrl+p):"]
-    for command in COMMANDS.values():
-        usage = f"/{command.name} {command.args}".strip()
-        lines.append(f"  {usage:<50} {command.help}")
-    lines.append("Start a message with // to send one that begins with a slash.")
-    return "\n".join(lines)
+def help_rows() -> list[tuple[str, str]]:
+    """(usage, what it does) for every command, in table order, and the // escape: the help screen's list."""
+    rows = [(f"/{c.name} {c.args}".strip(), c.help) for c in COMMANDS.values()]
+    rows.append(("//TEXT", "send a message that begins with a slash"))
+    return rows
 
 
 def completions(text: str) -> list[str]:

@@ -84,8 +84,7 @@ class HelpScreen(ModalScreen[None]):
         self.bound = bound
 
     def compose(self) -> ComposeResult:
-        commands = [(f"/{c.name} {c.args}".strip(), c.help) for c in slash.COMMANDS.values()]
-        commands.append(("//TEXT", "send a message that begins with a slash"))
+        commands = slash.help_rows()
         with Vertical(id="help-box"):
             yield Static(Text("Help: Esc closes, ↑ ↓ PgUp PgDn scroll"), classes="help-title")
             with VerticalScroll(id="help-body"):
