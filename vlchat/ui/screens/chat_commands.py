@@ -28,8 +28,10 @@ def expand_paths(paths: list[str]) -> tuple[list[str], list[str]]:
         found = [p for p in sorted(glob.glob(expanded)) if os.path.isfile(p)]
         if found:
             files.extend(found)
-        else:
+        elif "*" in expanded or "?" in expanded:
             unmatched.append(path)
+        else:
+            files.append(expanded)  # "[draft].png": a name with brackets, which the loader says is missing
     return files, unmatched
 
 
