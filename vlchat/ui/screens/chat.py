@@ -48,6 +48,7 @@ from vlchat.ui.pacing import FramePacer
 from vlchat.ui.preview import PREVIEW_MAX_SIDE, PicturePane, set_picture_name
 from vlchat.ui.prompt import PromptArea
 from vlchat.ui.screens.chat_commands import ConversationCommands
+from vlchat.ui.screens.chat_paste import PasteHandling
 from vlchat.ui.status import StatusLine, StatusState, status_text
 from vlchat.ui.terminal import TerminalGraphics
 from vlchat.ui.transcript import AnswerView, Transcript, UserView, model_label
@@ -66,7 +67,7 @@ def question_pictures(pending: list[ImageRef], seen: list[ImageRef], shown: Imag
     return [*pending, shown]
 
 
-class ChatScreen(ConversationCommands, Screen):
+class ChatScreen(ConversationCommands, PasteHandling, Screen):
     """The app's main (default) screen. Its keys are declared with the app's keymap (``screen.`` actions)."""
 
     def __init__(

@@ -257,7 +257,9 @@ class ConversationCommands:
         self.action_help()
 
     def action_help(self) -> None:
+        from vlchat.ui.screens.chat_paste import PASTE_HELP
         from vlchat.ui.screens.help import HelpScreen
 
         if not isinstance(self.app.screen, HelpScreen):
-            self.app.push_screen(HelpScreen(self.app.bound_keys()))
+            paste = f"{PASTE_HELP} Here: {self.graphics.paste.describe()}."
+            self.app.push_screen(HelpScreen(self.app.bound_keys(), notes=paste))

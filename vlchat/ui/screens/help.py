@@ -27,6 +27,7 @@ KEY_HELP = {
     "previous_picture": "previous picture (the question goes with the picture on screen)",
     "next_picture": "next picture",
     "copy": "copy the last answer to the clipboard",
+    "paste_picture": "paste the picture on the clipboard (as /paste does)",
     "help": "this help",
     "quit": "quit",
 }
@@ -76,12 +77,14 @@ class HelpScreen(ModalScreen[None]):
     #help-body { height: 1fr; }
     #help-body > .help-heading { text-style: bold; color: $primary; margin-top: 1; height: auto; }
     #help-body > Static { height: auto; }
+    #help-body > .help-notes { margin-top: 1; color: $text-muted; }
     """
     BINDINGS = [Binding("escape,q", "close", "Close", id="help_close")]
 
-    def __init__(self, bound: dict[str, str]) -> None:
+    def __init__(self, bound: dict[str, str], notes: str = "") -> None:
         super().__init__(id="help")
         self.bound = bound
+        self.notes = notes  # more to say below the tables (how pasting pictures works here)
 
     def compose(self) -> ComposeResult:
         commands = slash.help_rows()
@@ -92,6 +95,8 @@ class HelpScreen(ModalScreen[None]):
                 yield Static(_table(key_rows(self.bound), 18), id="help-keys")
                 yield Static(Text("Commands (type them in the prompt)"), classes="help-heading")
                 yield Static(_table(commands, 26), id="help-commands")
+                if self.notes:
+                    yield Static(Text(self.notes), id="help-notes", classes="help-notes")
 
     def on_mount(self) -> None:
         self.query_one("#help-body").focus()
