@@ -29,6 +29,7 @@ from vlchat.core.errors import VlchatError
 from vlchat.core.text import clean
 from vlchat.ui import themes as theme_files
 from vlchat.ui.slash import SlashCommands
+from vlchat.ui.keys import unknown_keys
 from vlchat.ui.messages import (
     ModelLoaded,
     ModelLoadFailed,
@@ -58,13 +59,15 @@ class VlchatApp(App):
     TITLE = "vlchat"
     COMMANDS = App.COMMANDS | {SlashCommands}
     # The keymap is app-wide; the conversation's keys act on the chat screen ("screen." actions).
+    # All of them are priority bindings: the prompt (a TextArea) has keys of its own (ctrl+y is
+    # its redo, f7 its select-all) and would otherwise take them, remapped keys too.
     BINDINGS = [
         Binding("escape", "screen.stop", "Stop", id="stop", priority=True),
-        Binding("f2", "screen.toggle_preview", "Picture", id="toggle_preview"),
+        Binding("f2", "screen.toggle_preview", "Picture", id="toggle_preview", priority=True),
         Binding("alt+left,f7", "screen.previous_picture", "Prev", id="previous_picture", priority=True),
         Binding("alt+right,f8", "screen.next_picture", "Next", id="next_picture", priority=True),
-        Binding("ctrl+y", "screen.copy", "Copy", id="copy"),
-        Binding("f1", "screen.help", "Help", id="help"),
+        Binding("ctrl+y", "screen.copy", "Copy", id="copy", priority=True),
+        Binding("f1", "screen.help", "Help", id="help", priority=True),
         Binding("ctrl+q", "quit", "Quit", id="quit", priority=True),
     ]
 
@@ -118,6 +121,7 @@ class VlchatApp(App):
         # this app is the running one); until then, what it will be made with.
         self._chat_args = dict(images=images, store=store, session=session, session_notes=session_notes)
         self._image_widgets = image_widgets
+        self.keymap: dict[str, str] = {}  # the [bindings] in force (binding id -> keys)
 
     # -- building ------------------------------------------------------------------------------
     def _register_themes(self) -> None:
@@ -166,8 +170,25 @@ class VlchatApp(App):
                 severity="warning",
                 timeout=8,
             )
+        for name, keys in list(keymap.items()):
+            bad = unknown_keys(keys)
+            if bad:
+                keymap.pop(name)
+                shown = ", ".join(repr(clean(key, keep_newlines=False)) for key in bad)
+                self.notify(
+                    f"bindings: {name} = {clean(keys, keep_newlines=False)!r} names no key ({shown}); {name} keeps its "
+                    "usual key. Keys are written like ctrl+s, alt+left, f3, escape (several: \"escape,ctrl+s\")",
+                    severity="warning",
+                    timeout=8,
+                )
+        self.keymap = keymap
         if keymap:
             self.set_keymap(keymap)
+        self.chat.update_placeholder()  # it names the keys that send
+
+    def bound_keys(self) -> dict[str, str]:
+        """Binding id -> the keys bound to it now (remapped ones as remapped), app and prompt alike."""
+        return {b.id: self.keymap.get(b.id, b.key) for b in [*self.BINDINGS, *PromptArea.BINDINGS] if b.id}
 
     def on_resize(self, event) -> None:
         self._layout_for(event.size.width)
@@ -187,8 +208,12 @@ class VlchatApp(App):
             load_started=self._load_started,
             switching_model=self.switching_model,
             switch_stage=self.switch_stage,
-            width=self.size.width,
+            width=max(1, self.size.width - 2),  # the status row's padding
         )
+
+    def notify(self, message: str, *, title: str = "", severity="information", timeout: float | None = None, markup: bool = False) -> None:
+        # Never markup: messages carry file names, titles and model names ("[red]" is a fine file name).
+        super().notify(message, title=title, severity=severity, timeout=timeout, markup=False)
 
     def notification_texts(self) -> list[str]:
         """The notifications on screen now, oldest first (what a person can read)."""

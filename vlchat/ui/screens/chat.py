@@ -61,6 +61,19 @@ from vlchat.ui.transcript import AnswerView, Transcript, UserView, model_label
 COUNTED_LATER = frozenset({"question", "answer", "stopped", "question returned", "regenerate", "model"})
 
 
+def question_pictures(pending: list[ImageRef], seen: list[ImageRef], shown: ImageRef | None) -> list[ImageRef]:
+    """What goes with a question: ``pending`` (attached since the last question), with ``shown`` (the
+    picture on screen) last, added when it is not the last picture the model saw (``seen``)."""
+    if shown is None:
+        return list(pending)
+    if any(ref.sha256 == shown.sha256 for ref in pending):
+        return [ref for ref in pending if ref.sha256 != shown.sha256] + [shown]
+    last = (seen + list(pending))[-1:]
+    if last and last[0].sha256 == shown.sha256:
+        return list(pending)
+    return [*pending, shown]
+
+
 class ChatScreen(ConversationCommands, PasteHandling, Screen):
     """The app's main (default) screen. Its keys are declared with the app's keymap (``screen.`` actions)."""
 
@@ -145,7 +158,7 @@ class ChatScreen(ConversationCommands, PasteHandling, Screen):
             )
             with Vertical(id="chat"):
                 yield Transcript(id="transcript")
-                yield PromptArea(id="prompt", placeholder="Ask about the picture (Enter sends, ctrl+j new line, /help)")
+                yield PromptArea(id="prompt")
         yield StatusLine(id="status")
         yield KeyFooter()
 
@@ -169,12 +182,13 @@ class ChatScreen(ConversationCommands, PasteHandling, Screen):
 
     def _start(self) -> None:
         self.prompt.focus()
-        self.refresh_pictures()
+        self.refresh_pictures(show_last=True)  # the last of them: the one the first question is about
         if self._start_images:
             self._attach_pictures(list(self._start_images), save=False)
         if self.session is not None:
             self.transcript.render_conversation(self.conversation)
             self._session_opened_notes(self.session, self._session_notes)
+            self._seed_history()
             self.refresh_pictures(show_last=True)
         elif self.settings.system:
             self.transcript.render_conversation(self.conversation)
@@ -240,6 +254,7 @@ class ChatScreen(ConversationCommands, PasteHandling, Screen):
         refs = self.all_pictures()
         pane = self.preview
         pane.set_pictures(refs, len(refs) - 1 if show_last else None)
+        self.update_placeholder()
         # A picture missing from the session is said once, in the transcript; the pane only shows it is gone.
         for ref in refs:
             if ref.sha256 in self._missing and ref.sha256 not in pane.errors:
@@ -294,11 +309,23 @@ class ChatScreen(ConversationCommands, PasteHandling, Screen):
             if message.save:
                 self.request_save("picture")
 
+    def pictures_for_question(self) -> list[ImageRef]:
+        """The pictures that go with a question now: those attached since the last one, and the
+        picture on screen last, since a model answers about the last picture it saw. A picture
+        shown again goes by reference (the same ImageRef: the session keeps one copy)."""
+        return question_pictures(self.pending, self.conversation.images(), self.preview.current)
+
     def action_previous_picture(self) -> None:
         self.preview.step(-1)
+        self.update_placeholder()
 
     def action_next_picture(self) -> None:
         self.preview.step(1)
+        self.update_placeholder()
+
+    def update_placeholder(self) -> None:
+        refs = self.preview.refs
+        self.prompt.set_subject(self.preview.index + 1 if refs else None, len(refs), self.app.bound_keys())
 
     def action_toggle_preview(self) -> None:
         self.preview.toggle_class("-hidden")
@@ -352,9 +379,9 @@ class ChatScreen(ConversationCommands, PasteHandling, Screen):
             self._ask(text)
 
     def _ask(self, text: str) -> None:
-        message = self.conversation.add_user(text.strip(), list(self.pending))
+        message = self.conversation.add_user(text.strip(), self.pictures_for_question())
         self.pending = []
-        self.transcript.add(UserView(message))
+        self.transcript.add(UserView(message, self.conversation))
         self.conversation_changed("question")
         app = self.app
         if app.load_error:
@@ -634,6 +661,7 @@ class ChatScreen(ConversationCommands, PasteHandling, Screen):
             self._missing = set()
         else:
             self._adopt(message.session)
+            self._seed_history()
         self.save_error = None
         self.last_timings = None
         self.last_prompt_tokens = None
@@ -653,6 +681,10 @@ class ChatScreen(ConversationCommands, PasteHandling, Screen):
         self.pending = session.pending_pictures()
         self._missing = {picture.sha256 for picture in session.missing_pictures()}
         self._name_pictures(session)
+
+    def _seed_history(self) -> None:
+        """Up in the prompt reaches the opened session's questions too."""
+        self.prompt.prompt_history.seed([m.text for m in self.conversation.messages if m.role == "user"])
 
     def _name_pictures(self, session: Any) -> None:
         for sha, picture in session.pictures.items():

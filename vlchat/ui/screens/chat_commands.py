@@ -3,6 +3,8 @@ dispatcher that runs a typed command line. App-wide commands (/model, /theme, /q
 
 from __future__ import annotations
 
+import glob
+import os
 import shlex
 from dataclasses import replace
 from pathlib import Path
@@ -12,7 +14,25 @@ from vlchat.core.conversation import Conversation
 from vlchat.core.errors import VlchatError
 from vlchat.core.text import clean
 from vlchat.ui import slash
-from vlchat.ui.prompt import PromptArea
+
+
+def expand_paths(paths: list[str]) -> tuple[list[str], list[str]]:
+    """/image's arguments as files: ``~`` expanded, and a wildcard pattern (``shots/*.png``) as the
+    files it matches, in name order, unless a file has that very name. Also the patterns that matched none."""
+    files, unmatched = [], []
+    for path in paths:
+        expanded = os.path.expanduser(path)
+        if os.path.exists(expanded) or not glob.has_magic(expanded):
+            files.append(expanded)
+            continue
+        found = [p for p in sorted(glob.glob(expanded)) if os.path.isfile(p)]
+        if found:
+            files.extend(found)
+        elif "*" in expanded or "?" in expanded:
+            unmatched.append(path)
+        else:
+            files.append(expanded)  # "[draft].png": a name with brackets, which the loader says is missing
+    return files, unmatched
 
 
 class ConversationCommands:
@@ -53,7 +73,13 @@ class ConversationCommands:
         if not paths:
             self.say("/image needs a path: /image photo.jpg", "error")
             return
-        self._attach_pictures(paths)
+        files, unmatched = expand_paths(paths)
+        for pattern in unmatched:
+            line = f"/image: no file matches {clean(pattern, keep_newlines=False)}"
+            self.transcript.note(line, "error")
+            self.notify(line, severity="error")
+        if files:
+            self._attach_pictures(files)
 
     def command_regenerate(self, _args: str) -> None:
         if not self.conversation.messages or self.conversation.last("user") is None:
@@ -232,11 +258,9 @@ class ConversationCommands:
         self.action_help()
 
     def action_help(self) -> None:
-        keys = []
-        for binding in [*self.app.BINDINGS, *PromptArea.BINDINGS]:
-            keys.append(f"  {binding.key:<20} {binding.description or binding.action}")
-        keys.append(f"  {'ctrl+p':<20} command palette")
         from vlchat.ui.screens.chat_paste import PASTE_HELP
+        from vlchat.ui.screens.help import HelpScreen
 
-        paste = f"{PASTE_HELP}\nHere: {self.graphics.paste.describe()}."
-        self.transcript.note(slash.help_text() + "\nKeys:\n" + "\n".join(keys) + "\n" + paste, "help")
+        if not isinstance(self.app.screen, HelpScreen):
+            paste = f"{PASTE_HELP} Here: {self.graphics.paste.describe()}."
+            self.app.push_screen(HelpScreen(self.app.bound_keys(), notes=paste))
