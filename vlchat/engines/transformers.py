@@ -132,9 +132,7 @@ class TransformersEngine(ModelLoading, PrefixReuse, ChatEngine):
 
     def prepare(self, conversation: Conversation) -> dict[str, Any]:
         """Token ids, pixel values and whatever else the processor makes, on the model's device."""
-        self._require_loaded()
-        if not conversation.messages or conversation.messages[-1].role != "user":
-            raise GenerationError("there is no question to answer", "add a user message first")
+        self.require_question(conversation)
         inputs = apply_template(
             self.processor,
             self.chat_messages(conversation),
@@ -143,6 +141,17 @@ class TransformersEngine(ModelLoading, PrefixReuse, ChatEngine):
             return_dict=True,
             return_tensors="pt",
         )
+        return self.on_device(inputs)
+
+    def require_question(self, conversation: Conversation) -> None:
+        """The model loaded and a question at the end of the conversation: where every family's
+        prepare starts."""
+        self._require_loaded()
+        if not conversation.messages or conversation.messages[-1].role != "user":
+            raise GenerationError("there is no question to answer", "add a user message first")
+
+    def on_device(self, inputs: Any) -> Any:
+        """The processor's output on the model's device, its pixels in the model's dtype."""
         inputs = inputs.to(self.model.device)
         if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
             inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
