@@ -430,7 +430,7 @@ def caption_all(engine, found: list[Found], store: Store, *, args, settings, par
     if on_ray:
         from vlchat.commands.caption_ray import import_ray
 
-        import_ray()  # says how to get it before anything else happens
+        import_ray(args.ray or None)  # says how to get it before anything else happens
     elif servers is None and getattr(engine, "model", None) is None:  # a caller (the benchmark) may hand in a loaded one
         engine.load(loading)
         if err.isatty():

@@ -30,7 +30,16 @@ IN_FLIGHT = 2  # batches queued on a worker: the next is there when the last one
 MAX_TRIES = 3  # workers that may die on one batch before its pictures are recorded as failed
 
 
-def import_ray():
+def import_ray(address: str | None = None):
+    """Ray, imported with the settings it reads as it loads (it reads its auth mode only then)."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    if "RAY_AUTH_MODE" not in os.environ:
+        # A Ray started here asks for Ray's token (made in ~/.ray on first use), as `ray start` does
+        # once one exists; a cluster is joined with that token when there is one.
+        token = os.path.join(os.path.expanduser("~"), ".ray", "auth_token")
+        if not address or os.environ.get("RAY_AUTH_TOKEN") or os.path.exists(os.environ.get("RAY_AUTH_TOKEN_PATH", token)):
+            os.environ["RAY_AUTH_MODE"] = "token"
     try:
         import ray
     except ImportError:
@@ -187,21 +196,20 @@ class Pool:
                 pass
 
 
-def start_ray(ray, address: str | None, err) -> bool:
+def start_ray(ray, address: str | None, workers: int | None) -> bool:
     """Join the cluster at ``address`` (auto, HOST:PORT) or start a local one on 127.0.0.1 only.
     True when this run started it (and so stops it)."""
     import logging
 
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    quiet = {"logging_level": logging.WARNING, "log_to_driver": False, "include_dashboard": False}
+    logging.getLogger("ray").setLevel(logging.ERROR)  # its start-up notes are not the user's business
+    quiet = {"logging_level": logging.ERROR, "log_to_driver": False, "include_dashboard": False}
     if address is None:
-        ray.init(address="local", _node_ip_address="127.0.0.1", num_cpus=usable_cpus(), **quiet)
+        ray.init(address="local", _node_ip_address="127.0.0.1", num_cpus=max(usable_cpus(), workers or 1), **quiet)
         return True
     quiet.pop("include_dashboard")
     try:
         ray.init(address=address, **quiet)
-    except (ConnectionError, RuntimeError, ValueError) as error:
+    except Exception as error:  # noqa: BLE001 - Ray says why in its own words: one line of them
         raise InputError(f"could not join the Ray cluster at {clean(address, keep_newlines=False)}: "
                          f"{clean(str(error), keep_newlines=False)[:200]}",
                          "start one with `ray start --head`, then give its address (HOST:PORT) or auto") from None
@@ -240,8 +248,8 @@ def run_on_ray(messages: Iterator[tuple[str, Any]], record, progress, stop, *, s
     from vlchat.engines.base import GenerationError
     from vlchat.engines.batch import Caption
 
-    ray = import_ray()
-    started_here = start_ray(ray, address, progress.err)
+    ray = import_ray(address)
+    started_here = start_ray(ray, address, workers)
     pool: Pool | None = None
     try:
         count, gpus_each, threads = plan_workers(ray, settings, workers, gpus_per_worker)
@@ -334,6 +342,8 @@ def _drive(ray, pool: Pool, messages, record, progress, stop, greeting, prompt, 
                     host, pid, device = ray.get(ref, timeout=0)
                     worker.where = f"{host}, pid {pid}, {device}"
                     progress.say(f"vlchat: Ray worker {worker.number} ready on {clean(worker.where, keep_newlines=False)}")
+                    if not any(w.done for w in pool.workers):  # the rate counts captioning, not Ray's start
+                        progress.tally.started = time.perf_counter()
                 except (RayActorError, WorkerCrashedError, GetTimeoutError):
                     pass  # seen again with its first batch
                 except RayTaskError as error:
