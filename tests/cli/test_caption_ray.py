@@ -137,6 +137,7 @@ def test_a_ray_vlchat_starts_gives_the_captions_of_a_run_without_ray(pictures, t
     assert len(records(out)) == 40
 
 
+@pytest.mark.timeout(240)
 def test_joined_cluster_stopped_three_ways_and_run_again_has_one_record_a_picture(pictures, cluster, tmp_path):
     folder, plain = pictures
     out = tmp_path / "joined.jsonl"
@@ -172,7 +173,7 @@ def test_joined_cluster_stopped_three_ways_and_run_again_has_one_record_a_pictur
     assert sorted(row["path"] for row in rows) == sorted(plain), "each picture exactly once"
     assert captions(out) == plain
     assert f"{len(second)} already done" in said
-    if True:  # it had pictures in hand when it died (it always does unless the run was all but over)
+    if len(second) < 38:  # it had pictures in hand when it died (it always does unless the run was all but over)
         assert "Ray worker 1" in said and "go to another" in said, said
 
 

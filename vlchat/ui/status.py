@@ -52,6 +52,7 @@ class StatusState:
     last_timings: Timings | None = None
     temperature: float | None = None
     answering: bool = False
+    job: str = ""  # a /caption job's progress
     width: int = 120
 
 
@@ -80,6 +81,8 @@ def status_text(state: StatusState) -> Text:
     text.append("  " + " · ".join(clean(str(f), keep_newlines=False) for f in _fields(state)))
     if state.answering:
         text.append("  answering… Esc stops", style="italic")
+    if state.job:
+        text.append(f"  {clean(state.job, keep_newlines=False)}", style="italic")
     if state.switching_model:
         text.append(f"  loading {model_label(state.switching_model)}: {state.switch_stage}…", style="italic")
     return text
