@@ -86,7 +86,7 @@ def test_a_server_that_dies_mid_run_loses_nothing(two_servers, tmp_path):
     err = tmp_path / "err.txt"
     process = subprocess.Popen(
         [*vlchat_command(), "caption", str(tmp_path / "pics"), "-o", str(out), "--endpoint", a.url, "--endpoint", b.url,
-         "--model", "demo", "--concurrency", "1", "--max-new-tokens", "16"],
+         "--model", "demo", "--concurrency", "1", "--max-new-tokens", "16", "--token-timeout", "10"],
         stdout=subprocess.DEVNULL, stderr=err.open("w"), env=dict(os.environ, HF_HUB_OFFLINE="1"),
     )
     try:
