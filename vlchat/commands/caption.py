@@ -472,7 +472,7 @@ def caption_all(engine, found: list[Found], store: Store, *, args, settings, par
 
     reader = Reader(found, store, model, prompt, group=batch_size if batching or on_ray else 1,
                     retry_errors=args.retry_errors, limit=limit, stop=stop, prepare=prepare,
-                    workers=decode_workers(engine, remote or on_ray))
+                    workers=max(1, min(4, usable_cores() - 1)) if on_ray else decode_workers(engine, remote))
 
     failing = [0]  # pictures in a row the model or server failed on
 

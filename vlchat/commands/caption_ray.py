@@ -222,11 +222,16 @@ def usable_cpus() -> int:
     return max(1, usable_cores())
 
 
-def plan_workers(ray, settings, workers: int | None, gpus_per_worker: float | None) -> tuple[int, float, int]:
-    """(workers, GPUs each, CPU threads each) from what the cluster has and what was asked."""
+def plan_workers(ray, settings, workers: int | None, gpus_per_worker: float | None,
+                 driver_here: bool = False) -> tuple[int, float, int]:
+    """(workers, GPUs each, CPU threads each) from what the cluster has and what was asked. On a
+    Ray started here, one core is left to the driver (it reads and hashes the pictures): torch's
+    threads spin while they wait for each other, and one sharing its core stalls every step."""
     resources = ray.cluster_resources()
     gpus = float(resources.get("GPU", 0))
     cpus = int(resources.get("CPU", 1))
+    if driver_here and cpus > 1:
+        cpus -= 1
     on_gpu = gpus > 0 and settings.device not in ("cpu", "mps")
     if gpus_per_worker is not None and not on_gpu:
         raise InputError("--gpus-per-worker was given, but the Ray cluster has no GPU" if gpus == 0 else
@@ -252,7 +257,7 @@ def run_on_ray(messages: Iterator[tuple[str, Any]], record, progress, stop, *, s
     started_here = start_ray(ray, address, workers)
     pool: Pool | None = None
     try:
-        count, gpus_each, threads = plan_workers(ray, settings, workers, gpus_per_worker)
+        count, gpus_each, threads = plan_workers(ray, settings, workers, gpus_per_worker, driver_here=started_here)
         remote = ray.remote(num_cpus=0 if gpus_each else threads, num_gpus=gpus_each)(CaptionWorker)
         pool = Pool(ray, lambda: remote.remote(settings, threads or None))
         for _ in range(count):
