@@ -143,6 +143,12 @@ def test_joined_cluster_stopped_three_ways_and_run_again_has_one_record_a_pictur
     out = tmp_path / "joined.jsonl"
     args = [folder, "-o", out, "--ray", cluster, "--workers", "2", "--batch-size", "1", *FAST]
 
+    # more workers than the cluster can place: one line, before any picture is handed out
+    too_many = subprocess.run([*vlchat_command(), "caption", str(folder), "-o", str(out), "--ray", cluster, "--workers", "3", *FAST],
+                              capture_output=True, text=True, timeout=60, env=env(tmp_path))
+    assert too_many.returncode != 0 and "3 CPU workers need 3 CPUs, and the Ray cluster has 2" in too_many.stderr
+    assert "Traceback" not in too_many.stderr and records(out) == []
+
     # Ctrl-C once the first records are in: the cluster's work stops, the file is whole, exit 130
     process, err = start(args, tmp_path, "sigint")
     wait_for(lambda: len(records(out)) >= 2, process)

@@ -185,7 +185,8 @@ class Pool:
         return [w for w in self.workers if not w.dead]
 
     def free(self) -> Worker | None:
-        ready = [w for w in self.alive() if w.in_flight < IN_FLIGHT]
+        # Only a worker that has said it is ready: one Ray cannot place would hold its batches forever.
+        ready = [w for w in self.alive() if w.where != "starting" and w.in_flight < IN_FLIGHT]
         return min(ready, key=lambda w: w.in_flight) if ready else None
 
     def stop(self) -> None:
@@ -229,7 +230,7 @@ def plan_workers(ray, settings, workers: int | None, gpus_per_worker: float | No
     threads spin while they wait for each other, and one sharing its core stalls every step."""
     resources = ray.cluster_resources()
     gpus = float(resources.get("GPU", 0))
-    cpus = int(resources.get("CPU", 1))
+    cpus = slots = int(resources.get("CPU", 1))
     if driver_here and cpus > 1:
         cpus -= 1
     on_gpu = gpus > 0 and settings.device not in ("cpu", "mps")
@@ -240,8 +241,14 @@ def plan_workers(ray, settings, workers: int | None, gpus_per_worker: float | No
     if on_gpu:
         each = gpus_per_worker or 1.0
         count = workers or max(1, int(gpus // each))
+        if count * each > gpus:
+            raise InputError(f"{count} workers of {each:g} GPU need {count * each:g} GPUs, and the Ray cluster has {gpus:g}",
+                             "ask for fewer with --workers, or add GPUs to the cluster")
         return count, each, 0
     count = workers or 1
+    if count > slots:
+        raise InputError(f"{count} CPU workers need {count} CPUs, and the Ray cluster has {slots}",
+                         f"give --workers {slots} or fewer, or add machines to the cluster")
     return count, 0.0, max(1, cpus // count)
 
 
@@ -296,7 +303,8 @@ def _drive(ray, pool: Pool, messages, record, progress, stop, greeting, prompt, 
             progress.say(f"vlchat: Ray worker {worker.number} ({worker.where}) stopped ({why}); "
                          f"its {len(task.items)} pictures go to another")
             if pool.deaths <= 2 * len(pool.workers):  # a replacement, unless workers keep dying
-                pool.add()
+                new = pool.add()
+                greeting[new.actor.hello.remote()] = new
         for other_ref, other in list(running.items()):
             if other.worker is worker:
                 running.pop(other_ref)
@@ -334,7 +342,7 @@ def _drive(ray, pool: Pool, messages, record, progress, stop, greeting, prompt, 
             running[ref] = Task(worker, items, tries)
         if exhausted and not pending and not running:
             return
-        if not pool.alive():
+        if not pool.alive() and not greeting:
             raise GenerationError("every Ray worker stopped", "look at the cluster's logs (ray logs), then run the same command again")
         waiting = list(running) + list(greeting)
         if not waiting:
@@ -349,8 +357,13 @@ def _drive(ray, pool: Pool, messages, record, progress, stop, greeting, prompt, 
                     progress.say(f"vlchat: Ray worker {worker.number} ready on {clean(worker.where, keep_newlines=False)}")
                     if not any(w.done for w in pool.workers):  # the rate counts captioning, not Ray's start
                         progress.tally.started = time.perf_counter()
-                except (RayActorError, WorkerCrashedError, GetTimeoutError):
-                    pass  # seen again with its first batch
+                except (RayActorError, WorkerCrashedError, GetTimeoutError) as error:
+                    worker.dead = True  # died as it started: a replacement, unless workers keep dying
+                    pool.deaths += 1
+                    progress.say(f"vlchat: Ray worker {worker.number} stopped as it started ({type(error).__name__})")
+                    if pool.deaths <= 2 * len(pool.workers):
+                        new = pool.add()
+                        greeting[new.actor.hello.remote()] = new
                 except RayTaskError as error:
                     raise GenerationError(f"a Ray worker could not load the model: {_cause(error)}",
                                           "check the model on the workers, then run the same command again") from None
