@@ -191,8 +191,7 @@ def test_without_ray_the_option_says_how_to_get_it(tmp_path, run_vlchat):
     result = run_vlchat("caption", tmp_path / "pics", "-o", tmp_path / "out.jsonl", "--ray", *FAST,
                         env={"PYTHONPATH": str(tmp_path / "no-ray")})
     assert result.returncode != 0
-    assert result.stderr.strip().splitlines()[-1] == (
-        "vlchat: error: --ray needs Ray, which is not installed. Install it with: pip install 'vlchat[ray]'."
-    ) or "pip install 'vlchat[ray]'" in result.stderr.strip().splitlines()[-1]
+    last = result.stderr.strip().splitlines()[-1]
+    assert "--ray needs Ray, which is not installed" in last and "pip install 'vlchat[ray]'" in last, result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "out.jsonl").exists() or records(tmp_path / "out.jsonl") == []
