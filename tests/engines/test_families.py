@@ -222,6 +222,9 @@ def test_real_files_give_the_cards_input_ids_one_bos_and_the_same_answers_with_r
             text_a, text_b = "".join(a), "".join(b)
             assert text_a == text_b and a.stats.tokens == GREEDY.max_new_tokens, question
             cached.append(a.stats.cached_tokens)
+            # the earlier turns' pictures are in the reused prefix, not encoded again
+            spans = reuse.picture_runs(ids, ours)
+            assert all(runs[-1][1] <= a.stats.cached_tokens for runs in spans[: len(spans) - bool(shot)])
             with_reuse.add_assistant(text_a, model=family)
             without.add_assistant(text_b, model=family)
             messages.append({"role": "assistant", "content": [{"type": "text", "text": text_a}]})
