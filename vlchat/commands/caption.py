@@ -743,9 +743,3 @@ def _run_remote(engine, reader, record, progress, tally, prompt, params, system,
         except BaseException:
             stop.set()  # the other requests stop too, then the error goes up
             raise
-
-
-# Public names for the other caption modules (caption_ray, caption_scale) and the app's /caption.
-per_picture_error = _per_picture_error
-error_line = _line
-picture_ref = _ref

@@ -87,7 +87,7 @@ class CaptionWorker:
         return results
 
     def _run(self, indexes, pictures, prompt, system, params, results) -> None:
-        from vlchat.commands.caption import error_line, per_picture_error
+        from vlchat.commands.caption_common import error_line, per_picture_error
         from vlchat.engines.base import OutOfMemoryError
         from vlchat.engines.batch import caption_one_by_one, generate_batch, prepare_batch
 
@@ -395,6 +395,6 @@ def _drive(ray, pool: Pool, messages, record, progress, stop, greeting, prompt, 
 
 def _cause(error) -> str:
     cause = getattr(error, "cause", None) or error
-    from vlchat.commands.caption import error_line
+    from vlchat.commands.caption_common import error_line
 
     return error_line(cause)

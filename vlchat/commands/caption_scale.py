@@ -120,7 +120,7 @@ class Servers:
     def run(self, messages, record, progress, stop, *, prompt, params, system, concurrency) -> None:
         from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
-        from vlchat.commands.caption import MAX_FAILING, error_line, per_picture_error, picture_ref
+        from vlchat.commands.caption_common import MAX_FAILING, error_line, per_picture_error, picture_ref
         from vlchat.core.conversation import Conversation
         from vlchat.core.images import ImageError
         from vlchat.engines.base import GenerationError
@@ -233,7 +233,7 @@ def open_servers(settings, endpoints: list[str], loading) -> Servers:
         try:
             engine.load(loading)
         except Exception as error:  # noqa: BLE001 - the others may be up
-            from vlchat.commands.caption import error_line
+            from vlchat.commands.caption_common import error_line
 
             first_error = first_error or error
             notes.append(f"vlchat: {shown} left out: {clean(error_line(error), keep_newlines=False)}")
