@@ -23,6 +23,7 @@ def own_data_dir(tmp_path, monkeypatch):
     """Every app saves its conversations: tests keep them in their own folder, never the person's."""
     folder = tmp_path / "data"
     monkeypatch.setenv("XDG_DATA_HOME", str(folder))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the model process's log, say
     monkeypatch.delenv("VLCHAT_SESSIONS_DIR", raising=False)
     return folder
 

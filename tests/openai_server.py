@@ -474,7 +474,7 @@ class _Handler(BaseHTTPRequestHandler):
                          "total_tokens": (stream.stats.prompt_tokens or 0) + stream.stats.tokens}
                 if model == "demo-bad-usage":
                     usage = {"prompt_tokens": 10**15, "completion_tokens": -7, "total_tokens": -1}
-                self.event(chunk({"role": "assistant", "content": ""} if ollama else {"content": ""}, finish="stop"))
+                self.event(chunk({"role": "assistant", "content": ""} if ollama else {"content": ""}, finish=stream.stats.finish()))
                 if include_usage:
                     self.event(chunk(None, usage=usage))
                 self.event("[DONE]")

@@ -186,7 +186,28 @@ def load_settings(
         flag = "--" + name.replace("_", "-")
         setattr(settings, name, _coerce(name, value, flag))
         sources[name] = f"flag {flag}"
+    remembered = remembered_theme()
+    if remembered and not sources["theme"].startswith(("flag", "$")):
+        # The app's /theme remembers its choice; it wins over the config file, not over a flag or $VLCHAT_THEME.
+        settings.theme = remembered
+        sources["theme"] = f"chosen with /theme, remembered in {state_file()}"
     return settings, sources
+
+
+def state_file() -> Path:
+    """Where the app remembers choices made in it (the theme)."""
+    return config_dir() / "state.json"
+
+
+def remembered_theme() -> str | None:
+    import json
+
+    try:
+        data = json.loads(state_file().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    theme = data.get("theme") if isinstance(data, dict) else None
+    return clean(theme, keep_newlines=False) if isinstance(theme, str) and theme.strip() else None
 
 
 # A query parameter whose name says it holds a credential (?api_key=, ?token=, ?sig=, ?password=...).

@@ -1,5 +1,6 @@
 """Every screen pinned as SVG snapshots (pytest-textual-snapshot), half-block pictures forced: the
-main screen (wide and narrow), /help, the model picker, the session picker and the delete question.
+main screen (wide and narrow), the help screen, the status line and footer at 60, 80, 100 and 120
+columns, the model picker, the session picker and the delete question.
 
 The pinned state is the loaded demo model before any answer, so nothing varies between runs: no
 timings, no clock, and the memory figure is the demo model's fixed footprint. The model picker reads
@@ -63,13 +64,33 @@ def example_store(tmp_path, monkeypatch):
     time.tzset()
 
 
-def test_help(snap_compare, demo_engine):
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)], ids=["80x24", "120x40"])
+def test_help(snap_compare, demo_engine, size):
     async def run_before(pilot):
         await _settled(pilot)
         pilot.app.chat.run_command_line("/help")
+        await until(pilot, lambda: pilot.app.screen.id == "help")
         await settle(pilot)
 
-    assert snap_compare(demo_app(demo_engine), terminal_size=(80, 24), run_before=run_before)
+    assert snap_compare(demo_app(demo_engine), terminal_size=size, run_before=run_before)
+
+
+@pytest.mark.parametrize("width", [60, 80, 100, 120])
+def test_status_line_and_footer(snap_compare, demo_engine, width):
+    """After an answer (its figures pinned), with the temperature set: what fits at each width."""
+    from dataclasses import replace
+
+    from vlchat.core.conversation import Timings
+
+    async def run_before(pilot):
+        await _settled(pilot)
+        chat = pilot.app.chat
+        chat.params = replace(chat.params, temperature=0.7)
+        chat.last_timings, chat.last_tokens = Timings(first_token_s=0.08, total_s=1.2, tokens_per_s=82.0), 24
+        chat.update_status()
+        await settle(pilot)
+
+    assert snap_compare(demo_app(demo_engine), terminal_size=(width, 24), run_before=run_before)
 
 
 def test_model_picker(snap_compare, demo_engine, tmp_path, monkeypatch):

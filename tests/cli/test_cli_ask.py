@@ -193,3 +193,30 @@ def test_ctrl_c_stops_at_once_with_130_and_no_traceback(endless_model, tmp_path)
     assert process.returncode == 130, err
     assert elapsed < 5
     assert b"Traceback" not in err and b"stopped" in err
+
+
+def test_json_says_why_the_answer_ended(run_vlchat, endless_model, tmp_path):
+    finished = run_vlchat("ask", RED_CIRCLE, "What colour is the shape?", "--json")
+    assert finished.returncode == 0, finished.stderr
+    assert json.loads(finished.stdout)["finish_reason"] == "stop"
+
+    cut = run_vlchat("ask", RED_CIRCLE, "Describe the picture.", "--model", endless_model, "--max-new-tokens", "5", "--json")
+    assert cut.returncode == 0, cut.stderr
+    record = json.loads(cut.stdout)
+    assert record["finish_reason"] == "length" and record["tokens"] == 5 and record["stopped"] is False
+
+    # A model whose context fills up before --max-new-tokens: cut too, and the note says why.
+    import shutil
+
+    small = tmp_path / "small-context"
+    shutil.copytree(endless_model, small)
+    config = json.loads((small / "config.json").read_text())
+    config["text_config"]["max_position_embeddings"] = 96
+    (small / "config.json").write_text(json.dumps(config))
+    full = run_vlchat("ask", RED_CIRCLE, "Describe the picture.", "--model", small, "--max-new-tokens", "500", "--json")
+    assert full.returncode == 0, full.stderr
+    record = json.loads(full.stdout)
+    assert record["finish_reason"] == "length" and 0 < record["tokens"] < 96
+    assert "context (96 tokens) is full" in record["notice"]
+    plain = run_vlchat("ask", RED_CIRCLE, "Describe the picture.", "--model", small, "--max-new-tokens", "500")
+    assert plain.returncode == 0 and "context (96 tokens) is full" in plain.stderr

@@ -273,3 +273,13 @@ def test_a_session_records_the_endpoint_not_the_key_and_resumes_on_the_server(vl
         exported = vlchat("export", folder, "-o", out, env=env)
         assert exported.returncode == 0, exported.stderr
         assert f"- **Server:** {server.url}" in out.read_text() and KEY not in out.read_text()
+
+
+def test_ask_json_says_why_the_servers_answer_ended(vlchat, openai_server):
+    cut = vlchat("ask", RED_CIRCLE, "Describe the picture.", "--endpoint", openai_server.url, "--model", "demo-endless",
+                 "--max-new-tokens", "5", "--json")
+    assert cut.returncode == 0, cut.stderr
+    assert json.loads(cut.stdout)["finish_reason"] == "length"
+    done = vlchat("ask", RED_CIRCLE, "What colour is the shape?", "--endpoint", openai_server.url, "--model", "demo", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["finish_reason"] == "stop"

@@ -353,3 +353,30 @@ def test_the_app_against_a_server_streams_stops_and_resumes_there(terminal, shap
     assert "Traceback" not in terminal.history()
     saved = json.loads(next(sessions.glob("*/session.json")).read_text())
     assert saved["model"]["endpoint"] == openai_server.url and saved["model"]["name"] == "demo"
+
+
+@pytest.mark.parametrize("size", [(80, 24), (100, 24)], ids=["80x24", "100x24"])
+def test_keys_in_a_real_terminal_with_the_prompt_focused(terminal, shape_picture, size):
+    """ctrl+y, F1 and Up as a terminal sends them, the prompt focused; the status line and the
+    footer fit the window whole."""
+    width, height = size
+    terminal.start(f"--model demo --image-protocol halfblock {shlex.quote(str(shape_picture))}", width=width, height=height)
+    terminal.wait_for(ready, what="the picture and the loaded model")
+    terminal.type("What colour is the shape?")
+    terminal.keys("Enter")
+    # the status line takes in the answer's figures once it has ended
+    screen = terminal.wait_for(lambda s: "is red" in s and "tok/s" in s.splitlines()[-2], what="the answer, ended")
+    status, footer = screen.splitlines()[-2:]
+    assert len(status.rstrip()) <= width and "ctx " in status and "tok/s" in status
+    assert footer.rstrip().endswith("^p palette") and "f1 Help" in footer
+    terminal.keys("C-y")
+    terminal.wait_for(lambda s: "Copied the last answer" in s, timeout=10, what="ctrl+y to copy")
+    terminal.keys("F1")
+    terminal.wait_for(lambda s: "Esc closes" in s and "Tab or →" in s, timeout=10, what="the help screen")
+    terminal.keys("Escape")
+    terminal.wait_for(lambda s: "Esc closes" not in s, timeout=10, what="the help screen to close")
+    terminal.keys("Up")
+    terminal.wait_for(lambda s: "▊ What colour is the shape?" in s, timeout=10, what="the question back from the history")
+    terminal.keys("C-q")
+    terminal.wait_for(lambda s: "vlchat exited 0" in s, timeout=30, what="vlchat to exit")
+    assert "Traceback" not in terminal.history()

@@ -8,6 +8,7 @@ outlives the app, and a switch ends the old one.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 import signal
 import subprocess
 import sys
@@ -146,10 +147,13 @@ def test_a_crashed_model_process_is_one_line(endless_model, picture):
     with pytest.raises(ModelProcessError) as error:
         for _piece in stream:
             pass
+    # The log is in the cache folder, named, and kept; its last lines were warnings, which say nothing.
+    log = Path(os.environ["XDG_CACHE_HOME"]) / "vlchat" / "model-process.log"
     assert str(error.value) == (
-        "the model's process ended unexpectedly (killed by signal 9; the machine may have run out of memory). "
-        f"Load it again with /model {endless_model}."
+        "the model's process ended unexpectedly (killed by signal 9; the machine may have run out of memory); "
+        f"its log is {log}. Load it again with /model {endless_model}."
     )
+    assert log.is_file() and "vlchat model process" in log.read_text()
     assert stream.text and not engine.alive
     engine.unload()
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from vlchat.core.conversation import Conversation, GenerationParams, ImageRef, Message, Timings
+from vlchat.core.conversation import Conversation, GenerationParams, ImageRef, Message, Timings, how_it_ended
 from vlchat.core.errors import InputError
 
 pytestmark = pytest.mark.timeout(30)
@@ -86,3 +86,22 @@ def test_bad_generation_params_are_refused_with_one_line(params, words):
         params.validate()
     assert words in str(caught.value) and "\n" not in str(caught.value)
     assert caught.value.exit_code == 2
+
+
+def test_why_an_answer_ended_is_kept_and_older_answers_still_load():
+    c = Conversation()
+    c.add_user("Describe it.")
+    c.add_assistant("A red circle on", model="demo", tokens=512, finish_reason="length")
+    again = Conversation.from_dict(json.loads(json.dumps(c.to_dict())))
+    assert again.messages[1].finish_reason == "length"
+    assert how_it_ended(again.messages[1]) == "cut at 512 tokens"
+    # Written before the finish reason was recorded: a stopped answer reads as stopped, others as unknown.
+    old = {"messages": [
+        {"role": "user", "text": "q", "created": 1.0},
+        {"role": "assistant", "text": "The sha", "created": 2.0, "model": "demo", "stopped": True, "tokens": 2},
+        {"role": "assistant", "text": "Done.", "created": 3.0, "model": "demo", "stopped": False, "tokens": 2},
+    ]}
+    stopped, finished = Conversation.from_dict(old).messages[1:]
+    assert stopped.finish_reason == "stopped" and how_it_ended(stopped) == "stopped"
+    assert finished.finish_reason is None and how_it_ended(finished) is None
+

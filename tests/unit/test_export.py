@@ -199,3 +199,23 @@ def test_unanswered_question_is_said_so(tmp_path):
     export_markdown(session, tmp_path / "t.md")
     assert "Killed before the answer?\n\n*(no answer was saved for this question)*" in (tmp_path / "t.md").read_text()
     session.close()
+
+
+def test_answers_cut_at_the_token_limit_or_ended_by_an_error_are_marked(tmp_path):
+    store = SessionStore(tmp_path / "sessions")
+    session = store.create(model={"name": "demo"})
+    session.conversation.add_user("Describe the picture.")
+    session.conversation.add_assistant("A red circle on a blue", model="demo", tokens=512, finish_reason="length")
+    session.conversation.add_user("Again?")
+    session.conversation.add_assistant("A red", model="demo", stopped=True, tokens=2, finish_reason="error")
+    session.conversation.add_user("Once more?")
+    session.conversation.add_assistant("A red circle.", model="demo", tokens=5, finish_reason="stop")
+    session.save()
+    out = tmp_path / "cut.md"
+    export_markdown(session, out)
+    text = out.read_text()
+    assert "A red circle on a blue\n\n*(cut at 512 tokens)*" in text
+    assert "A red\n\n*(ended by an error)*" in text
+    assert "stopped before the end" not in text  # an error is not the person's stop
+    assert "A red circle.\n\n---" in text  # a finished answer has no mark
+    session.close()

@@ -19,10 +19,11 @@ def test_every_command_has_its_handler_where_the_table_says():
 
 
 def test_help_lists_every_command_with_its_arguments_in_table_order():
-    lines = slash.help_text().splitlines()
-    usages = [line.split()[0] for line in lines[1:-1]]
+    rows = slash.help_rows()
+    usages = [usage.split()[0] for usage, _ in rows[:-1]]
     assert usages == [f"/{name}" for name in slash.COMMANDS]
-    assert any(line.strip().startswith("/set temperature|top_p|max_tokens|seed VALUE") for line in lines)
+    assert ("/set temperature|top_p|max_tokens|seed VALUE", "change how answers are sampled") in rows
+    assert rows[-1][0] == "//TEXT"
 
 
 def test_completion_comes_from_the_table():

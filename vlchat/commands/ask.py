@@ -169,7 +169,7 @@ def _ask(args, settings, engine, pictures, question, session) -> int:
     stream = engine.stream(conversation, params, cancel)
     out = sys.stdout
 
-    def keep_answer(stopped: bool) -> None:
+    def keep_answer(stopped: bool, error: bool = False) -> None:
         if session is None:
             return
         stats = stream.stats
@@ -181,6 +181,7 @@ def _ask(args, settings, engine, pictures, question, session) -> int:
                 stopped=stopped or stats.stopped,
                 tokens=stats.tokens,
                 timings=stats.timings(),
+                finish_reason="stopped" if cancel.is_set() else stats.finish(error=error),
             )
             session.save()
 
@@ -194,7 +195,7 @@ def _ask(args, settings, engine, pictures, question, session) -> int:
             out.write("\n")  # the partial answer stays on screen; the error line follows it
             out.flush()
         if stream.text:
-            keep_answer(True)
+            keep_answer(True, error=True)
         raise
     finally:
         signal.signal(signal.SIGINT, previous)
@@ -229,6 +230,7 @@ def _ask(args, settings, engine, pictures, question, session) -> int:
             "total_s": timings.total_s,
             "tokens_per_s": timings.tokens_per_s,
             "stopped": stream.stats.stopped,
+            "finish_reason": stream.stats.finish(),
             "notice": notice,
         }
         if session is not None:

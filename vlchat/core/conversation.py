@@ -12,6 +12,9 @@ from typing import Any, Iterator, Literal
 
 Role = Literal["system", "user", "assistant"]
 ROLES: tuple[str, ...] = ("system", "user", "assistant")
+# Why an answer ended: the model finished it, it was cut at the token limit (or a full context),
+# the person stopped it, or an error ended it (the text is what had arrived).
+FINISH_REASONS: tuple[str, ...] = ("stop", "length", "stopped", "error")
 
 
 @dataclass(frozen=True)
@@ -114,12 +117,16 @@ class Message:
     stopped: bool = False
     tokens: int | None = None
     timings: Timings | None = None
+    # One of FINISH_REASONS; None for an answer saved before vlchat recorded it.
+    finish_reason: str | None = None
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
             raise ValueError(f"unknown role {self.role!r}")
         if self.images and self.role != "user":
             raise ValueError("only user messages carry pictures")
+        if self.finish_reason is None and self.stopped and self.role == "assistant":
+            self.finish_reason = "stopped"  # said the old way (or by a caller that knows only that)
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"role": self.role, "text": self.text, "created": self.created}
@@ -131,12 +138,17 @@ class Message:
             data["stopped"] = self.stopped
             data["tokens"] = self.tokens
             data["timings"] = self.timings.to_dict() if self.timings else None
+            data["finish_reason"] = self.finish_reason or ("stopped" if self.stopped else None)
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Message":
         params = data.get("params")
         timings = data.get("timings")
+        stopped = bool(data.get("stopped", False))
+        finish = data.get("finish_reason")
+        if finish not in FINISH_REASONS:  # older sessions say only whether the answer was stopped
+            finish = ("stopped" if stopped else None) if data.get("role") == "assistant" else None
         return cls(
             role=data["role"],
             text=str(data.get("text", "")),
@@ -144,10 +156,24 @@ class Message:
             created=float(data.get("created", 0.0)),
             model=data.get("model"),
             params=GenerationParams.from_dict(params) if params else None,
-            stopped=bool(data.get("stopped", False)),
+            stopped=stopped,
             tokens=data.get("tokens"),
             timings=Timings.from_dict(timings) if timings else None,
+            finish_reason=finish,
         )
+
+
+def how_it_ended(message: Message) -> str | None:
+    """In words, why an answer did not reach its own end ("cut at 512 tokens", "stopped", "ended by
+    an error"); None for an answer the model finished. The app, the export and `ask` say it alike."""
+    reason = message.finish_reason or ("stopped" if message.stopped else None)
+    if reason == "length":
+        return f"cut at {message.tokens} tokens" if message.tokens else "cut at the token limit"
+    if reason == "stopped":
+        return "stopped"
+    if reason == "error":
+        return "ended by an error"
+    return None
 
 
 @dataclass
@@ -184,6 +210,7 @@ class Conversation:
         stopped: bool = False,
         tokens: int | None = None,
         timings: Timings | None = None,
+        finish_reason: str | None = None,
     ) -> Message:
         message = Message(
             "assistant",
@@ -193,6 +220,7 @@ class Conversation:
             stopped=stopped,
             tokens=tokens,
             timings=timings,
+            finish_reason=finish_reason,
         )
         self.messages.append(message)
         return message

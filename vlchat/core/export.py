@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
-from vlchat.core.conversation import GenerationParams, Message
+from vlchat.core.conversation import GenerationParams, Message, how_it_ended
 from vlchat.core.errors import InputError
 from vlchat.core.safe_files import atomic_write, shown_path
 from vlchat.core.session_folder import Session
@@ -162,8 +162,9 @@ def render(session: Session, assets_link: str, asset_names: dict[str, str], miss
             if message.params and message.params != session.params:
                 lines += [f"*Parameters: {_params(message.params)}*", ""]
             lines.append(_text(message.text) or "*(empty answer)*")
-            if message.stopped:
-                lines += ["", "*(stopped before the end of the answer)*"]
+            ended = how_it_ended(message)
+            if ended:
+                lines += ["", f"*({ended} before the end of the answer)*" if ended == "stopped" else f"*({ended})*"]
     pending = [sha for sha in asset_names if sha not in {r.sha256 for r in session.conversation.images()}]
     if pending:
         lines += ["", "---", "", "## Pictures attached but not asked about yet", ""]

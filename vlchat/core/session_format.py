@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from vlchat.core.conversation import GenerationParams
+from vlchat.core.conversation import FINISH_REASONS, GenerationParams
 from vlchat.core.safe_files import StrPath, is_link_error, read_file_nofollow, shown_path
 from vlchat.core.session_errors import SessionDamagedError, SessionNotFoundError, SessionTooNewError
 from vlchat.core.text import clean
@@ -255,6 +255,8 @@ def _check_message(value: Any, where: str) -> None:
         _check_params(message["params"], f"{where}.params")
     if "stopped" in message and not isinstance(message["stopped"], bool):
         _fail(f"{where}.stopped", f"{_brief(message['stopped'])} is not true or false")
+    if message.get("finish_reason") is not None and message["finish_reason"] not in FINISH_REASONS:
+        _fail(f"{where}.finish_reason", f"{_brief(message['finish_reason'])} is not one of {', '.join(FINISH_REASONS)}")
     if "tokens" in message:
         _integer(message, "tokens", f"{where}.tokens", 0, INT_MAX, null=True)
     if message.get("timings") is not None:

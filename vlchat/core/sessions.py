@@ -222,8 +222,10 @@ def _check_pictures(session: Session, pictures_data: dict[str, Any], raw_message
         message.images = [session._runtime_ref(session.pictures[ref.sha256]) for ref in message.images]
     for picture in session.missing_pictures():
         if picture.sha256 not in session._refused:
+            came_from = f" (it came from {_show(picture.source)})" if picture.source else ""
             session.problems.append(
-                f"the picture {picture.name} is missing from the session ({picture.file}); the rest of the conversation is intact"
+                f"the picture {picture.name} is missing from the session folder ({picture.file}); the conversation "
+                f"goes on without it. Attach it again to show it to the model{came_from}"
             )
 
 

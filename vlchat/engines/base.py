@@ -103,6 +103,19 @@ class StreamStats:
     # the app shows it under the answer.
     notice: str | None = None
     cached_tokens: int = 0  # prompt tokens taken from the previous turn's cache, not computed again
+    # Why the answer ended, as the engine knows it: "stop" (the model finished), "length" (cut at
+    # the token limit or a full context), "stopped" (the caller's cancel); None: not known here.
+    finish_reason: str | None = None
+    context_full: bool = False  # "length" because the context was full, not the max_new_tokens asked for
+
+    def finish(self, error: bool = False) -> str:
+        """The finish reason to report: "error" when the answer failed, else what the engine said
+        (an engine that cannot tell says "stopped" when stopped and "stop" otherwise)."""
+        if error:
+            return "error"
+        if self.stopped:
+            return "stopped"
+        return self.finish_reason or "stop"
 
     def timings(self) -> Timings:
         end = self.finished_at or time.perf_counter()

@@ -1076,6 +1076,8 @@ class OpenAIEngine(ChatEngine):
             if tail:
                 yield tail
         finally:
+            if done:  # the server's finish_reason: "length" is a cut answer, anything else a finished one
+                stats.finish_reason = "length" if state.finish_reason == "length" else "stop"
             if done and not state.cut:
                 # Let the server finish its response cleanly, but never wait long for it.
                 deadline = time.monotonic() + 1.0

@@ -16,8 +16,9 @@ carry pickled tuples:
                     ("piece", text, tokens, first_token_at) ("end", stats, gpu_bytes)
                     ("counted", tokens, picture_tokens) ("error", exception or None, kind, line)
 
-The model's process has no terminal: its output goes to a file, whose last line is shown if the
-process ends unexpectedly. It exits when told to, and on its own when the app's end of the pipe
+The model's process has no terminal: its output goes to a log in the cache folder
+(``model-process.log``, the older one kept as ``.1`` once it passes LOG_MAX_BYTES), whose last
+meaningful line and name are shown if the process ends unexpectedly. It exits when told to, and on its own when the app's end of the pipe
 closes (the app quit or crashed), so it never outlives the app. Stopping an answer goes over the
 pipe to a thread of the model's process that only waits for that.
 """
@@ -27,10 +28,11 @@ from __future__ import annotations
 import itertools
 import os
 import pickle
+import re
 import subprocess
 import sys
-import tempfile
 import threading
+import time
 import weakref
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -41,6 +43,10 @@ from vlchat.core.text import clean
 from vlchat.engines.base import ChatEngine, EngineError, EngineInfo, ProgressCallback, StreamStats, TokenStream
 
 POLL_S = 0.05  # how often a waiting reader looks at its cancel event
+LOG_NAME = "model-process.log"
+LOG_MAX_BYTES = 2 * 1024 * 1024  # past this the log is rotated (one older copy kept): 4 MiB at most on disk
+# "/path/file.py:456: FutureWarning: ..." and the source line Python prints under it
+_WARNING = re.compile(r"^\S.*:\d+: \w*Warning: ")
 EXIT_WAIT_S = 5.0
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -73,6 +79,7 @@ class ProcessEngine(ChatEngine):
         self._commands: Connection | None = None
         self._events: Connection | None = None
         self._log: Any = None
+        self._log_start = 0  # where this process's lines begin in the shared log
         self._finalizer: Any = None
         self._info: EngineInfo | None = None
         self._lock = threading.Lock()  # one request at a time: replies come back in order
@@ -84,7 +91,7 @@ class ProcessEngine(ChatEngine):
     def _start(self) -> None:
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
-        self._log = tempfile.TemporaryFile(prefix="vlchat-model-")
+        self._log, self._log_start = open_log()
         env = dict(os.environ)
         package_root = str(Path(__file__).resolve().parents[2])
         # An empty entry in PYTHONPATH (PYTHONPATH=$PYTHONPATH:/x with none set before) means the
@@ -186,8 +193,10 @@ class ProcessEngine(ChatEngine):
         else:
             how = f"exit code {code}"
         detail = f": {last}" if last else ""
+        where = getattr(self._log, "name", None)
+        log = f"; its log is {clean(str(where), keep_newlines=False)}" if isinstance(where, str) else ""
         return ModelProcessError(
-            f"the model's process ended unexpectedly ({how}){detail}",
+            f"the model's process ended unexpectedly ({how}){detail}{log}",
             f"load it again with /model {self.name}",
         )
 
@@ -195,14 +204,15 @@ class ProcessEngine(ChatEngine):
         if self._log is None:
             return ""
         try:
-            self._log.seek(0, os.SEEK_END)
-            size = self._log.tell()
-            self._log.seek(max(0, size - 4096))
-            tail = self._log.read().decode("utf-8", "replace")
-        except (OSError, ValueError):
+            self._log.flush()
+            with open(self._log.name, "rb") as log:
+                log.seek(0, os.SEEK_END)
+                size = log.tell()
+                log.seek(max(self._log_start, size - 16384))
+                tail = log.read().decode("utf-8", "replace")
+        except (OSError, ValueError, TypeError, AttributeError):
             return ""
-        lines = [line.strip() for line in tail.splitlines() if line.strip()]
-        return clean(lines[-1], keep_newlines=False)[:300] if lines else ""
+        return last_meaningful_line(tail)
 
     # -- ChatEngine ----------------------------------------------------------------------------
     def load(self, progress: ProgressCallback | None = None) -> None:
@@ -316,6 +326,54 @@ def _stop(proc: subprocess.Popen, commands: Connection, events: Connection, log:
         pass
 
 
+def log_path() -> Path:
+    """The model process's log, in the user's cache folder."""
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("vlchat")) / LOG_NAME
+
+
+def open_log() -> tuple[Any, int]:
+    """The log opened for appending (rotated first when it has grown past LOG_MAX_BYTES), and the
+    offset where this process's lines begin. Private to the user: a model's output may quote the
+    conversation."""
+    path = log_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            if path.stat().st_size > LOG_MAX_BYTES:
+                os.replace(path, path.with_name(LOG_NAME + ".1"))
+        except FileNotFoundError:
+            pass
+        log = open(path, "ab", opener=lambda name, flags: os.open(name, flags, 0o600))
+    except OSError:  # no cache folder to write to: a file of its own, still read back on a crash
+        import tempfile
+
+        log = tempfile.NamedTemporaryFile(prefix="vlchat-model-", suffix=".log", delete=False)
+    log.write(f"--- vlchat model process, started {time.strftime('%Y-%m-%d %H:%M:%S')} ---\n".encode())
+    log.flush()
+    return log, log.tell()
+
+
+def last_meaningful_line(text: str) -> str:
+    """The last line worth showing: not blank, not a warning nor the source line Python prints
+    under one (``out = model.generate(**kwargs)`` says nothing about why the process ended)."""
+    lines = text.splitlines()
+    keep = []
+    skip_source = False
+    for line in lines:
+        if skip_source and line.startswith((" ", "\t")):
+            skip_source = False
+            continue
+        skip_source = False
+        if _WARNING.match(line):
+            skip_source = True
+            continue
+        if line.strip() and not line.startswith("--- vlchat model process"):
+            keep.append(line.strip())
+    return clean(keep[-1], keep_newlines=False)[:300] if keep else ""
+
+
 def _rebuild(pickled: bytes | None, kind: str, line: str) -> BaseException:
     """The model process's exception, as the app would have seen it in its own process."""
     if pickled is not None:
@@ -393,7 +451,7 @@ def _serve(commands: Connection, events: Connection) -> None:
                     cancels.pop(stream_id, None)
                 state = {
                     key: getattr(stats, key)
-                    for key in ("tokens", "stopped", "started", "first_token_at", "finished_at", "prompt_tokens", "notice", "cached_tokens")
+                    for key in ("tokens", "stopped", "started", "first_token_at", "finished_at", "prompt_tokens", "notice", "cached_tokens", "finish_reason", "context_full")
                 }
                 state["stopped"] = state["stopped"] or cancel.is_set()
                 send("end", state, _gpu_bytes())

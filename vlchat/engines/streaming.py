@@ -155,6 +155,24 @@ class Detokenizer:
             self.shown.append(piece)
 
 
+def eos_ids(*sources: Any) -> set[int]:
+    """The end-of-answer token ids a generation config or tokenizer names (an int, a list, or None)."""
+    ids: set[int] = set()
+    for source in sources:
+        value = getattr(source, "eos_token_id", None)
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(v for v in value if isinstance(v, int))
+    return ids
+
+
+def cut_at_limit(ids: Sequence[int], generated: int, limit: int, eos: set[int]) -> bool:
+    """Whether generation ended because it reached ``limit`` new tokens rather than on an end token
+    (an answer whose last allowed token is its end token finished on its own)."""
+    return generated >= limit and not (ids and ids[-1] in eos)
+
+
 class CancelCheck:
     """A stopping criterion that stops generation as soon as any of the events is set.
 

@@ -430,7 +430,7 @@ class TransformersEngine(ChatEngine):
         import torch
         from transformers import StoppingCriteriaList
 
-        from vlchat.engines.streaming import CancelCheck, Detokenizer, TokenFeed
+        from vlchat.engines.streaming import CancelCheck, Detokenizer, TokenFeed, cut_at_limit, eos_ids
 
         # The clock starts before the prompt is rendered and the pictures processed: the time to
         # the first token is what the person waits, and those grow with the conversation too.
@@ -453,6 +453,8 @@ class TransformersEngine(ChatEngine):
         pictures = [ref.sha256 for message in conversation.messages for ref in message.images]
         stats.cached_tokens = self._reuse_prefix(kwargs, pictures)
         kwargs["return_dict_in_generate"] = True
+        limit = kwargs["max_new_tokens"]
+        ends = eos_ids(getattr(self.model, "generation_config", None), self.tokenizer)
 
         # The generation thread only hands over token ids; the reader decodes (see streaming.py).
         feed = TokenFeed(stats, keep_prompt=self.answer_includes_prompt)
@@ -502,6 +504,16 @@ class TransformersEngine(ChatEngine):
                     worker.join()
                 stats.finished_at = time.perf_counter()
                 stats.stopped = cancel.is_set()
+                if cut_at_limit(feed.ids, stats.tokens, limit, ends):
+                    stats.finish_reason = "length"
+                    stats.context_full = limit < params.max_new_tokens
+                    if stats.context_full and not stats.notice:
+                        stats.notice = (
+                            f"the answer was cut because the model's context ({self.context_length()} tokens) is full; "
+                            "start a new conversation (/clear in the app) to go on"
+                        )
+                else:
+                    stats.finish_reason = "stop"
             if failure:
                 raise self._generation_error(failure[0]) from failure[0]
 

@@ -29,6 +29,7 @@ from vlchat.core.errors import VlchatError
 from vlchat.core.text import clean
 from vlchat.ui import themes as theme_files
 from vlchat.ui.slash import SlashCommands
+from vlchat.ui.keys import unknown_keys
 from vlchat.ui.messages import (
     ModelLoaded,
     ModelLoadFailed,
@@ -58,13 +59,15 @@ class VlchatApp(App):
     TITLE = "vlchat"
     COMMANDS = App.COMMANDS | {SlashCommands}
     # The keymap is app-wide; the conversation's keys act on the chat screen ("screen." actions).
+    # All of them are priority bindings: the prompt (a TextArea) has keys of its own (ctrl+y is
+    # its redo, f7 its select-all) and would otherwise take them, remapped keys too.
     BINDINGS = [
         Binding("escape", "screen.stop", "Stop", id="stop", priority=True),
-        Binding("f2", "screen.toggle_preview", "Picture", id="toggle_preview"),
+        Binding("f2", "screen.toggle_preview", "Picture", id="toggle_preview", priority=True),
         Binding("alt+left,f7", "screen.previous_picture", "Prev", id="previous_picture", priority=True),
         Binding("alt+right,f8", "screen.next_picture", "Next", id="next_picture", priority=True),
-        Binding("ctrl+y", "screen.copy", "Copy", id="copy"),
-        Binding("f1", "screen.help", "Help", id="help"),
+        Binding("ctrl+y", "screen.copy", "Copy", id="copy", priority=True),
+        Binding("f1", "screen.help", "Help", id="help", priority=True),
         Binding("ctrl+q", "quit", "Quit", id="quit", priority=True),
     ]
 
@@ -118,6 +121,7 @@ class VlchatApp(App):
         # this app is the running one); until then, what it will be made with.
         self._chat_args = dict(images=images, store=store, session=session, session_notes=session_notes)
         self._image_widgets = image_widgets
+        self.keymap: dict[str, str] = {}  # the [bindings] in force (binding id -> keys)
 
     # -- building ------------------------------------------------------------------------------
     def _register_themes(self) -> None:
@@ -166,8 +170,25 @@ class VlchatApp(App):
                 severity="warning",
                 timeout=8,
             )
+        for name, keys in list(keymap.items()):
+            bad = unknown_keys(keys)
+            if bad:
+                keymap.pop(name)
+                shown = ", ".join(repr(clean(key, keep_newlines=False)) for key in bad)
+                self.notify(
+                    f"bindings: {name} = {clean(keys, keep_newlines=False)!r} names no key ({shown}); {name} keeps its "
+                    "usual key. Keys are written like ctrl+s, alt+left, f3, escape (several: \"escape,ctrl+s\")",
+                    severity="warning",
+                    timeout=8,
+                )
+        self.keymap = keymap
         if keymap:
             self.set_keymap(keymap)
+        self.chat.update_placeholder()  # it names the keys that send
+
+    def bound_keys(self) -> dict[str, str]:
+        """Binding id -> the keys bound to it now (remapped ones as remapped), app and prompt alike."""
+        return {b.id: self.keymap.get(b.id, b.key) for b in [*self.BINDINGS, *PromptArea.BINDINGS] if b.id}
 
     def on_resize(self, event) -> None:
         self._layout_for(event.size.width)
@@ -187,8 +208,12 @@ class VlchatApp(App):
             load_started=self._load_started,
             switching_model=self.switching_model,
             switch_stage=self.switch_stage,
-            width=self.size.width,
+            width=max(1, self.size.width - 2),  # the status row's padding
         )
+
+    def notify(self, message: str, *, title: str = "", severity="information", timeout: float | None = None, markup: bool = False) -> None:
+        # Never markup: messages carry file names, titles and model names ("[red]" is a fine file name).
+        super().notify(message, title=title, severity=severity, timeout=timeout, markup=False)
 
     def notification_texts(self) -> list[str]:
         """The notifications on screen now, oldest first (what a person can read)."""
@@ -238,7 +263,6 @@ class VlchatApp(App):
         self.load_error = clean(message.error, keep_newlines=False)
         self.chat.update_status()
         self.chat.transcript.note(f"The model could not be loaded: {self.load_error}", "error")
-        self.notify(self.load_error, title="Model not loaded", severity="error", timeout=10)
 
     def model_lost(self, line: str) -> None:
         """The model's process is gone: no model until /model loads one (the same one too)."""
@@ -249,15 +273,15 @@ class VlchatApp(App):
         """Load ``name`` in the background; the current model answers until it is ready."""
         name = name.strip()
         if self.switching_model:
-            self.notify(f"Already loading {model_label(self.switching_model)}: wait for it first.", severity="warning")
+            self.chat.toast(f"Already loading {model_label(self.switching_model)}: wait for it first.", "warning")
             return
         if not self.loaded and not self.load_error:
             # the first model's loader cannot be interrupted; two loads racing would swap the wrong one in
-            self.notify("The model is still loading: switch once it is ready.", severity="warning")
+            self.chat.toast("The model is still loading: switch once it is ready.", "warning")
             return
         current = self.info.name if self.info is not None else None
         if self.loaded and not self.load_error and name == current:
-            self.notify(f"{model_label(name)} is the model already.")
+            self.chat.transcript.note(f"{model_label(name)} is the model already.")
             return
         self.switching_model = name
         self.switch_stage = "starting"
@@ -310,7 +334,6 @@ class VlchatApp(App):
         if still and not self.load_error:
             line += f" Still talking to {still}."
         self.chat.transcript.note(line, "error")
-        self.notify(line, title="Model not switched", severity="error", timeout=10)
         self.chat.update_status()
 
     def on_model_switched(self, message: ModelSwitched) -> None:
@@ -362,7 +385,7 @@ class VlchatApp(App):
     def on_model_unloaded(self, message: ModelUnloaded) -> None:
         _freeze_heap()  # the unload thawed the heap to collect the old model
         if message.freed_bytes:
-            self.notify(f"{model_label(message.name)} unloaded: {size_text(message.freed_bytes)} of GPU memory freed.")
+            self.chat.toast(f"{model_label(message.name)} unloaded: {size_text(message.freed_bytes)} of GPU memory freed.")
 
     def command_model(self, args: str) -> None:
         name = args.strip()
@@ -383,7 +406,7 @@ class VlchatApp(App):
         name = args.strip()
         if not name:
             names = ", ".join(sorted(n for n in self.available_themes if n.startswith("vlchat-") or n in self.user_theme_names))
-            self.notify(f"Themes: {names}. Use /theme NAME.")
+            self.chat.transcript.note(f"Themes: {names}. Use /theme NAME.")
             return
         self._apply_theme(name, remember=self.remember_theme, quiet=False, switching=True)
 
@@ -392,9 +415,10 @@ class VlchatApp(App):
             shown = clean(name, keep_newlines=False)[:60]
             ours = sorted(n for n in self.available_themes if n.startswith("vlchat-") or n in self.user_theme_names)
             line = f"No theme called {shown!r}. Available: {', '.join(ours)}."
-            self.notify(line, severity="error")
-            if switching:
+            if switching:  # the answer to /theme NAME
                 self.chat.transcript.note(line, "error")
+            else:
+                self.notify(line, severity="error")
             if self.theme not in self.available_themes or not switching:
                 self.theme = theme_files.DEFAULT_THEME if theme_files.DEFAULT_THEME in self.available_themes else "textual-dark"
             return
@@ -402,7 +426,7 @@ class VlchatApp(App):
         if remember:
             theme_files.remember(theme=name)
         if switching and not quiet:
-            self.notify(f"Theme: {name}")
+            self.chat.toast(f"Theme: {name}")
 
     # -- quitting -------------------------------------------------------------------------------
     def command_quit(self, _args: str) -> None:

@@ -1,4 +1,5 @@
-"""The footer of keys, recomposed only when the keys it shows change."""
+"""The footer of keys, recomposed only when the keys it shows change, and fitted to its width:
+keys that do not fit are left out whole, the least useful first (F1 lists them all)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,26 @@ def _shown(screen) -> tuple[tuple[tuple[str, str, str], ...], dict[str, bool]]:
     return tuple(keys), enabled
 
 
+# Left out first when the footer is too narrow (by action, without its namespace); keys not named
+# here go before these. Send, Stop and Help stay longest: Help lists every key.
+KEEP_LONGEST = ("send", "stop", "help")
+LEAVE_OUT_FIRST = ("copy", "next_picture", "previous_picture", "toggle_preview", "quit")
+
+
+def _leave_out_rank(action: str) -> int:
+    name = action.rpartition(".")[2]
+    if name in LEAVE_OUT_FIRST:
+        return LEAVE_OUT_FIRST.index(name)
+    if name in KEEP_LONGEST:
+        return 100 + KEEP_LONGEST.index(name)
+    return -1
+
+
+def _cells(key: FooterKey) -> int:
+    margin = key.styles.margin
+    return key.render().cell_len + key.styles.gutter.width + margin.left + margin.right
+
+
 class KeyFooter(Footer):
     """Textual's footer, which builds all its keys again whenever any binding is checked: at the
     start and end of every answer (Esc's Stop turns on and off) that costs tens of milliseconds
@@ -30,6 +51,27 @@ class KeyFooter(Footer):
             self._pending = False
             self._composed = _shown(self.screen)[0]
         yield from super().compose()
+        self.call_after_refresh(self.fit)
+
+    def on_resize(self, _event) -> None:
+        self.fit()
+
+    def fit(self) -> None:
+        """Show the keys that fit beside the palette's, whole; leave out the rest, least useful first."""
+        if not self.is_attached:
+            return
+        keys = [k for k in self.query(FooterKey) if not k.has_class("-command-palette")]
+        room = self.size.width - sum(_cells(k) for k in self.query(FooterKey) if k.has_class("-command-palette"))
+        widths = {id(k): _cells(k) for k in keys}
+        total = sum(widths.values())
+        out = set()
+        for key in sorted(keys, key=lambda k: _leave_out_rank(k.action)):
+            if total <= room:
+                break
+            out.add(id(key))
+            total -= widths[id(key)]
+        for key in keys:
+            key.display = id(key) not in out
 
     def bindings_changed(self, screen) -> None:
         if self._bindings_ready and screen.app.app_focus and self.is_attached and screen is self.screen:

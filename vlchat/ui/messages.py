@@ -47,12 +47,14 @@ class AnswerFinished(Message):
         stopped: bool = False,
         error: str | None = None,
         notice: str | None = None,
+        finish_reason: str | None = None,
     ) -> None:
         super().__init__()
         self.answer_id, self.text, self.tokens = answer_id, text, tokens
         self.timings, self.prompt_tokens = timings, prompt_tokens
         self.stopped, self.error = stopped, error
         self.notice = notice  # from the engine: e.g. older turns left out to fit its window
+        self.finish_reason = finish_reason  # "stop", "length", "stopped" or "error"
 
 
 class ModelSwitchProgress(Message):

@@ -1,17 +1,26 @@
 """The multi-line prompt: Enter sends, ctrl+j (or shift+enter where the terminal tells them apart)
-inserts a newline, and after ``/image `` the path being typed is completed (right arrow or Tab)."""
+inserts a newline, and after ``/image `` the path being typed is completed (right arrow or Tab;
+Tab on several candidates shows them). Up on the first row and Down on the last walk the history."""
 
 from __future__ import annotations
 
+import glob
 import os
 import shlex
+import unicodedata
+from functools import cached_property
 
 from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import TextArea
 
+from rich.text import Text
+from textual.content import Content
+
 from vlchat.core.text import clean
 from vlchat.ui.clipboard import dropped_paths
+from vlchat.ui.history import PromptHistory
+from vlchat.ui.placeholder import placeholder_text
 from vlchat.ui.slash import completions
 
 DROP_GRACE = 1.0  # seconds in which Esc turns dropped paths back into text
@@ -61,7 +70,35 @@ def completion_for(text: str) -> str:
     done = common_prefix(complete_path(partial))
     if len(done) <= len(partial):
         return ""
-    return clean(done[len(partial):], keep_newlines=False).replace(" ", "\\ ")
+    return prompt_form(done[len(partial):])
+
+
+def prompt_form(name: str) -> str:
+    """A piece of a file name as it is typed after /image: spaces, quotes and backslashes escaped
+    for the shell-like split; a control character (which the prompt must not hold) becomes ``?``,
+    a wildcard that /image matches against the real name, so the completed path still exists."""
+    control = any(unicodedata.category(c) == "Cc" for c in name)
+    if control:
+        name = "".join("?" if unicodedata.category(c) == "Cc" else glob.escape(c) for c in name)
+    return "".join("\\" + c if c in " '\"\\" else c for c in name)
+
+
+def candidates_for(text: str) -> list[str]:
+    """Everything ``text`` (a command name, or the path after /image) could be completed to, as a
+    person reads them: command names, or the file and folder names (folders end with /)."""
+    if "\n" in text or not text.startswith("/"):
+        return []
+    if " " not in text:
+        return completions(text)
+    if not text.startswith("/image ") or text.endswith(" ") and not text.endswith("\\ "):
+        return []
+    try:
+        parts = shlex.split(text[len("/image "):])
+    except ValueError:
+        return []
+    if not parts:
+        return []
+    return [clean(os.path.basename(m.rstrip("/")), keep_newlines=False) + ("/" if m.endswith("/") else "") for m in complete_path(parts[-1])]
 
 
 class PromptArea(TextArea):
@@ -155,6 +192,7 @@ class PromptArea(TextArea):
         text = self.text
         if not text.strip():
             return
+        self.prompt_history.add(text)
         self.clear()
         self.post_message(self.Submitted(text))
 
@@ -162,11 +200,73 @@ class PromptArea(TextArea):
         self.insert("\n")
 
     def action_complete(self) -> None:
+        at_end = self.cursor_location == self.document.end
+        candidates = candidates_for(self.text) if at_end else []
         if self.suggestion:
             self.insert(self.suggestion)
-        else:
+        if len(candidates) > 1:
+            self.show_candidates(candidates)
+        elif not self.suggestion:
             self.app.action_focus_next()
 
     def on_text_area_changed(self, _event: TextArea.Changed) -> None:
         at_end = self.cursor_location == self.document.end
         self.suggestion = completion_for(self.text) if at_end else ""
+        if self.text != self._candidates_for:
+            self.border_subtitle = ""
+
+    # -- candidates, history, placeholder -------------------------------------------------------
+    _candidates_for: str | None = None  # the text the candidates on the border were shown for
+
+    def show_candidates(self, names: list[str]) -> None:
+        """The candidates on the prompt's lower border, as many as fit (a Text: names are not markup)."""
+        room = max(10, self.size.width - 6)
+        shown, used = [], 0
+        for index, name in enumerate(names):
+            more = f"… {len(names) - index} more"
+            if used + len(name) + 2 > room - (len(more) + 2 if index < len(names) - 1 else 0):
+                shown.append(more)
+                break
+            shown.append(name)
+            used += len(name) + 2
+        self._candidates_for = self.text
+        self.border_subtitle = Text("  ".join(shown))
+
+    @cached_property
+    def prompt_history(self) -> PromptHistory:
+        return PromptHistory()
+
+    def action_cursor_up(self, select: bool = False) -> None:
+        if not select and self.selection.is_empty and self.navigator.is_first_wrapped_line(self.cursor_location):
+            recalled = self.prompt_history.older(self.text)
+            if recalled is not None:
+                self._recall(recalled)
+                return
+        super().action_cursor_up(select)
+
+    def action_cursor_down(self, select: bool = False) -> None:
+        if not select and self.selection.is_empty and self.navigator.is_last_wrapped_line(self.cursor_location):
+            recalled = self.prompt_history.newer()
+            if recalled is not None:
+                self._recall(recalled)
+                return
+        super().action_cursor_down(select)
+
+    def _recall(self, text: str) -> None:
+        self.text = text
+        self.move_cursor(self.document.end)
+
+    _subject: tuple[int | None, int, dict] = (None, 0, {})
+
+    def set_subject(self, picture: int | None, total: int, keys: dict[str, str]) -> None:
+        """What a question is about now (picture number of total, None for none): the placeholder says so."""
+        self._subject = (picture, total, keys)
+        self._fit_placeholder()
+
+    def _fit_placeholder(self) -> None:
+        picture, total, keys = self._subject
+        width = self.content_size.width - 1 if self.is_mounted and self.content_size.width else 200
+        self.placeholder = Content(placeholder_text(picture, total, width, keys))
+
+    def on_resize(self, _event) -> None:
+        self._fit_placeholder()

@@ -85,7 +85,7 @@ class SessionPicker(ModalScreen[Path | None]):
         shown = f"{len(options)} of {len(self.infos)} sessions in {clean(str(self.store.root), keep_newlines=False)}"
         if self.errors:
             shown += f"; {len(self.errors)} unreadable (see `vlchat sessions`)"
-        self.query_one("#picker-info", Static).update(shown)
+        self.query_one("#picker-info", Static).update(Text(shown))  # a folder's name is not markup
 
     @on(Input.Changed, "#picker-search")
     def _search(self, event: Input.Changed) -> None:
@@ -127,7 +127,7 @@ class ConfirmScreen(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="confirm-box"):
-            yield Static(self.question, id="confirm-question")
+            yield Static(Text(self.question), id="confirm-question")  # it names a session: not markup
             with Horizontal(id="confirm-buttons"):
                 yield Button("Yes, delete (y)", variant="error", id="yes")
                 yield Button("No (n)", variant="primary", id="no")

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from textual.command import DiscoveryHit, Hit, Hits, Provider
+from textual.content import Content
 
 
 @dataclass(frozen=True)
@@ -67,13 +68,11 @@ def parse(text: str) -> tuple[str, str] | None:
     return head.lower(), rest.strip()
 
 
-def help_text() -> str:
-    lines = ["Commands (type them in the prompt, or find them with ctrl+p):"]
-    for command in COMMANDS.values():
-        usage = f"/{command.name} {command.args}".strip()
-        lines.append(f"  {usage:<50} {command.help}")
-    lines.append("Start a message with // to send one that begins with a slash.")
-    return "\n".join(lines)
+def help_rows() -> list[tuple[str, str]]:
+    """(usage, what it does) for every command, in table order, and the // escape: the help screen's list."""
+    rows = [(f"/{c.name} {c.args}".strip(), c.help) for c in COMMANDS.values()]
+    rows.append(("//TEXT", "send a message that begins with a slash"))
+    return rows
 
 
 def completions(text: str) -> list[str]:
@@ -112,13 +111,26 @@ class SlashCommands(Provider):
             else:
                 yield f"/{name}", command.help, partial(run, f"/{name}")
 
+    # Titles and help go to the palette as Content, never as markup: "/save [TITLE]" would lose its
+    # argument, and a theme's name comes from a file name.
     async def discover(self) -> Hits:
         for title, doc, action in self._entries():
-            yield DiscoveryHit(title, action, help=doc)
+            yield DiscoveryHit(Content(title), action, text=title, help=Content(doc))
 
     async def search(self, query: str) -> Hits:
         matcher = self.matcher(query)
         for title, doc, action in self._entries():
             score = matcher.match(title)
             if score > 0:
-                yield Hit(score, matcher.highlight(title), action, help=doc)
+                yield Hit(score, highlighted(matcher, query, title), action, text=title, help=Content(doc))
+
+
+def highlighted(matcher, query: str, title: str) -> Content:
+    """``title`` with the matched characters styled, read as plain text (the matcher's own
+    highlight reads it as markup)."""
+    content = Content(title)
+    _score, offsets = matcher.fuzzy_search.match(query, title)
+    for offset in offsets:
+        if not title[offset].isspace():
+            content = content.stylize(matcher.match_style, offset, offset + 1)
+    return content

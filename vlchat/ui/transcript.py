@@ -14,7 +14,7 @@ from textual.strip import Strip
 from textual.widget import Widget
 from textual.widgets import Markdown, Static
 
-from vlchat.core.conversation import Conversation, Message
+from vlchat.core.conversation import Conversation, Message, how_it_ended
 from vlchat.core.text import clean
 from vlchat.ui.preview import picture_label
 
@@ -29,15 +29,16 @@ def model_label(name: str) -> str:
 
 def answer_footer(message: Message) -> Text:
     details = []
-    if message.tokens:
+    if message.tokens and message.finish_reason != "length":  # a cut answer's mark says how many
         details.append(f"{message.tokens} tokens")
     if message.timings and message.timings.first_token_s is not None:
         details.append(f"first token {message.timings.first_token_s:.2f} s")
     if message.timings and message.timings.tokens_per_s:
         details.append(f"{message.timings.tokens_per_s:.0f} tok/s")
     text = Text()
-    if message.stopped:
-        text.append("■ stopped", style="bold")
+    ended = how_it_ended(message)
+    if ended:
+        text.append(f"{'…' if message.finish_reason == 'length' else '■'} {ended}", style="bold")
         if details:
             text.append(" · ")
     text.append(" · ".join(details), style="dim")
@@ -45,12 +46,27 @@ def answer_footer(message: Message) -> Text:
 
 
 class UserView(Static):
-    def __init__(self, message: Message) -> None:
+    """A question, with the pictures that went with it numbered as the picture pane numbers them;
+    a question that took none says which picture it was about (the last one the model saw)."""
+
+    def __init__(self, message: Message, conversation: Conversation | None = None) -> None:
+        numbers: dict[str, int] = {}
+        about = None
+        if conversation is not None:
+            for ref in conversation.images():
+                numbers.setdefault(ref.sha256, len(numbers) + 1)
+            for earlier in conversation.messages:
+                if earlier is message:
+                    break
+                about = earlier.images[-1] if earlier.images else about
         text = Text()
         text.append("You\n", style="bold")
         text.append(clean(message.text))
         for ref in message.images:
-            text.append(f"\n▣ {picture_label(ref)} ({ref.width}x{ref.height} {ref.format})", style="dim")
+            number = f"picture {numbers[ref.sha256]}: " if ref.sha256 in numbers else ""
+            text.append(f"\n▣ {number}{picture_label(ref)} ({ref.width}x{ref.height} {ref.format})", style="dim")
+        if not message.images and about is not None:
+            text.append(f"\nabout picture {numbers[about.sha256]}: {picture_label(about)}", style="dim")
         super().__init__(text, classes="user")
 
 
@@ -360,7 +376,7 @@ class Transcript(VerticalScroll):
             if message.role == "system":
                 widgets.append(NoteView(f"System prompt: {message.text}", "system"))
             elif message.role == "user":
-                widgets.append(UserView(message))
+                widgets.append(UserView(message, conversation))
             else:
                 widgets.append(AnswerView(message))
         if widgets:

@@ -22,7 +22,9 @@ from typing import Any, Sequence
 
 from rich.text import Text
 from textual import on, work
+from textual.actions import SkipAction
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 
@@ -54,8 +56,30 @@ from vlchat.ui.terminal import TerminalGraphics
 from vlchat.ui.transcript import AnswerView, Transcript, UserView, model_label
 
 
+# Changes after which the context is counted by whoever comes next: an answer starts (and is counted
+# when it ends), or the model is being swapped (counted when the new one is ready).
+COUNTED_LATER = frozenset({"question", "answer", "stopped", "question returned", "regenerate", "model"})
+
+
+def question_pictures(pending: list[ImageRef], seen: list[ImageRef], shown: ImageRef | None) -> list[ImageRef]:
+    """What goes with a question: ``pending`` (attached since the last question), with ``shown`` (the
+    picture on screen) last, added when it is not the last picture the model saw (``seen``)."""
+    if shown is None:
+        return list(pending)
+    if any(ref.sha256 == shown.sha256 for ref in pending):
+        return [ref for ref in pending if ref.sha256 != shown.sha256] + [shown]
+    last = (seen + list(pending))[-1:]
+    if last and last[0].sha256 == shown.sha256:
+        return list(pending)
+    return [*pending, shown]
+
+
 class ChatScreen(ConversationCommands, PasteHandling, Screen):
     """The app's main (default) screen. Its keys are declared with the app's keymap (``screen.`` actions)."""
+
+    # Ctrl+C while an answer is written stops it, as Esc does (and as Ctrl-C does in `vlchat ask`);
+    # otherwise the key goes on to whoever else takes it (the prompt's copy, the app's quit hint).
+    BINDINGS = [Binding("ctrl+c", "interrupt", show=False, priority=True)]
 
     def __init__(
         self,
@@ -113,6 +137,7 @@ class ChatScreen(ConversationCommands, PasteHandling, Screen):
         self.opening_session = False  # a /load or /delete is switching the open session
         self._session_notes = list(session_notes)
         self._picture_sources = {ref.sha256: os.path.abspath(ref.path) for ref in self.pending}
+        self._missing: set[str] = set()  # pictures of the open session that are not in its folder
         if session is not None:
             self._adopt(session)
         self.mounted = asyncio.Event()  # set once its widgets are there (the app waits for it)
@@ -133,7 +158,7 @@ class ChatScreen(ConversationCommands, PasteHandling, Screen):
             )
             with Vertical(id="chat"):
                 yield Transcript(id="transcript")
-                yield PromptArea(id="prompt", placeholder="Ask about the picture (Enter sends, ctrl+j new line, /help)")
+                yield PromptArea(id="prompt")
         yield StatusLine(id="status")
         yield KeyFooter()
 
@@ -157,12 +182,13 @@ class ChatScreen(ConversationCommands, PasteHandling, Screen):
 
     def _start(self) -> None:
         self.prompt.focus()
-        self.refresh_pictures()
+        self.refresh_pictures(show_last=True)  # the last of them: the one the first question is about
         if self._start_images:
             self._attach_pictures(list(self._start_images), save=False)
         if self.session is not None:
             self.transcript.render_conversation(self.conversation)
             self._session_opened_notes(self.session, self._session_notes)
+            self._seed_history()
             self.refresh_pictures(show_last=True)
         elif self.settings.system:
             self.transcript.render_conversation(self.conversation)
@@ -229,8 +255,12 @@ class ChatScreen(ConversationCommands, PasteHandling, Screen):
         refs = self.all_pictures()
         pane = self.preview
         pane.set_pictures(refs, len(refs) - 1 if show_last else None)
+        self.update_placeholder()
+        # A picture missing from the session is said once, in the transcript; the pane only shows it is gone.
         for ref in refs:
-            if ref.sha256 not in pane.decoded and ref.sha256 not in pane.errors and self.graphics.protocol not in ("text", "none"):
+            if ref.sha256 in self._missing and ref.sha256 not in pane.errors:
+                pane.picture_decoded(ref.sha256, None, "missing from the session folder")
+            elif ref.sha256 not in pane.decoded and ref.sha256 not in pane.errors and self.graphics.protocol not in ("text", "none"):
                 self._decode_preview(ref)
 
     @work(thread=True, group="preview", exit_on_error=False)
@@ -266,25 +296,37 @@ class ChatScreen(ConversationCommands, PasteHandling, Screen):
 
     def on_pictures_loaded(self, message: PicturesLoaded) -> None:
         for line in message.errors:
-            self.transcript.note(line, "error")
-            self.notify(clean(line, keep_newlines=False), title="Picture not attached", severity="error", timeout=8)
+            self.say(line, "error")
         if message.refs:
             self.pending.extend(message.refs)
             for ref in message.refs:
                 self._picture_sources[ref.sha256] = os.path.abspath(ref.path)
             names = ", ".join(clean(Path(r.path).name, keep_newlines=False) for r in message.refs)
             if self.conversation.last("user") is not None:
-                self.transcript.note(f"Attached {names}: it goes with your next question.")
+                goes = "they go" if len(message.refs) > 1 else "it goes"
+                self.say(f"Attached {names}: {goes} with your next question.")
             self.refresh_pictures(show_last=True)
             self.count_context()
             if message.save:
                 self.request_save("picture")
 
+    def pictures_for_question(self) -> list[ImageRef]:
+        """The pictures that go with a question now: those attached since the last one, and the
+        picture on screen last, since a model answers about the last picture it saw. A picture
+        shown again goes by reference (the same ImageRef: the session keeps one copy)."""
+        return question_pictures(self.pending, self.conversation.images(), self.preview.current)
+
     def action_previous_picture(self) -> None:
         self.preview.step(-1)
+        self.update_placeholder()
 
     def action_next_picture(self) -> None:
         self.preview.step(1)
+        self.update_placeholder()
+
+    def update_placeholder(self) -> None:
+        refs = self.preview.refs
+        self.prompt.set_subject(self.preview.index + 1 if refs else None, len(refs), self.app.bound_keys())
 
     def action_toggle_preview(self) -> None:
         self.preview.toggle_class("-hidden")
@@ -319,7 +361,7 @@ class ChatScreen(ConversationCommands, PasteHandling, Screen):
     def handle_input(self, text: str) -> None:
         if self.opening_session:
             self.prompt.text = text
-            self.notify("A session is being opened: one moment.", severity="warning")
+            self.toast("A session is being opened: one moment.", "warning")
             return
         command = slash.parse(text)
         if command is not None:
@@ -332,15 +374,15 @@ class ChatScreen(ConversationCommands, PasteHandling, Screen):
     def ask(self, text: str) -> None:
         if self.generating is not None:
             self.prompt.text = text
-            self.notify("An answer is still being written: wait for it, or press Esc to stop it.", severity="warning")
+            self.toast("An answer is still being written: wait for it, or press Esc to stop it.", "warning")
             return
         with self.app.batch_update():  # the question, the answer's start and the status: one redraw
             self._ask(text)
 
     def _ask(self, text: str) -> None:
-        message = self.conversation.add_user(text.strip(), list(self.pending))
+        message = self.conversation.add_user(text.strip(), self.pictures_for_question())
         self.pending = []
-        self.transcript.add(UserView(message))
+        self.transcript.add(UserView(message, self.conversation))
         self.conversation_changed("question")
         app = self.app
         if app.load_error:
@@ -394,7 +436,8 @@ class ChatScreen(ConversationCommands, PasteHandling, Screen):
 
     def _post_end(self, answer_id: int, stream: Any, cancel: threading.Event, error: str | None) -> None:
         if stream is None:
-            self.post_message(AnswerFinished(answer_id, "", 0, None, None, cancel.is_set(), error))
+            finish = "error" if error else "stopped"
+            self.post_message(AnswerFinished(answer_id, "", 0, None, None, cancel.is_set(), error, finish_reason=finish))
             return
         stats = stream.stats
         if stats.finished_at is None:
@@ -409,6 +452,8 @@ class ChatScreen(ConversationCommands, PasteHandling, Screen):
                 stats.stopped or cancel.is_set(),
                 error,
                 stats.notice,
+                # a stop asked for while an error ended the answer is still the person's stop
+                stats.finish(error=bool(error) and not cancel.is_set()),
             )
         )
 
@@ -462,6 +507,7 @@ class ChatScreen(ConversationCommands, PasteHandling, Screen):
                 stopped=message.stopped or bool(message.error),
                 tokens=message.tokens,
                 timings=message.timings,
+                finish_reason=message.finish_reason,
             )
             self.last_timings, self.last_tokens = message.timings, message.tokens
             self.last_prompt_tokens = message.prompt_tokens
@@ -483,8 +529,7 @@ class ChatScreen(ConversationCommands, PasteHandling, Screen):
             self.transcript.note(clean(message.notice, keep_newlines=False))
         if message.error:
             line = clean(message.error, keep_newlines=False)
-            self.transcript.note(line, "error")
-            self.notify(line, title="Answer failed", severity="error", timeout=10)
+            self.say(line, "error")
             if not self.app.engine.alive:
                 self.app.model_lost(line)
         self.transcript.follow()
@@ -514,6 +559,11 @@ class ChatScreen(ConversationCommands, PasteHandling, Screen):
         if self.generating is not None:
             self._cancel.set()
 
+    def action_interrupt(self) -> None:
+        if self.generating is None:
+            raise SkipAction()
+        self._cancel.set()
+
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "stop":
             # Esc belongs to dialogs (the command palette) unless an answer is being written; with no
@@ -523,12 +573,28 @@ class ChatScreen(ConversationCommands, PasteHandling, Screen):
             return True if self.generating is not None else None
         return True
 
+    # -- feedback: the one rule (ARCHITECTURE.md, "Where feedback goes") ----------------------------
+    def say(self, line: str, kind: str = "info") -> None:
+        """The result of the person's own command, or news about the conversation (an error
+        included): a line in the transcript, which stays where it happened."""
+        self.transcript.note(line, kind)
+
+    def toast(self, line: str, severity: str = "information") -> None:
+        """Passing state that changes nothing in the conversation (copied, a key refused while an
+        answer is written): one toast, which replaces the one before it."""
+        self.app.clear_notifications()
+        self.app.notify(clean(line, keep_newlines=False), severity=severity)
+
     # -- sessions ----------------------------------------------------------------------------------
     def conversation_changed(self, reason: str) -> None:
         """Called after every change to the conversation: the autosave is queued at once (a quit
         right after still writes it), and ``ConversationChanged`` tells whoever else listens."""
         self.request_save(reason)
         self.post_message(ConversationChanged(self.conversation, reason))
+        # The context count follows every change (/edit, /clear, /load, a picture…); an answer about
+        # to start, or one just ended, is counted once it is over, never in its way.
+        if reason not in COUNTED_LATER:
+            self.count_context()
 
     def snapshot(self) -> Snapshot:
         """The conversation as it is now, in copies the session writer may keep."""
@@ -574,22 +640,18 @@ class ChatScreen(ConversationCommands, PasteHandling, Screen):
 
     def on_session_save_failed(self, message: SessionSaveFailed) -> None:
         line = clean(message.error, keep_newlines=False)
-        if line != self.save_error:
-            self.transcript.note(f"Not saved: {line} The conversation is still open here.", "error")
+        if line != self.save_error:  # the status line says it from then on
+            self.say(f"Not saved: {line} The conversation is still open here.", "error")
         self.save_error = line
-        self.notify(line, title="Not saved", severity="error", timeout=10)
         self.update_status()
 
     def on_session_note(self, message: SessionNote) -> None:
-        line = clean(message.text, keep_newlines=False)
-        self.transcript.note(line, "error" if message.error else "info")
-        self.notify(line, severity="error" if message.error else "information", timeout=8 if message.error else 5)
+        self.say(clean(message.text, keep_newlines=False), "error" if message.error else "info")
 
     def on_session_switched(self, message: SessionSwitched) -> None:
         self.opening_session = False
         for line in message.errors:
-            self.transcript.note(clean(line, keep_newlines=False), "error")
-            self.notify(clean(line, keep_newlines=False), severity="error", timeout=8)
+            self.say(clean(line, keep_newlines=False), "error")
         if message.errors:
             return
         if message.session is None:
@@ -597,8 +659,10 @@ class ChatScreen(ConversationCommands, PasteHandling, Screen):
             if self.settings.system:
                 self.conversation.set_system(self.settings.system)
             self.pending = []
+            self._missing = set()
         else:
             self._adopt(message.session)
+            self._seed_history()
         self.save_error = None
         self.last_timings = None
         self.last_prompt_tokens = None
@@ -616,7 +680,12 @@ class ChatScreen(ConversationCommands, PasteHandling, Screen):
         """Show ``session``'s conversation (no disk access: it was read by whoever opened it)."""
         self.conversation = Conversation(messages=list(session.conversation.messages))
         self.pending = session.pending_pictures()
+        self._missing = {picture.sha256 for picture in session.missing_pictures()}
         self._name_pictures(session)
+
+    def _seed_history(self) -> None:
+        """Up in the prompt reaches the opened session's questions too."""
+        self.prompt.prompt_history.seed([m.text for m in self.conversation.messages if m.role == "user"])
 
     def _name_pictures(self, session: Any) -> None:
         for sha, picture in session.pictures.items():
@@ -628,12 +697,12 @@ class ChatScreen(ConversationCommands, PasteHandling, Screen):
         title = clean(session.title, keep_newlines=False)
         turns = f"{session.turns} turn{'s' if session.turns != 1 else ''}"
         self.transcript.note(f"Session {title!r} ({turns}), from {clean(str(session.folder), keep_newlines=False)}.")
-        for picture in session.missing_pictures():
-            self.transcript.note(f"The picture {picture.name} is missing from the session folder; the conversation goes on without it.", "error")
+        # Each problem once, in the session's own words (a missing picture's says what to do).
         for line in [*session.problems, *notes]:
-            self.transcript.note(clean(line, keep_newlines=False), "error")
+            line = clean(line, keep_newlines=False)
+            self.transcript.note(line[:1].upper() + line[1:], "error")
         if session.read_only:
-            self.notify("This session is open read-only: nothing is saved.", severity="warning", timeout=8)
+            self.say("This session is open read-only: nothing is saved.", "error")
 
     def close_sessions(self) -> None:
         """At exit: write what is queued and release the session's lock."""

@@ -3,6 +3,8 @@ dispatcher that runs a typed command line. App-wide commands (/model, /theme, /q
 
 from __future__ import annotations
 
+import glob
+import os
 import shlex
 from dataclasses import replace
 from pathlib import Path
@@ -12,7 +14,25 @@ from vlchat.core.conversation import Conversation
 from vlchat.core.errors import VlchatError
 from vlchat.core.text import clean
 from vlchat.ui import slash
-from vlchat.ui.prompt import PromptArea
+
+
+def expand_paths(paths: list[str]) -> tuple[list[str], list[str]]:
+    """/image's arguments as files: ``~`` expanded, and a wildcard pattern (``shots/*.png``) as the
+    files it matches, in name order, unless a file has that very name. Also the patterns that matched none."""
+    files, unmatched = [], []
+    for path in paths:
+        expanded = os.path.expanduser(path)
+        if os.path.exists(expanded) or not glob.has_magic(expanded):
+            files.append(expanded)
+            continue
+        found = [p for p in sorted(glob.glob(expanded)) if os.path.isfile(p)]
+        if found:
+            files.extend(found)
+        elif "*" in expanded or "?" in expanded:
+            unmatched.append(path)
+        else:
+            files.append(expanded)  # "[draft].png": a name with brackets, which the loader says is missing
+    return files, unmatched
 
 
 class ConversationCommands:
@@ -33,14 +53,13 @@ class ConversationCommands:
         command = slash.COMMANDS.get(name)
         if command is None:
             shown = clean(name, keep_newlines=False)[:40]
-            self.notify(f"Unknown command /{shown}. Type /help for the list.", severity="error")
-            self.transcript.note(f"Unknown command /{shown}. Type /help for the list of commands.", "error")
+            self.say(f"Unknown command /{shown}. Type /help for the list of commands.", "error")
             return
         if command.waits_for_answer and self.generating is not None:
-            self.notify(f"/{name} waits until the answer is done: press Esc to stop it first.", severity="warning")
+            self.toast(f"/{name} waits until the answer is done: press Esc to stop it first.", "warning")
             return
         if command.needs_sessions and self.store is None:
-            self.notify("Sessions are off in this app.", severity="warning")
+            self.say("Sessions are off in this app.", "error")
             return
         getattr(self.app if command.app_wide else self, command.method)(args)
 
@@ -59,16 +78,22 @@ class ConversationCommands:
         try:
             paths = shlex.split(args)
         except ValueError as error:
-            self.notify(f"/image: {error}. Quote paths with spaces.", severity="error")
+            self.say(f"/image: {error}. Quote paths with spaces.", "error")
             return
         if not paths:
-            self.notify("/image needs a path: /image photo.jpg", severity="error")
+            self.say("/image needs a path: /image photo.jpg", "error")
             return
-        self._attach_pictures(paths)
+        files, unmatched = expand_paths(paths)
+        for pattern in unmatched:
+            line = f"/image: no file matches {clean(pattern, keep_newlines=False)}"
+            self.transcript.note(line, "error")
+            self.notify(line, severity="error")
+        if files:
+            self._attach_pictures(files)
 
     def command_regenerate(self, _args: str) -> None:
         if not self.conversation.messages or self.conversation.last("user") is None:
-            self.notify("Nothing to regenerate yet: ask a question first.", severity="warning")
+            self.say("Nothing to regenerate yet: ask a question first.", "error")
             return
         if self.conversation.messages[-1].role == "assistant":
             self.conversation.messages.pop()
@@ -83,11 +108,13 @@ class ConversationCommands:
         messages = self.conversation.messages
         index = next((i for i in range(len(messages) - 1, -1, -1) if messages[i].role == "user"), None)
         if index is None:
-            self.notify("No question to edit yet.", severity="warning")
+            self.say("No question to edit yet.", "error")
             return
         question = messages[index]
         del messages[index:]
         self.pending = list(question.images) + self.pending
+        # the figures of an answer that is gone, and a server's count of the conversation as it was
+        self.last_prompt_tokens = self.last_timings = self.last_tokens = None
         self.transcript.render_conversation(self.conversation)
         self.fill_prompt(question.text)
         self.conversation_changed("edit")
@@ -98,14 +125,12 @@ class ConversationCommands:
         self.transcript.render_conversation(self.conversation)
         self.transcript.note(f"System prompt set: {args}" if args else "System prompt removed.")
         self.conversation_changed("system")
-        self.count_context()
 
     def command_set(self, args: str) -> None:
         parts = args.split()
         keys = ", ".join(slash.SETTABLE)
         if len(parts) != 2 or parts[0] not in slash.SETTABLE:
-            self.notify(f"Use /set NAME VALUE with NAME one of {keys}.", severity="error")
-            self.transcript.note(f"/set needs a name ({keys}) and a value, e.g. /set temperature 0.7", "error")
+            self.say(f"/set needs a name ({keys}) and a value, e.g. /set temperature 0.7", "error")
             return
         key, raw = parts
         field = "max_new_tokens" if key == "max_tokens" else key
@@ -118,16 +143,14 @@ class ConversationCommands:
                 value = float(raw)
             params = replace(self.params, **{field: value}).validate()
         except ValueError:
-            line = f"{key} must be a number, not {clean(raw, keep_newlines=False)!r}"
-            self.notify(line, severity="error")
-            self.transcript.note(line, "error")
+            self.say(f"{key} must be a number, not {clean(raw, keep_newlines=False)!r}", "error")
             return
         except VlchatError as error:
-            self.notify(str(error), severity="error")
-            self.transcript.note(str(error), "error")
+            # in the name the person typed (max_tokens), not the field's own (max_new_tokens)
+            self.say(str(error).replace(field, key), "error")
             return
         self.params = params
-        self.transcript.note(f"{key} = {value}")
+        self.say(f"{key} = {'none' if value is None else value}")
         self.update_status()
 
     def command_clear(self, _args: str) -> None:
@@ -144,18 +167,19 @@ class ConversationCommands:
         self.refresh_pictures(show_last=True)
         self.conversation_changed("clear")
         self.update_status()
-        self.count_context()
 
     # -- sessions ------------------------------------------------------------------------------------
     def command_save(self, args: str) -> None:
         title = " ".join(args.split()) or None
-        if title is None and not self.conversation.last("user") and not self.pending:
-            self.notify("Nothing to save yet: ask a question or attach a picture first.", severity="warning")
+        asked = self.conversation.last("user") is not None
+        if self.session is None and not asked and not self.pending:
+            self.say("Nothing to save yet: ask a question or attach a picture first.", "error")
             return
         if title is None:
-            self.request_save("save")
+            # pictures alone make a session too (as an attached picture does when autosaved)
+            self.request_save("save" if asked else "picture")
             where = f" in {clean(str(self.session.folder), keep_newlines=False)}" if self.session is not None else ""
-            self.notify(f"Saved{where}. Every change is saved by itself; /save TITLE renames the session.")
+            self.say(f"Saved{where}. Every change is saved by itself; /save TITLE renames the session.")
             return
         self.request_save("rename", title=title)
 
@@ -169,10 +193,10 @@ class ConversationCommands:
         if folder is None:
             return
         if self.session is not None and Path(folder) == self.session.folder:
-            self.notify("That session is the one open.")
+            self.say("That session is the one open.")
             return
         if self.generating is not None:
-            self.notify("Wait for the answer (or press Esc) before opening another session.", severity="warning")
+            self.toast("Wait for the answer (or press Esc) before opening another session.", "warning")
             return
         self.open_session(folder)
 
@@ -189,27 +213,30 @@ class ConversationCommands:
             try:
                 folder = self.store.find(name)
             except VlchatError as error:
-                self.notify(str(error), severity="error")
-                self.transcript.note(str(error), "error")
+                self.say(str(error), "error")
                 return
         elif self.session is not None:
             folder = self.session.folder
         else:
-            self.notify("Nothing saved to delete yet. /delete NAME deletes another session.", severity="warning")
+            self.say("Nothing saved to delete yet. /delete NAME deletes another session.", "error")
             return
         is_open = self.session is not None and Path(folder) == self.session.folder
-        title = clean(self.session.title, keep_newlines=False) if is_open else clean(name, keep_newlines=False)
+        if is_open:
+            title = clean(self.session.title, keep_newlines=False)
+        else:  # named by id or part of it: the question shows the title the person knows it by
+            info = next((i for i in self.store.list() if Path(i.folder) == Path(folder)), None)
+            title = clean(info.title if info is not None and info.title else name, keep_newlines=False)
         question = f"Delete the session {title!r} and its pictures from disk?\n{clean(str(folder), keep_newlines=False)}"
         if is_open:
             question += "\nThis is the open conversation; a new empty one takes its place."
 
         def answered(yes: bool | None) -> None:
             if not yes:
-                self.notify("Nothing deleted.")
+                self.say("Nothing deleted.")
                 return
             if is_open:
                 if self.generating is not None:
-                    self.notify("Wait for the answer (or press Esc) before deleting this session.", severity="warning")
+                    self.toast("Wait for the answer (or press Esc) before deleting this session.", "warning")
                     return
                 self.opening_session = True
             self.sessions.delete(folder, title, is_open=is_open)
@@ -220,7 +247,7 @@ class ConversationCommands:
         try:
             parts = shlex.split(args)
         except ValueError as error:
-            self.notify(f"/export: {error}. Quote paths with spaces.", severity="error")
+            self.say(f"/export: {error}. Quote paths with spaces.", "error")
             return
         self.request_save("export")
         self.sessions.export(self.snapshot(), parts[0] if parts else None)
@@ -232,20 +259,18 @@ class ConversationCommands:
     def action_copy(self) -> None:
         answer = self.conversation.last("assistant")
         if answer is None or not answer.text:
-            self.notify("No answer to copy yet.", severity="warning")
+            self.toast("No answer to copy yet.", "warning")
             return
         self.app.copy_to_clipboard(answer.text)
-        self.notify(f"Copied the last answer ({len(answer.text)} characters) to the clipboard.")
+        self.toast(f"Copied the last answer ({len(answer.text)} characters) to the clipboard.")
 
     def command_help(self, _args: str) -> None:
         self.action_help()
 
     def action_help(self) -> None:
-        keys = []
-        for binding in [*self.app.BINDINGS, *PromptArea.BINDINGS]:
-            keys.append(f"  {binding.key:<20} {binding.description or binding.action}")
-        keys.append(f"  {'ctrl+p':<20} command palette")
         from vlchat.ui.screens.chat_paste import PASTE_HELP
+        from vlchat.ui.screens.help import HelpScreen
 
-        paste = f"{PASTE_HELP}\nHere: {self.graphics.paste.describe()}."
-        self.transcript.note(slash.help_text() + "\nKeys:\n" + "\n".join(keys) + "\n" + paste, "help")
+        if not isinstance(self.app.screen, HelpScreen):
+            paste = f"{PASTE_HELP} Here: {self.graphics.paste.describe()}."
+            self.app.push_screen(HelpScreen(self.app.bound_keys(), notes=paste))
