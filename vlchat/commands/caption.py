@@ -422,7 +422,7 @@ def caption_all(engine, found: list[Found], store: Store, *, args, settings, par
     remote = bool(settings.endpoint)
     batching = not remote and can_batch(engine)
     if remote:
-        mode = f"{concurrency} requests at a time"
+        mode = f"{concurrency} request{'' if concurrency == 1 else 's'} at a time"
     elif batching:
         mode = f"batches of {batch_size}"
     else:
