@@ -101,6 +101,9 @@ class OpenAITestServer:
         self.api_key = api_key
         self.max_body = max_body
         self.trickle_s = 0.5
+        # What GET /models lists, when not every model served: a server that loads models on
+        # demand (transformers serve) lists only those it has loaded.
+        self.listed: list[str] | None = None
         self.empty_answers = 0  # the next N answers are a role chunk and [DONE] (see demo-empty)
         self.huge_line_bytes = 64 << 20
         self.requests: list[dict[str, Any]] = []
@@ -294,7 +297,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path.split("?")[0].rstrip("/") == "/v1/models":
             created = int(time.time())
             cards = []
-            for name in self.owner.models:
+            for name in self.owner.models if self.owner.listed is None else self.owner.listed:
                 if name == OLLAMA:
                     cards.append({"id": name, "object": "model", "created": created, "owned_by": "library"})
                 else:

@@ -202,6 +202,8 @@ def _ask(args, settings, engine, pictures, question, session) -> int:
     engine.load(progress)
     if err.isatty():
         print("\r\x1b[K", end="", file=err, flush=True)
+    if session is not None:
+        session.model = model_record(settings, engine.describe())  # a server's own name for its model
 
     cancel = threading.Event()
     stream = engine.stream(conversation, params, cancel)

@@ -1,0 +1,134 @@
+"""Issue 16, the command line: what a new user met with `vlchat ask` and servers, as they run it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from tests.conftest import vlchat_command
+from tests.openai_server import OpenAITestServer
+from vlchat.demo import SAMPLES_DIR
+
+pytestmark = pytest.mark.timeout(180)
+
+RED_CIRCLE = SAMPLES_DIR / "red-circle.png"
+GREEN_TRIANGLE = SAMPLES_DIR / "green-triangle.png"
+
+
+@pytest.fixture
+def vlchat(tmp_path):
+    sessions = tmp_path / "sessions"
+
+    def run(*args, env=None, timeout=120):
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("VLCHAT_")}
+        full_env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf-home"), VLCHAT_CONFIG=str(tmp_path / "none.toml"),
+                        VLCHAT_SESSIONS_DIR=str(sessions))
+        full_env.update(env or {})
+        return subprocess.run([*vlchat_command(), *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                              env=full_env, cwd=tmp_path)
+
+    run.sessions = sessions
+    return run
+
+
+def error_line(result) -> str:
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.strip().splitlines() if line.startswith("vlchat: error: ")]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+# -- 17, 18: pictures and the question -----------------------------------------------------------------------
+@pytest.mark.parametrize("args", [["pics/landscap.jpg"], ["landscap.jpg"], [RED_CIRCLE, "pics/landscap.jpg", "What is it?"]])
+def test_a_mistyped_picture_is_an_error_not_a_question(vlchat, args):
+    result = vlchat("ask", *args)
+    assert result.returncode == 2, result
+    assert "no picture at" in error_line(result) and "landscap.jpg" in error_line(result)
+    assert result.stdout == ""
+
+
+def test_a_question_with_no_picture_says_so(vlchat):
+    result = vlchat("ask", "What colour is the shape?")
+    assert result.returncode == 0, result.stderr
+    assert "vlchat: note: no picture is sent with this question" in result.stderr
+
+
+def test_help_and_behaviour_agree_on_one_question(vlchat):
+    shown = vlchat("ask", "--help")
+    assert "[IMAGE...] QUESTION [IMAGE... QUESTION ...]" not in shown.stdout
+    assert "One question per ask" in shown.stdout
+    result = vlchat("ask", RED_CIRCLE, "What colour?", GREEN_TRIANGLE, "What shape?")
+    assert result.returncode == 2
+    line = error_line(result)
+    assert "only the last argument is the question" in line and "--session" in line
+
+
+# -- 27: the seed ---------------------------------------------------------------------------------------------
+def test_a_seed_beyond_32_bits_is_refused_before_anything_runs(vlchat):
+    result = vlchat("ask", RED_CIRCLE, "What colour is the shape?", "--seed", str(2**64), "--temperature", "0.7")
+    assert result.returncode == 2
+    assert "seed must be a whole number from 0 to 4294967295" in error_line(result)
+    ok = vlchat("ask", RED_CIRCLE, "What colour is the shape?", "--seed", str(2**32 - 1), "--temperature", "0.7")
+    assert ok.returncode == 0, ok.stderr
+
+
+# -- 22: an empty stream --------------------------------------------------------------------------------------
+def test_an_empty_stream_is_an_error_and_saves_no_answer(vlchat, openai_server):
+    result = vlchat("ask", RED_CIRCLE, "What colour is the shape?", "--endpoint", openai_server.url,
+                    "--model", "demo-empty", "--session", "new", "--json")
+    assert result.returncode == 1
+    assert "ended the answer without sending any of it" in error_line(result)
+    [folder] = list(vlchat.sessions.iterdir())
+    saved = json.loads((folder / "session.json").read_text())
+    assert [m["role"] for m in saved["conversation"]["messages"]] == ["user"]
+
+
+# -- 25: a model the server loads on demand ---------------------------------------------------------------------
+def test_a_model_the_server_does_not_list_is_asked_for_anyway(vlchat, demo_engine):
+    # A server that loads models on demand lists only the loaded ones (here: none of them).
+    with OpenAITestServer(demo_engine, models=["shapes-v1"]) as server:
+        server.listed = []
+        unnamed = vlchat("ask", RED_CIRCLE, "What colour is the shape?", "--endpoint", server.url)
+        assert unnamed.returncode == 1
+        assert "lists no models" in error_line(unnamed) and "--model" in error_line(unnamed)
+        assert "Pass one of those names" not in unnamed.stderr
+        named = vlchat("ask", RED_CIRCLE, "What colour is the shape?", "--endpoint", server.url, "--model", "shapes-v1")
+        assert named.returncode == 0, named.stderr
+        assert named.stdout == "The shape is red.\n"
+
+
+# -- 23, 24: a failed turn, and resuming on a server ------------------------------------------------------------
+def test_a_failed_turn_is_not_sent_again_and_the_server_model_is_kept(vlchat, demo_engine):
+    with OpenAITestServer(demo_engine) as server:
+        first = vlchat("ask", RED_CIRCLE, "What colour is the shape?", "--endpoint", server.url + "/", "--session", "new",
+                       "--model", "demo", "--json")
+        assert first.returncode == 0, first.stderr
+        folder = json.loads(first.stdout)["session"]["path"]
+        saved = json.loads(open(os.path.join(folder, "session.json")).read())
+        assert saved["model"]["endpoint"] == server.url  # normalised: no trailing slash
+        assert saved["model"]["model"] == "demo" and saved["model"]["name"] == "demo"
+
+        server.empty_answers = 1
+        failed = vlchat("ask", "What shape is it?", "--session", folder, "--endpoint", server.url)
+        assert failed.returncode == 1
+        # --endpoint repeated, no --model: the session's model is kept, not replaced by "demo"-the-default
+        again = vlchat("ask", "What shape is it?", "--session", folder, "--endpoint", server.url)
+        assert again.returncode == 0, again.stderr
+        assert "circle" in again.stdout
+        sent = [r for r in server.requests if r["method"] == "POST"][-1]["body"]["messages"]
+        assert [m["role"] for m in sent] == ["user", "assistant", "user"]
+        saved = json.loads(open(os.path.join(folder, "session.json")).read())
+        roles = [m["role"] for m in saved["conversation"]["messages"]]
+        assert roles == ["user", "assistant", "user", "user", "assistant"]  # the unanswered one stays visible
+
+
+def test_a_session_without_model_records_the_servers_model(vlchat, demo_engine):
+    with OpenAITestServer(demo_engine, models=["shapes-v1"]) as server:
+        first = vlchat("ask", RED_CIRCLE, "What colour is the shape?", "--endpoint", server.url, "--session", "new", "--json")
+        folder = json.loads(first.stdout)["session"]["path"] if first.returncode == 0 else None
+        assert folder, first.stderr
+        saved = json.loads(open(os.path.join(folder, "session.json")).read())
+        assert saved["model"]["model"] == "shapes-v1" and saved["model"]["name"] == "shapes-v1"
