@@ -132,3 +132,21 @@ def test_a_session_without_model_records_the_servers_model(vlchat, demo_engine):
         assert folder, first.stderr
         saved = json.loads(open(os.path.join(folder, "session.json")).read())
         assert saved["model"]["model"] == "shapes-v1" and saved["model"]["name"] == "shapes-v1"
+
+
+# -- 19: --session by title -------------------------------------------------------------------------------------
+def test_session_by_title_takes_the_most_recent_and_says_so(vlchat):
+    for _ in range(2):
+        made = vlchat("ask", RED_CIRCLE, "What colour is the shape?", "--session", "new", "--json")
+        assert made.returncode == 0, made.stderr
+    latest = json.loads(made.stdout)["session"]["id"]
+    for name in ("What colour is the shape?", "colour is"):  # the whole title, and a part of it
+        again = vlchat("ask", "What shape is it?", "--session", name, "--json")
+        assert again.returncode == 0, again.stderr
+        assert json.loads(again.stdout)["session"]["id"] == latest
+        assert f"2 sessions fit {name!r}; using the most recent, {latest}" in again.stderr
+    short = vlchat("ask", "What shape is it?", "--session", latest[:3])
+    assert short.returncode == 2
+    assert "at least its first 4 characters" in error_line(short)
+    by_id = vlchat("ask", "What shape is it?", "--session", latest[:4], "--json")
+    assert json.loads(by_id.stdout)["session"]["id"] == latest and "using the most recent" not in by_id.stderr

@@ -92,7 +92,10 @@ def open_session(args: argparse.Namespace, settings, sources):
     store = SessionStore(store_root(settings))
     if args.session.strip().lower() == "new":
         return store.create()
-    session = store.open(args.session)
+    folder, note = store.choose(args.session)
+    if note:
+        print(clean(f"vlchat: note: {note}", keep_newlines=False), file=sys.stderr)
+    session = store.open(folder)
     if not sources.get("system", "").startswith("flag"):
         settings.system = None  # the config's system prompt is for new conversations; keep this one's
     from vlchat.engines.remember import apply_remembered
