@@ -150,3 +150,32 @@ def test_session_by_title_takes_the_most_recent_and_says_so(vlchat):
     assert "at least its first 4 characters" in error_line(short)
     by_id = vlchat("ask", "What shape is it?", "--session", latest[:4], "--json")
     assert json.loads(by_id.stdout)["session"]["id"] == latest and "using the most recent" not in by_id.stderr
+
+
+# -- 20: one documented schema for ask --json -----------------------------------------------------------------------
+def readme_json_fields() -> tuple[set[str], set[str]]:
+    """(fields, optional fields) from the README's `ask --json` table."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = text.split("`--json` prints one record", 1)[1].split("Exit codes", 1)[0]
+    fields, optional = set(), set()
+    for line in table.splitlines():
+        if line.startswith("| `"):
+            names = {part.strip(" `") for part in line.split("|")[1].split(",")}
+            fields |= names
+            if "optional" in line or "only with" in line:
+                optional |= names
+    return fields, optional
+
+
+def test_ask_json_has_the_documented_fields(vlchat, openai_server):
+    fields, optional = readme_json_fields()
+    assert "images" in fields and "finish_reason" in optional
+    local = json.loads(vlchat("ask", RED_CIRCLE, "What colour is the shape?", "--json").stdout)
+    served = json.loads(vlchat("ask", RED_CIRCLE, "What colour is the shape?", "--json", "--endpoint", openai_server.url,
+                               "--model", "demo").stdout)
+    for record in (local, served):
+        assert set(fields - optional) <= set(record) <= fields, set(record) ^ fields
+    assert local["device"] == "cpu" and local["endpoint"] is None
+    assert served["device"] is None and served["endpoint"] == openai_server.url

@@ -261,7 +261,7 @@ def _ask(args, settings, engine, pictures, question, session) -> int:
             "answer": text.strip(),
             "model": engine_info.name,
             "model_label": engine_info.label or None,
-            "device": engine_info.device,
+            "device": None if engine_info.endpoint else engine_info.device,  # a server's URL is in endpoint
             "endpoint": engine_info.endpoint,
             "quantization": engine_info.quantization,
             "images": [p.ref.to_dict() for p in pictures],
