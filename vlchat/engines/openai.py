@@ -798,8 +798,10 @@ class OpenAIEngine(ChatEngine):
                     f"no OpenAI-compatible API at {self.endpoint} ({head} for /{what}){says}",
                     "check --endpoint; it usually ends in /v1 (vLLM http://host:8000/v1, Ollama http://host:11434/v1)",
                 )
+            listed = getattr(self, "listed_models", [])
+            lists = ("; it lists " + ", ".join(clean(n, keep_newlines=False) for n in listed[:12])) if listed else ""
             return ModelNotFoundError(
-                f"the server at {self.endpoint} has no model {name!r} ({head}){says}",
+                f"the server at {self.endpoint} has no model {name!r} ({head}){says}{lists}",
                 f"see what it serves with `vlchat models --endpoint {self.endpoint}` and pass that name with --model",
             )
         if status == 413:
@@ -895,6 +897,7 @@ class OpenAIEngine(ChatEngine):
         report(LoadProgress(f"connecting to {self.endpoint}"))
         models = self.list_models()
         names = [m.id for m in models]
+        self.listed_models = names
         listed = ", ".join(clean(n, keep_newlines=False) for n in names[:12]) + (", …" if len(names) > 12 else "")
         wanted = self.requested_model
         if wanted is not None and self.model_is_default and wanted not in names:
