@@ -16,6 +16,7 @@ from vlchat.engines.openai import (
     AuthenticationError,
     ConnectionRefusedByServerError,
     ConnectTimeoutError,
+    EmptyAnswerError,
     EndpointNotFoundError,
     HostNotFoundError,
     IncompleteStreamError,
@@ -440,6 +441,6 @@ def test_an_empty_stream_is_an_error_not_an_empty_answer(openai_server, picture)
     engine = connected(openai_server, "demo-empty")
     conversation = Conversation()
     conversation.add_user("What colour is the shape?", [picture().ref])
-    with pytest.raises(IncompleteStreamError) as caught:
+    with pytest.raises(EmptyAnswerError) as caught:
         "".join(engine.stream(conversation, SHORT))
     assert "without sending any of it" in str(caught.value)

@@ -106,12 +106,13 @@ class Tally:
     captioned: int = 0
     failed: int = 0
     skipped: int = 0
+    failed_before: int = 0  # skipped: an earlier run recorded an error (--retry-errors tries them)
     blocked: int = 0
     started: float = field(default_factory=time.perf_counter)
 
     @property
     def handled(self) -> int:
-        return self.captioned + self.failed + self.skipped + self.blocked
+        return self.captioned + self.failed + self.skipped + self.failed_before + self.blocked
 
 
 def picture_name(found: Found) -> str:
@@ -236,7 +237,7 @@ class Reader(threading.Thread):
                 return "skip", item, None
             return "copy", item, earlier  # the same bytes under another name: its own record, no model run
         if not self.retry_errors and done.has_error(found.path, self.model, self.prompt):
-            return "skip", item, None
+            return "failed-before", item, None
         try:
             item.picture = load_image(found.path, max_side=MODEL_MAX_SIDE)
         except ImageError as error:
@@ -271,8 +272,8 @@ class Reader(threading.Thread):
         for verdict, item, earlier in self._looked():
             if self.stop.is_set():
                 return
-            if verdict == "skip":
-                self._put(("skip", item))
+            if verdict in ("skip", "failed-before"):
+                self._put((verdict, item))
                 continue
             # Asked here, in order, not on the decoding threads: two pictures may want one .txt.
             why = self.store.blocked(item.found.path)
@@ -462,8 +463,10 @@ def caption_all(engine, found: list[Found], store: Store, *, args, settings, par
                          seconds=round(seconds or 0.0, 4))
         else:
             entry.update(model=model, prompt=prompt, error=item.error)
+        again = caption is None and store.done.has_error(entry["path"], model, prompt)
         try:
-            store.write(entry)
+            if not again:  # a retried picture that fails again keeps its one error record
+                store.write(entry)
         except PictureWriteError as error:  # this picture's .txt or folder only: the others go on
             tally.failed += 1
             progress.say(f"vlchat: {clean(error.line(), keep_newlines=False)}")
@@ -510,15 +513,37 @@ def caption_all(engine, found: list[Found], store: Store, *, args, settings, par
         parts.append(f"{tally.failed} failed (recorded with their error)")
     if tally.skipped:
         parts.append(f"{tally.skipped} already done")
+    if tally.failed_before:
+        parts.append(f"{tally.failed_before} failed in an earlier run (--retry-errors tries them again)")
     if tally.blocked:
         parts.append(f"{tally.blocked} left alone")
+    left = tally.total - tally.handled
+    if left > 0 and limit is not None and not interrupted:
+        parts.append(f"{left} left for the next run (--limit {limit})")
     summary = (f"vlchat: {tally.total} picture{'' if tally.total == 1 else 's'}: {', '.join(parts)}; {elapsed:.1f} s, {rate:.1f} pictures/s "
                f"({progress.mode}) -> {store.where()}")
     if interrupted:
         print(f"vlchat: stopped; {summary[len('vlchat: '):]}; run the same command again to go on", file=err)
         return 130
     print(summary, file=err)
+    if not args.recursive:
+        folders = _subfolders(args.inputs)
+        if folders:
+            print(f"vlchat: note: {folders} sub-folder{'' if folders == 1 else 's'} not looked in (add --recursive)", file=err)
     return 0
+
+
+def _subfolders(inputs: list[str]) -> int:
+    """Sub-folders (not hidden) of the folders named, which a run without --recursive leaves out."""
+    count = 0
+    for item in inputs:
+        try:
+            if os.path.isdir(item):
+                with os.scandir(item) as entries:
+                    count += sum(1 for e in entries if not e.name.startswith(".") and e.is_dir(follow_symlinks=False))
+        except OSError:
+            continue
+    return count
 
 
 def _messages(reader: Reader, tally: Tally, progress: Progress, stop: threading.Event, record) -> Iterator[tuple[str, Any]]:
@@ -532,8 +557,11 @@ def _messages(reader: Reader, tally: Tally, progress: Progress, stop: threading.
             continue
         if kind == "end":
             return
-        if kind == "skip":
-            tally.skipped += 1
+        if kind in ("skip", "failed-before"):
+            if kind == "skip":
+                tally.skipped += 1
+            else:
+                tally.failed_before += 1
             progress.draw()
             continue
         if kind == "copy":

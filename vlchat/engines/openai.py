@@ -128,6 +128,11 @@ class IncompleteStreamError(GenerationError):
     """The answer's stream ended without its final event ([DONE] or a finish_reason)."""
 
 
+class EmptyAnswerError(GenerationError):
+    """The stream ended properly but held no answer and no finish_reason: the server dropped the
+    request (llama-cpp-python's server does when another arrives). Asking again may work."""
+
+
 class MalformedStreamError(GenerationError):
     """A chunk of the answer's stream is not the JSON it should be."""
 
@@ -1080,7 +1085,7 @@ class OpenAIEngine(ChatEngine):
             if not state.text and not state.finish_reason and not stats.stopped:
                 # A role chunk and [DONE]: llama-cpp-python's server ends a request this way when
                 # another one arrives. It is not an empty answer, and must not be kept as one.
-                raise IncompleteStreamError(
+                raise EmptyAnswerError(
                     f"the server at {self.endpoint} ended the answer without sending any of it (no text and no finish_reason)",
                     "ask again; a server that takes one request at a time may have dropped it for another",
                 )
