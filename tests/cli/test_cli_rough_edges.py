@@ -179,3 +179,19 @@ def test_ask_json_has_the_documented_fields(vlchat, openai_server):
         assert set(fields - optional) <= set(record) <= fields, set(record) ^ fields
     assert local["device"] == "cpu" and local["endpoint"] is None
     assert served["device"] is None and served["endpoint"] == openai_server.url
+
+
+# -- 21: the demo model's wording -----------------------------------------------------------------------------------
+def test_the_demo_model_writes_plurals_and_articles_properly(vlchat, tmp_path):
+    import random
+
+    from vlchat.demo.shapes import Scene, draw_scene
+
+    crosses = tmp_path / "crosses.png"
+    draw_scene(Scene("cross", "yellow", "orange", 2), size=256, rng=random.Random(3)).save(crosses)
+    orange = tmp_path / "orange.png"
+    draw_scene(Scene("circle", "orange", "blue", 1), size=256, rng=random.Random(4)).save(orange)
+    described = vlchat("ask", crosses, "Describe the picture.")
+    assert described.stdout == "Two yellow crosses on an orange background.\n", described.stderr
+    assert vlchat("ask", crosses, "What shapes are these?").stdout == "They are crosses.\n"
+    assert vlchat("ask", orange, "Describe the picture.").stdout == "An orange circle on a blue background.\n"
