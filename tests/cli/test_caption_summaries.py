@@ -4,12 +4,18 @@ from a server, as a user runs the command (the installed command, the test serve
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
+import shlex
+import shutil
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import vlchat_command
 from tests.openai_server import OpenAITestServer
 from vlchat.demo.shapes import Scene, draw_scene
 
@@ -80,3 +86,30 @@ def test_empty_answers_are_errors_retried_once_recorded_once(tmp_path, run_vlcha
         assert len(errors) == len(set(errors)) == 2
     captioned = {r["path"] for r in rows if r.get("caption")}
     assert len(captioned) == 3 and captioned <= {str(p) for p in pictures}
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux for a real narrow terminal")
+def test_the_progress_bar_fits_a_narrow_terminal_and_leaves_no_trace(tmp_path):
+    """In a 48-column terminal the bar never wraps, so nothing of it is left behind: the screen
+    after the run holds the notes and the summary, and no piece of a bar."""
+    folder = tmp_path / "pics"
+    draw(folder, 6)
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")  # a line said above the bar
+    out = tmp_path / "c.jsonl"
+    done = tmp_path / "done"
+    session = f"vlchat-caption-{os.getpid()}"
+    command = " ".join(shlex.quote(str(a)) for a in [*vlchat_command(), "caption", folder, "-o", out, *FAST])
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "48", "-y", "20",
+                    # COLUMNS from a shared tmux server's environment would override the real width (rich honours it)
+                    f"env -u COLUMNS -u LINES HF_HUB_OFFLINE=1 {command}; touch {shlex.quote(str(done))}; sleep 60"], check=True)
+    try:
+        deadline = time.monotonic() + 200
+        while not done.exists():
+            assert time.monotonic() < deadline, "the caption run did not end"
+            time.sleep(0.2)
+        screen = subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True, text=True).stdout
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+    assert "6 captioned, 1 failed" in screen.replace("\n", ""), screen
+    assert "━" not in screen and "[#" not in screen and "##" not in screen and "pictures/s  " not in screen, screen
+    assert len(records(out)) == 7

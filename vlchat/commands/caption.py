@@ -122,55 +122,68 @@ def picture_name(found: Found) -> str:
 
 
 class Progress:
-    """A one-line bar on stderr with pictures/s and time left, redrawn at most 10 times a second,
-    only when stderr is a terminal; otherwise nothing until the summary."""
+    """A progress bar on stderr (rich.progress: it fits the terminal's width, however narrow), with
+    pictures/s and time left, only when stderr is a terminal; otherwise nothing until the summary."""
 
     def __init__(self, tally: Tally, mode: str, stream=None):
         self.tally = tally
-        self.mode = mode
         self.err = stream or sys.stderr
         self.live = self.err.isatty()
-        self._drawn_at = 0.0
+        self._bar = None
+        self._task = None
+        self._mode = mode
+        if self.live:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeRemainingColumn
+
+            from rich.table import Column
+
+            def cell(text: str, **options) -> TextColumn:
+                # one row, whatever the width: a row that wrapped would leave pieces of itself behind
+                return TextColumn(text, markup=False, table_column=Column(no_wrap=True, **options))
+
+            console = Console(file=self.err, highlight=False)
+            self._bar = Bar(
+                BarColumn(bar_width=None, table_column=Column(min_width=4, ratio=1)),
+                MofNCompleteColumn(table_column=Column(no_wrap=True)), cell("pictures"), cell("{task.fields[rate]}"),
+                TimeRemainingColumn(table_column=Column(no_wrap=True)),
+                cell("{task.fields[mode]}", overflow="ellipsis", ratio=1),
+                console=console, transient=True, expand=True, refresh_per_second=10,
+            )
+            self._task = self._bar.add_task("caption", total=tally.total or None, rate="", mode=f"({mode})")
+            self._bar.start()
+
+    @property
+    def mode(self) -> str:
+        return self._mode
+
+    @mode.setter
+    def mode(self, value: str) -> None:
+        self._mode = value
+        self.draw(force=True)
 
     def say(self, line: str) -> None:
         """A line of its own (an error, a note), above the bar."""
-        if self.live:
-            self.err.write("\r\x1b[K")
-        self.err.write(line + "\n")
-        self.err.flush()
-        self.draw(force=True)
-
-    def draw(self, force: bool = False) -> None:
-        if not self.live:
-            return
-        now = time.perf_counter()
-        if not force and now - self._drawn_at < 0.1:
-            return
-        self._drawn_at = now
-        t = self.tally
-        elapsed = now - t.started
-        rate = (t.captioned + t.failed) / elapsed if elapsed > 0 else 0.0
-        left = t.total - t.handled
-        eta = _duration(left / rate) if rate > 0 else "?"
-        width = 24
-        filled = int(width * t.handled / t.total) if t.total else width
-        bar = "#" * filled + "-" * (width - filled)
-        self.err.write(
-            f"\r[{bar}] {t.handled}/{t.total} pictures  {rate:.1f}/s  {eta} left  ({self.mode})\x1b[K"
-        )
-        self.err.flush()
-
-    def clear(self) -> None:
-        if self.live:
-            self.err.write("\r\x1b[K")
+        if self._bar is not None:
+            self._bar.console.print(line, markup=False, highlight=False, soft_wrap=True)
+        else:
+            self.err.write(line + "\n")
             self.err.flush()
 
+    def draw(self, force: bool = False) -> None:
+        if self._bar is None:
+            return
+        t = self.tally
+        elapsed = time.perf_counter() - t.started
+        rate = (t.captioned + t.failed) / elapsed if elapsed > 0 else 0.0
+        self._bar.update(self._task, completed=t.handled, rate=f"{rate:.1f}/s", mode=f"({self._mode})")
+        if force:
+            self._bar.refresh()
 
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+    def clear(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()  # transient: the bar goes, the lines said above it stay
+            self._bar = None
 
 
 # -- the reader ------------------------------------------------------------------------------------
