@@ -195,3 +195,31 @@ def test_the_demo_model_writes_plurals_and_articles_properly(vlchat, tmp_path):
     assert described.stdout == "Two yellow crosses on an orange background.\n", described.stderr
     assert vlchat("ask", crosses, "What shapes are these?").stdout == "They are crosses.\n"
     assert vlchat("ask", orange, "Describe the picture.").stdout == "An orange circle on a blue background.\n"
+
+
+# -- 26: /model in the app with --endpoint ------------------------------------------------------------------------
+def test_model_picker_with_an_endpoint_lists_the_servers_models(openai_server):
+    from textual.widgets import OptionList
+
+    from tests.toolkit import app_for, run_async, settle, until
+    from vlchat.engines.openai import OpenAIEngine
+    from vlchat.ui.models_screen import ModelPicker
+
+    @run_async
+    async def drive():
+        engine = OpenAIEngine(openai_server.url, "demo")
+        engine.load()
+        app = app_for(engine, endpoint=openai_server.url, model="demo")
+        async with app.run_test(size=(120, 40)) as pilot:
+            await settle(pilot)
+            app.chat.prompt.text = "/model"
+            await pilot.press("enter")
+            await until(pilot, lambda: isinstance(app.screen, ModelPicker) and len(app.screen.rows) > 0, timeout=30)
+            options = app.screen.query_one(OptionList)
+            shown = [str(options.get_option_at_index(i).prompt) for i in range(options.option_count)]
+            assert any("shapes:latest" in line for line in shown), shown
+            assert not any("llava-1.5-7b" in line for line in shown), shown  # the local registry's
+            assert any(line.startswith("● demo") for line in shown)
+            await pilot.press("escape")
+
+    drive()
