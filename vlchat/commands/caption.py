@@ -537,7 +537,7 @@ def caption_all(engine, found: list[Found], store: Store, *, args, settings, par
         print(f"vlchat: stopped; {summary[len('vlchat: '):]}; run the same command again to go on", file=err)
         return 130
     if not args.recursive:
-        folders = _subfolders(args.inputs)
+        folders = _subfolders(getattr(args, "inputs", None) or [])
         if folders:
             print(f"vlchat: note: {folders} sub-folder{'' if folders == 1 else 's'} not looked in (add --recursive)", file=err)
     print(summary, file=err)  # the last line, as scripts read it
