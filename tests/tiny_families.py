@@ -10,6 +10,7 @@ words.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 VOCAB = 384
@@ -95,39 +96,6 @@ def _save(folder: Path, model, processor) -> Path:
     return folder
 
 
-def build_llava_next(folder: Path) -> Path:
-    _seed()
-    from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextProcessor
-    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
-
-    tokenizer = build_tokenizer([])
-    pinpoints = [[IMAGE, IMAGE], [IMAGE, 2 * IMAGE], [2 * IMAGE, IMAGE]]
-    config = LlavaNextConfig(
-        vision_config=_clip(), text_config=_llama(), image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-        image_grid_pinpoints=pinpoints, vision_feature_select_strategy="default", vision_feature_layer=-1,
-    )
-    processor = LlavaNextProcessor(
-        image_processor=LlavaNextImageProcessorPil(
-            size={"shortest_edge": IMAGE}, crop_size={"height": IMAGE, "width": IMAGE}, image_grid_pinpoints=pinpoints
-        ),
-        tokenizer=tokenizer, patch_size=PATCH, vision_feature_select_strategy="default",
-        num_additional_image_tokens=1, chat_template=TEMPLATE.replace("@IMG@", "<image>"),
-    )
-    return _save(folder, LlavaNextForConditionalGeneration(config), processor)
-
-
-def _blip_vision(config_cls):
-    return config_cls(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2,
-                      image_size=IMAGE, patch_size=PATCH)
-
-
-def _blip_image_processor():
-    from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
-
-    return BlipImageProcessorPil(size={"height": IMAGE, "width": IMAGE})
-
-
-QUERY_TOKENS = 8
 # Answers full of code and punctuation, as a conversation about a screenshot of code has them.
 CODE = (
     "def f(x): return {'a': [x, x], 'b': (x,)}; print(f(1))  # -> {'a': [1, 1], 'b': (1,)}",
@@ -135,30 +103,6 @@ CODE = (
     "if (a && b) || !c { return x[0]->y; } else { return *p++; } // ok?",
     "SELECT a.b, c.d FROM t1 a JOIN t2 c ON (a.id = c.id) WHERE x > 1; -- done",
 )
-
-
-def build_instructblip(folder: Path) -> Path:
-    _seed()
-    from transformers import (InstructBlipConfig, InstructBlipForConditionalGeneration, InstructBlipProcessor,
-                              InstructBlipQFormerConfig, InstructBlipVisionConfig)
-
-    # InstructBLIP-Vicuna's own files were not found (tests/data/families/SOURCES.md): its two real
-    # tokenizers stand in. Vicuna's is Llama 2's (LLaVA 1.5's published files, which add <image>
-    # and <pad>); the Q-Former's is bert-base-uncased with [DEC] as BOS, as transformers' conversion
-    # makes it. Code takes far more BERT tokens than Llama tokens: BERT splits every punctuation mark.
-    tokenizer = llama2_tokenizer()
-    qformer_tokenizer = bert_uncased_tokenizer(bos="[DEC]")
-    qformer = InstructBlipQFormerConfig(hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
-                                        intermediate_size=128, encoder_hidden_size=64,
-                                        vocab_size=len(qformer_tokenizer), max_position_embeddings=512)
-    config = InstructBlipConfig(
-        vision_config=_blip_vision(InstructBlipVisionConfig), qformer_config=qformer,
-        text_config=_llama(vocab_size=len(tokenizer), bos_token_id=1, eos_token_id=2, pad_token_id=32001),
-        num_query_tokens=QUERY_TOKENS, image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-    )
-    processor = InstructBlipProcessor(_blip_image_processor(), tokenizer, qformer_tokenizer,
-                                      num_query_tokens=QUERY_TOKENS)
-    return _save(folder, InstructBlipForConditionalGeneration(config), processor)
 
 
 def build_qwen2_vl(folder: Path) -> Path:
@@ -199,58 +143,64 @@ def build_qwen2_vl(folder: Path) -> Path:
     return folder
 
 
-def build_idefics3(folder: Path) -> Path:
-    _seed()
-    from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3Processor
-    from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
-
-    extra = ["<fake_token_around_image>", "<end_of_utterance>", "<global-img>"]
-    extra += [f"<row_{i + 1}_col_{j + 1}>" for i in range(6) for j in range(6)]
-    tokenizer = build_tokenizer(extra)
-    config = Idefics3Config(
-        vision_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=IMAGE, patch_size=PATCH),
-        text_config=_llama(), scale_factor=2, image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-    )
-    image_processor = Idefics3ImageProcessorPil(
-        do_image_splitting=False, size={"longest_edge": IMAGE}, max_image_size={"longest_edge": IMAGE},
-    )
-    processor = Idefics3Processor(image_processor, tokenizer, image_seq_len=(IMAGE // PATCH) ** 2 // 4,
-                                  chat_template=TEMPLATE.replace("@IMG@", "<image>"))
-    return _save(folder, Idefics3ForConditionalGeneration(config), processor)
-
-
-
-
 # JoyCaption's shape: Llama 3.1 header template over string contents, with a tokenizer that adds
-# <|begin_of_text|> by itself, as Llama 3's does (the source of a doubled BOS).
+# <|begin_of_text|> by itself, as Llama 3's does (the source of a doubled BOS). The template is
+# project-made (the published one was not found); the tokens are JoyCaption's: Llama 3.1's special
+# tokens at their ids (128000-128255), the image token and the BOS/EOS/padding roles as
+# llama-joycaption-alpha-two-hf-llava publishes them (tests/data/families/joycaption-alpha-two).
 JOY_TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
     "{{ m['content'] }}<|eot_id|>{% endfor %}"
     "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
 )
+LLAMA31_SPECIAL = (["<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>",
+                    "<|reserved_special_token_1|>", "<|finetune_right_pad_id|>", "<|reserved_special_token_2|>",
+                    "<|start_header_id|>", "<|end_header_id|>", "<|eom_id|>", "<|eot_id|>", "<|python_tag|>"]
+                   + [f"<|reserved_special_token_{i}|>" for i in range(3, 248)])  # ids 128000-128255
+
+
+def llama31_layout_tokenizer():
+    """Llama 3.1's special tokens at their published ids (128000-128255) over a byte-level
+    vocabulary of placeholders (Llama 3.1's own 128000 tokens are not here): text goes byte by
+    byte, every special token keeps its id, and <|begin_of_text|> is put first as Llama 3's does."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {char: i for i, char in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    vocab.update({f"\u2400unused{i}\u2400": i for i in range(len(vocab), 128000)})
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in LLAMA31_SPECIAL])
+    tok.post_processor = processors.TemplateProcessing(
+        single="<|begin_of_text|> $A", pair="<|begin_of_text|> $A <|begin_of_text|> $B",
+        special_tokens=[("<|begin_of_text|>", 128000)])
+    roles = {key: value["content"] for key, value in real_json("joycaption-alpha-two", "special_tokens_map.json").items()}
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=131072, **roles)
+    assert tokenizer.convert_tokens_to_ids("<|reserved_special_token_69|>") == 128077
+    return tokenizer
 
 
 def build_joycaption(folder: Path) -> Path:
     _seed()
-    from tokenizers import processors
     from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-    tokenizer = build_tokenizer(["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"])
-    bos = tokenizer.bos_token_id
-    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
-    )
+    tokenizer = llama31_layout_tokenizer()
+    published = real_json("joycaption-alpha-two", "processor_config.json")
+    image_token = published["image_token"]
     config = LlavaConfig(
-        vision_config=_clip(), text_config=_llama(), image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-        vision_feature_select_strategy="default", vision_feature_layer=-1,
+        vision_config=_clip(),
+        text_config=_llama(vocab_size=128256, bos_token_id=128000, eos_token_id=128009, pad_token_id=128004),
+        image_token_index=tokenizer.convert_tokens_to_ids(image_token),
+        vision_feature_select_strategy=published["vision_feature_select_strategy"], vision_feature_layer=-1,
     )
     processor = LlavaProcessor(
         image_processor=CLIPImageProcessorPil(size={"height": IMAGE, "width": IMAGE}, do_center_crop=False,
                                               crop_size={"height": IMAGE, "width": IMAGE}),
-        tokenizer=tokenizer, patch_size=PATCH, vision_feature_select_strategy="default",
-        num_additional_image_tokens=1, chat_template=JOY_TEMPLATE,
+        tokenizer=tokenizer, patch_size=PATCH, vision_feature_select_strategy=published["vision_feature_select_strategy"],
+        num_additional_image_tokens=published["num_additional_image_tokens"], image_token=image_token,
+        chat_template=JOY_TEMPLATE,
     )
     return _save(folder, LlavaForConditionalGeneration(config), processor)
 
@@ -268,18 +218,6 @@ def real_file(family: str, name: str) -> bytes:
     if (folder / name).is_file():
         return (folder / name).read_bytes()
     return lzma.decompress((folder / (name + ".xz")).read_bytes())
-
-
-def llama2_tokenizer():
-    """Llama 2's tokenizer (Vicuna's) from LLaVA 1.5's published files."""
-    import tempfile
-
-    from transformers import AutoTokenizer
-
-    with tempfile.TemporaryDirectory() as folder:
-        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json"):
-            (Path(folder) / name).write_bytes(real_file("llava-1.5", name))
-        return AutoTokenizer.from_pretrained(folder)
 
 
 def real_json(family: str, name: str) -> dict:
@@ -306,11 +244,13 @@ TINY_BERT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num
 
 
 def build_blip(folder: Path, *, vqa: bool = False) -> Path:
-    """Salesforce/blip-image-captioning-base's config and image processor, its tokenizer made as
-    transformers' BLIP conversion makes it (bert-base-uncased, [DEC] as BOS, [ENC] added); for
-    ``vqa`` the same with the question-answering architecture (blip-vqa-base has BLIP-base's sizes)."""
+    """Salesforce/blip-image-captioning-base's config and image processor, and its tokenizer as
+    published: bert-base-uncased's vocabulary with the BLIP repositories' tokenizer_config.json and
+    special_tokens_map.json, which name no [DEC] or [ENC] (the model puts those in itself, from its
+    config: bos_token_id 30522); for ``vqa`` the same with the question-answering architecture
+    (blip-vqa-base has BLIP-base's sizes, tokenizer and image settings)."""
     _seed()
-    from transformers import (BlipConfig, BlipForConditionalGeneration, BlipForQuestionAnswering,
+    from transformers import (AutoTokenizer, BlipConfig, BlipForConditionalGeneration, BlipForQuestionAnswering,
                               BlipImageProcessor, BlipProcessor)
 
     data = real_json("blip", "config.json")
@@ -323,7 +263,9 @@ def build_blip(folder: Path, *, vqa: bool = False) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "preprocessor_config.json").write_bytes(real_file("blip", "preprocessor_config.json"))
     image_processor = BlipImageProcessor.from_pretrained(folder)
-    tokenizer = bert_uncased_tokenizer(bos="[DEC]", extra=("[ENC]",))
+    for name in ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
+        (folder / name).write_bytes(real_file("bert-base-uncased" if name == "vocab.txt" else "blip", name))
+    tokenizer = AutoTokenizer.from_pretrained(folder)
     processor = BlipProcessor(image_processor, tokenizer)
     model = model_class(config)
     model.generation_config.max_length = None
@@ -371,9 +313,19 @@ def shrink_llava(config: dict) -> None:
     config["vision_config"].update(TINY_VISION, projection_dim=64)
 
 
+def shrink_llava_next(config: dict) -> None:
+    shrink_llava(config)
+
+
 def shrink_blip2(config: dict) -> None:
     config["text_config"].update(hidden_size=64, ffn_dim=128, num_hidden_layers=1, num_attention_heads=2,
                                  word_embed_proj_dim=64)
+    config["vision_config"].update(TINY_VISION, num_hidden_layers=1)
+    config["qformer_config"].update(TINY_BERT, encoder_hidden_size=64)
+
+
+def shrink_instructblip(config: dict) -> None:
+    config["text_config"].update(TINY_TEXT, head_dim=32)
     config["vision_config"].update(TINY_VISION, num_hidden_layers=1)
     config["qformer_config"].update(TINY_BERT, encoder_hidden_size=64)
 
@@ -393,7 +345,7 @@ def shrink_minicpmv4_6(config: dict) -> None:
     config["insert_layer_id"] = 0  # its merger sits after this vision layer: there are two
 
 
-SHRINK = {"llava": shrink_llava, "blip-2": shrink_blip2, "qwen2_5_vl": shrink_qwen2_5_vl,
+SHRINK = {"llava": shrink_llava, "llava_next": shrink_llava_next, "blip-2": shrink_blip2, "instructblip": shrink_instructblip, "qwen2_5_vl": shrink_qwen2_5_vl,
           "minicpmv4_6": shrink_minicpmv4_6}
 
 
@@ -406,6 +358,8 @@ def build_real(family: str, folder: Path) -> Path:
 
     _seed()
     copy_real(family, folder)
+    if family in TOKENIZER_FROM:
+        TOKENIZER_FROM[family](folder)
     data = json.loads((folder / "config.json").read_text())
     SHRINK[data["model_type"]](data)
     (folder / "config.json").write_text(json.dumps(data, indent=2))
@@ -425,6 +379,56 @@ def build_real(family: str, folder: Path) -> Path:
     return folder
 
 
+def mistral_tokenizer_for_llava_next(folder: Path) -> None:
+    """llava-v1.6-mistral-7b-hf's tokenizer as transformers' LLaVA-NeXT conversion script made it:
+    Mistral 7B's (its own files, tests/data/families/mistral-7b) with <image> added as a special
+    token (32000) and <pad> (32001) as the padding token, which the published added_tokens.json
+    records; padded on the left, as the published tokenizer is."""
+    import tempfile
+
+    from tokenizers import AddedToken
+    from transformers import AutoTokenizer
+
+    with tempfile.TemporaryDirectory() as source:
+        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+            (Path(source) / name).write_bytes(real_file("mistral-7b", name))
+        tokenizer = AutoTokenizer.from_pretrained(source, padding_side="left")
+    tokenizer.add_tokens(AddedToken("<image>", special=True, normalized=False), special_tokens=True)
+    tokenizer.add_special_tokens({"pad_token": "<pad>"})
+    added = json.loads((folder / "added_tokens.json").read_text())
+    assert {t: tokenizer.convert_tokens_to_ids(t) for t in added} == added, "the published ids"
+    tokenizer.save_pretrained(folder)
+    (folder / "added_tokens.json").write_bytes(real_file("llava-next", "added_tokens.json"))
+
+
+def vicuna_tokenizer_for_instructblip(folder: Path) -> None:
+    """Salesforce/instructblip-vicuna-7b's two tokenizers. Vicuna's is LLaMA's 32000-token
+    SentencePiece vocabulary, the same as Llama 2's (llava-1.5's published tokenizer.json, its own
+    added tokens taken out); the published tokenizer_config.json adds [PAD], <image> and <video> at
+    32000-32002 and makes "</s>" the BOS, which is what the tokenizer puts first (transformers'
+    InstructBLIP code notes the authors' "</s>" BOS, id 2); its legacy normalizer is llava-1.5's too.
+    The Q-Former's is bert-base-uncased with [DEC] added as BOS (30522, the published
+    qformer_tokenizer/added_tokens.json)."""
+    data = json.loads(real_file("llava-1.5", "tokenizer.json"))
+    data["added_tokens"] = [token for token in data["added_tokens"] if token["id"] < 32000]
+    bos = next(token["id"] for token in data["added_tokens"] if token["content"] == "</s>")
+    first = {"SpecialToken": {"id": "</s>", "type_id": 0}}
+    data["post_processor"] = {
+        "type": "TemplateProcessing",
+        "single": [first, {"Sequence": {"id": "A", "type_id": 0}}],
+        "pair": [first, {"Sequence": {"id": "A", "type_id": 0}}, {"SpecialToken": {"id": "</s>", "type_id": 1}},
+                 {"Sequence": {"id": "B", "type_id": 1}}],
+        "special_tokens": {"</s>": {"id": "</s>", "ids": [bos], "tokens": ["</s>"]}},
+    }
+    (folder / "tokenizer.json").write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    qformer = bert_uncased_tokenizer(bos="[DEC]")
+    assert qformer.convert_tokens_to_ids("[DEC]") == 30522
+    qformer.save_pretrained(folder / "qformer_tokenizer")
+
+
+TOKENIZER_FROM = {"llava-next": mistral_tokenizer_for_llava_next, "instructblip": vicuna_tokenizer_for_instructblip}
+
+
 def load_tokenizer(folder: Path):
     from transformers import AutoTokenizer
 
@@ -433,14 +437,76 @@ def load_tokenizer(folder: Path):
 
 
 
+# SmolVLM-Instruct (HuggingFaceTB): its published processor files are stored (tests/data/families/smolvlm,
+# SOURCES.md); its tokenizer (SmolLM2's 49152-token BPE) and config.json were not found whole. The
+# tokenizer here keeps the published special-token layout: SmolLM2's 17 special tokens at ids 0-16,
+# the three added_tokens.json ones at 49152-49154, the roles SmolLM2 and SmolVLM give them (BOS
+# <|im_start|>, which the template writes itself; EOS <end_of_utterance>, the generation_config's
+# 49154; padding <|im_end|>, its 2); text goes byte by byte through placeholder ids in between.
+# The config carries the published vision-language values: image token 49153, pixel shuffle
+# scale 3, 384-pixel tiles of 14-pixel patches (so 81 tokens a tile, the processor's image_seq_len),
+# a 49155-token vocabulary and untied output embeddings.
+SMOLLM2_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<repo_name>", "<reponame>", "<file_sep>",
+                   "<filename>", "<gh_stars>", "<issue_start>", "<issue_comment>", "<issue_closed>",
+                   "<jupyter_start>", "<jupyter_text>", "<jupyter_code>", "<jupyter_output>", "<jupyter_script>",
+                   "<empty_output>"]
+
+
+def smolvlm_tokenizer(folder: Path):
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    added = json.loads(real_file("smolvlm", "added_tokens.json"))
+    vocab = {token: i for i, token in enumerate(SMOLLM2_SPECIAL)}
+    for char in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab[char] = len(vocab)
+    vocab.update({f"\u2400unused{i}\u2400": i for i in range(len(vocab), min(added.values()))})
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SMOLLM2_SPECIAL])
+    for token, _ in sorted(added.items(), key=lambda item: item[1]):
+        tok.add_special_tokens([AddedToken(token, special=True, normalized=False)])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<end_of_utterance>", pad_token="<|im_end|>",
+        unk_token="<|endoftext|>", additional_special_tokens=sorted(added, key=added.get), model_max_length=16384,
+    )
+    assert {t: tokenizer.convert_tokens_to_ids(t) for t in added} == added, "the published ids"
+    return tokenizer
+
+
+def build_smolvlm(folder: Path) -> Path:
+    _seed()
+    from transformers import GenerationConfig, Idefics3Config, Idefics3ForConditionalGeneration
+
+    copy_real("smolvlm", folder)
+    tokenizer = smolvlm_tokenizer(folder)
+    tokenizer.save_pretrained(folder)
+    config = Idefics3Config(
+        image_token_id=49153, scale_factor=3, tie_word_embeddings=False,
+        text_config=dict(model_type="llama", vocab_size=49155, head_dim=32, bos_token_id=1, eos_token_id=2,
+                         pad_token_id=2, max_position_embeddings=16384, tie_word_embeddings=False, **TINY_TEXT),
+        vision_config=dict(image_size=384, patch_size=14, **TINY_VISION),
+    )
+    config.architectures = ["Idefics3ForConditionalGeneration"]
+    model = Idefics3ForConditionalGeneration(config)
+    model.save_pretrained(folder)
+    generation = GenerationConfig.from_pretrained(folder)
+    blank = {i for i in range(len(SMOLLM2_SPECIAL), len(SMOLLM2_SPECIAL) + 256) if not tokenizer.decode([i]).strip()}
+    generation.suppress_tokens = sorted(set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder) | blank)
+    generation.max_length = None
+    generation.save_pretrained(folder)
+    return folder
+
+
 # The tiny model of each native family, by the name tests use (conftest.tiny_models builds them once).
 # Where the published files were found they are used (build_real); the rest are made here.
 BUILDERS = {
     "llava": lambda folder: build_real("llava-1.5", folder),
-    "llava_next": build_llava_next,
+    "llava_next": lambda folder: build_real("llava-next", folder),
     "blip-2": lambda folder: build_real("blip-2", folder),
-    "instructblip": build_instructblip,
-    "idefics3": build_idefics3,
+    "instructblip": lambda folder: build_real("instructblip", folder),
+    "idefics3": build_smolvlm,
     "qwen2_vl": build_qwen2_vl,  # Qwen2-VL (not a seed family): small pictures for the batching tests
     "qwen2_5_vl": lambda folder: build_real("qwen2.5-vl", folder),
     "minicpmv4_6": lambda folder: build_real("minicpm-v-4.6", folder),

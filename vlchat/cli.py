@@ -268,6 +268,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings, sources = settings_from(args)
             print(f"# config file: {config_file()}")
             print(describe_settings(settings, sources))
+            from vlchat.ui.terminal import detect
+
+            # The same one probe the app makes at start (on a terminal only; nothing is left in the input).
+            try:
+                graphics = detect(settings.image_protocol)
+            except VlchatError:
+                graphics = detect("auto")  # the bad image_protocol is shown above, as it is set
+            print(f"# pictures: {graphics.protocol} ({graphics.reason})")
+            print(f"# paste: {graphics.paste.describe()}")
             return EXIT_OK
         if args.command == "ask":
             from vlchat.commands.ask import run_ask

@@ -118,10 +118,10 @@ class GatedEngine(TransformersEngine):
 @run_async
 async def test_old_model_answers_while_the_new_one_loads(tiny_models, picture, monkeypatch):
     """A question asked during the switch is answered by the old model; the swap waits for it."""
-    import vlchat.engines
+    import vlchat.engines.factory
 
     first_name, other = str(tiny_models["llava"]), str(tiny_models["llava_next"])
-    monkeypatch.setattr(vlchat.engines, "engine_class", lambda spec: GatedEngine)
+    monkeypatch.setattr(vlchat.engines.factory, "engine_class", lambda spec: GatedEngine)
     engine = fresh_engine(first_name)
     app = make_app(settings(model=first_name, max_new_tokens=4), [picture("circle", "red", "blue").ref],
                    engine=engine, engine_loaded=True)
@@ -162,7 +162,7 @@ async def test_picker_lists_named_and_cached_models_and_switches(tiny_models, pi
         await pilot.pause(0.1)
         options = app.screen.query_one(OptionList)
         shown = "\n".join(str(options.get_option_at_index(i).prompt) for i in range(options.option_count))
-        assert "llava-1.5-7b" in shown and "not downloaded (~4.2 GB at 4-bit)" in shown
+        assert "llava-1.5-7b" in shown and "not downloaded (~4.6 GB at 4-bit)" in shown
         minicpm = next(line for line in shown.splitlines() if "minicpm-o-2.6" in line)
         assert "minicpm-2.6" in minicpm and "own code" not in minicpm  # native: no --trust-remote-code
         await pilot.press("escape")

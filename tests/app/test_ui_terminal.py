@@ -33,12 +33,12 @@ CHILD = textwrap.dedent(
 )
 
 
-def pretend_terminal(term: str, answer, where: str = "plain") -> tuple[str, bytes]:
+def pretend_terminal(term: str, answer, where: str = "plain", child: str = CHILD) -> tuple[str, bytes]:
     """Run detect() on a pty; ``answer(queries) -> bytes | None`` plays the terminal."""
     master, slave = pty.openpty()
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, term, where], stdin=slave, stdout=slave, stderr=slave, env=env, close_fds=True
+        [sys.executable, "-c", child, term, where], stdin=slave, stdout=slave, stderr=slave, env=env, close_fds=True
     )
     os.close(slave)
     seen = b""
@@ -108,6 +108,32 @@ def test_inside_tmux_sixel_only_when_tmux_draws_it_and_never_kitty():
     assert result.startswith("halfblock") and result.endswith("b''")
     result, _ = pretend_terminal("screen-256color", lambda q: None, where="tmux")
     assert result.startswith("halfblock")
+
+
+PASTE_CHILD = CHILD.replace(
+    'print("RESULT", graphics.protocol,',
+    'print("RESULT", graphics.paste.paste_events, graphics.paste.osc_read, graphics.protocol,',
+)
+KITTY_LISTING = b"\x1b]5522;type=read:status=OK:id=vlchat-probe\x1b\\\x1b]5522;type=read:status=DATA:id=vlchat-probe:mime=Lg==;aW1hZ2UvcG5nCg==\x1b\\\x1b]5522;type=read:status=DONE:id=vlchat-probe\x1b\\"
+
+
+def test_the_one_probe_finds_the_clipboard_protocol_and_leaves_nothing_behind():
+    # kitty 0.44.1+: paste events and reads; its replies all come before the device attributes.
+    result, seen = pretend_terminal("xterm-kitty", lambda q: b"\x1b[?5522;2$y" + KITTY_LISTING + b"\x1b[?62;22c", child=PASTE_CHILD)
+    assert result.split()[:2] == ["True", "True"] and result.endswith("b''")
+    assert seen.count(b"\x1b[c") == 1 and seen.count(b"\x1b[?5522$p") == 1  # one probe, not a second
+    # An older kitty: reads, but no paste events; a terminal without the protocol: neither.
+    result, _ = pretend_terminal("xterm-kitty", lambda q: b"\x1b[?5522;0$y" + KITTY_LISTING + b"\x1b[?62;22c", child=PASTE_CHILD)
+    assert result.split()[:2] == ["False", "True"] and result.endswith("b''")
+    result, _ = pretend_terminal("xterm-256color", lambda q: b"\x1b[?62;22c", child=PASTE_CHILD)
+    assert result.split()[:2] == ["False", "False"]
+    # Inside tmux, only when tmux itself answers (it passes the protocol through); a forced
+    # picture protocol still probes the clipboard, once.
+    result, _ = pretend_terminal("tmux-256color", lambda q: b"\x1b[?1;2c", where="tmux", child=PASTE_CHILD)
+    assert result.split()[:2] == ["False", "False"]
+    forced = PASTE_CHILD.replace('detect("auto"', 'detect("halfblock"')
+    result, seen = pretend_terminal("xterm-256color", lambda q: b"\x1b[?5522;1$y" + KITTY_LISTING + b"\x1b[?62c", child=forced)
+    assert result.split()[:3] == ["True", "True", "halfblock"] and result.endswith("b''")
 
 
 def test_forced_protocols_and_replies():

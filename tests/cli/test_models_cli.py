@@ -50,7 +50,7 @@ def test_models_lists_registry_and_cached_vision_models(run_vlchat, tmp_path):
     lines = table.stdout.splitlines()
     assert lines[0].split() == ["NAME", "HUB", "ID", "/", "FOLDER", "FAMILY", "4-BIT", "DOWNLOADED"]
     llava7 = next(line for line in lines if line.startswith("llava-1.5-7b "))
-    assert "4.2 GB" in llava7 and "yes" in llava7
+    assert "4.6 GB" in llava7 and "yes" in llava7
     llava13 = next(line for line in lines if line.startswith("llava-1.5-13b "))
     assert llava13.rstrip().endswith("no")
     assert any("Someone/Tiny-VLM" in line for line in lines)

@@ -7,8 +7,9 @@ The card (Salesforce/blip-image-captioning-base/-large, blip-vqa-base):
     print(processor.decode(out[0], skip_special_tokens=True))
 
 Tiny random-weight models built from blip-image-captioning-base's real config.json and
-preprocessor_config.json and bert-base-uncased's real vocabulary (tests/data/families/); what
-vlchat prints must equal what that call prints, word for word.
+preprocessor_config.json, the BLIP repositories' published tokenizer files and bert-base-uncased's
+real vocabulary (tests/data/families/, SOURCES.md there); what vlchat prints must equal what that
+call prints, word for word.
 """
 
 from __future__ import annotations

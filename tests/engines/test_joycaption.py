@@ -26,15 +26,18 @@ def test_prompt_has_its_system_prompt_string_contents_and_one_bos(joy, picture):
     c = Conversation()
     c.add_user("Write a long descriptive caption for this image.", [picture().ref])
     prompt, pictures = joy.render(c)
+    # JoyCaption's own tokens: Llama 3.1's BOS, and its image token as its published processor_config.json names it
     assert prompt == (
-        "<s><|start_header_id|>system<|end_header_id|>\n\n" + SYSTEM_PROMPT + "<|eot_id|>"
-        "<|start_header_id|>user<|end_header_id|>\n\n<image>\nWrite a long descriptive caption for this image.<|eot_id|>"
+        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n" + SYSTEM_PROMPT + "<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\n<|reserved_special_token_69|>\n"
+        "Write a long descriptive caption for this image.<|eot_id|>"
         "<|start_header_id|>assistant<|end_header_id|>\n\n"
     )
     assert len(pictures) == 1
     ids = joy.prepare(c)["input_ids"][0].tolist()
     bos = joy.tokenizer.bos_token_id
-    assert ids.count(bos) == 1 and ids[0] == bos
+    assert bos == 128000 and ids.count(bos) == 1 and ids[0] == bos
+    assert ids.count(128077) == joy.prepare(c)["pixel_values"].shape[0] * 16  # 4x4 patches a picture, CLS dropped
     # the plain tokenizer would have added a second one: the check above can fail
     assert joy.tokenizer(prompt)["input_ids"][:2] == [bos, bos]
 
@@ -49,7 +52,7 @@ def test_two_turns_with_a_picture_each_stream(joy, picture):
     c.add_user("And this one?", [picture("square", "green").ref])
     prompt, pictures = joy.render(c)
     assert SYSTEM_PROMPT not in prompt and "Caption tersely." in prompt  # the person's own system prompt wins
-    assert prompt.count("<image>") == 2 and len(pictures) == 2
+    assert prompt.count("<|reserved_special_token_69|>") == 2 and len(pictures) == 2
     ids = joy.prepare(c)["input_ids"][0].tolist()
     assert ids.count(joy.tokenizer.bos_token_id) == 1
     assert list(joy.stream(c, GenerationParams(max_new_tokens=3)))
@@ -98,9 +101,10 @@ def test_a_joycaption_folder_given_by_path_is_known_by_its_template(tmp_path, ru
 
 
 def test_four_turns_with_a_second_picture_keep_one_bos_and_the_same_answers_with_reuse(tmp_path, picture):
-    """No published copy of JoyCaption's files was found (tests/data/families/SOURCES.md): on the
-    JoyCaption-shaped folder, every turn's prompt has one BOS and its pictures where they were added,
-    and greedy answers with the cache reused equal those without."""
+    """No published copy of JoyCaption beta one's files was found (tests/data/families/SOURCES.md):
+    on the JoyCaption-shaped folder (its template project-made; its special tokens, image token and
+    token roles JoyCaption's own), every turn's prompt has one BOS and its pictures where they were
+    added, and greedy answers with the cache reused equal those without."""
     from vlchat.config import Settings
     from vlchat.engines import make_engine
 
@@ -128,7 +132,7 @@ def test_four_turns_with_a_second_picture_keep_one_bos_and_the_same_answers_with
             cached.append(first.stats.cached_tokens)
             a.add_assistant(text, model="joycaption")
             b.add_assistant(text, model="joycaption")
-        assert reuse.render(a)[0].count("<image>") == 2
+        assert reuse.render(a)[0].count("<|reserved_special_token_69|>") == 2
         assert cached[0] == 0 and all(n > 0 for n in cached[1:]), cached
     finally:
         reuse.unload()

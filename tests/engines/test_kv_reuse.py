@@ -147,3 +147,90 @@ def test_a_different_picture_in_the_same_place_is_encoded_again(engines, picture
     image_id = reuse.model.config.image_token_id
     start = reuse.prepare(second)["input_ids"][0].tolist().index(image_id)
     assert stats.cached_tokens <= start
+
+
+# -- every native family: past pictures stay in the cache ---------------------------------------
+# The tiny models of tests/tiny_families.py (the published files where found). Four turns, a second
+# picture in turn 3: with reuse, follow-ups run only their new tokens, the vision tower sees only the
+# new picture, and greedy answers equal those of an engine that computes every turn afresh.
+FAMILY_TURNS = [
+    ("What colour is the shape?", ("circle", "red", "blue")),
+    ("What shape is it?", None),
+    ("And what is in this picture?", ("square", "green", "white")),
+    ("Which of the two is bigger?", None),
+]
+VISION_TOWERS = ("vision_tower", "vision_model", "visual")
+
+
+def tiled(folder, tmp_path):
+    """The project-made SmolVLM with its processor cutting each picture into 2x2 tiles and a global one,
+    as the published SmolVLM's does (each tile a run of image tokens of its own)."""
+    import json
+    import shutil
+
+    copy = tmp_path / "idefics3-tiled"
+    shutil.copytree(folder, copy)
+    config_file = copy / "processor_config.json"
+    config = json.loads(config_file.read_text())
+    image = config.get("image_processor", config)
+    image.update(do_image_splitting=True, size={"longest_edge": 64})
+    config_file.write_text(json.dumps(config))
+    return copy
+
+
+def tower_inputs(engine) -> list[int]:
+    """Sizes (elements) of every input the model's vision tower is called with, recorded by a hook."""
+    import torch
+
+    tower = next(m for name, m in engine.model.named_modules() if name.rsplit(".", 1)[-1] in VISION_TOWERS)
+    seen: list[int] = []
+
+    def record(_module, args, kwargs):
+        tensors = [kwargs.get("pixel_values"), kwargs.get("hidden_states"), *args, *kwargs.values()]
+        seen.append(next(t for t in tensors if isinstance(t, torch.Tensor)).numel())
+
+    tower.register_forward_pre_hook(record, with_kwargs=True)
+    return seen
+
+
+@pytest.mark.parametrize("family", ["llava", "llava_next", "idefics3", "idefics3-tiled", "qwen2_vl", "qwen2_5_vl",
+                                    "minicpmv4_6"])
+def test_every_native_family_keeps_its_pictures_in_the_cache(tiny_models, picture, tmp_path, family):
+    from vlchat.config import Settings
+    from vlchat.engines import make_engine
+
+    folder = tiled(tiny_models["idefics3"], tmp_path) if family == "idefics3-tiled" else tiny_models[family]
+    reuse, fresh = (make_engine(Settings(model=str(folder), quant="none", device="cpu", dtype="float32",
+                                         kv_cache_reuse=flag)) for flag in (True, False))
+    reuse.load()
+    fresh.load()
+    try:
+        towers = {reuse: tower_inputs(reuse), fresh: tower_inputs(fresh)}
+        with_reuse, without = Conversation(), Conversation()
+        runs = {reuse: [], fresh: []}  # per turn: the tower's inputs, in elements
+        for turn, (question, scene) in enumerate(FAMILY_TURNS):
+            refs = [picture(*scene).ref] if scene else []
+            texts = []
+            for engine, conversation in ((reuse, with_reuse), (fresh, without)):
+                conversation.add_user(question, refs)
+                inputs = engine.prepare(conversation)
+                spans = engine.picture_runs(inputs["input_ids"][0].tolist(), inputs)
+                towers[engine].clear()
+                stream = engine.stream(conversation, GenerationParams(max_new_tokens=6))
+                texts.append("".join(stream))
+                runs[engine].append(sum(towers[engine]))
+                conversation.add_assistant(texts[-1], model=family)
+                if engine is reuse:
+                    cached, earlier = stream.stats.cached_tokens, spans[:-1] if scene else spans
+                    # every picture of the earlier turns is inside the reused prefix
+                    assert all(pic[-1][1] <= cached for pic in earlier), (question, cached, earlier)
+                    assert len(earlier) == [0, 1, 1, 2][turn]
+                else:
+                    assert stream.stats.cached_tokens == 0
+            assert texts[0] == texts[1], (question, texts)
+        one = runs[fresh][0]
+        assert one > 0 and runs[fresh] == [one, one, 2 * one, 2 * one]  # afresh: every picture, every turn
+        assert runs[reuse] == [one, 0, one, 0]  # reused: each picture once, in its own turn
+    finally:
+        reuse.unload()
+        fresh.unload()

@@ -33,8 +33,8 @@ from vlchat.demo.shapes import Scene, draw_scene
 
 pytestmark = pytest.mark.timeout(240)
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "sessions" / "example"
-SCHEMA = Path(__file__).resolve().parent.parent / "sessions" / "session.schema.json"
+EXAMPLE = Path(__file__).resolve().parents[2] / "sessions" / "example"
+SCHEMA = Path(__file__).resolve().parents[2] / "sessions" / "session.schema.json"
 EXAMPLE_ID = "5e551014e8a1"
 RED_CIRCLE = SAMPLES_DIR / "red-circle.png"
 FAST = ("--max-new-tokens", "12", "--device", "cpu", "--quant", "none")

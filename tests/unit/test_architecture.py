@@ -1,5 +1,6 @@
 """The house rules, checked: imports point one way (import-linter's contracts in pyproject.toml,
-imports inside functions counted), and no module imports another's private (underscore) names."""
+imports inside functions counted), no import cycle among vlchat's modules, and no module imports
+another's private (underscore) names."""
 
 from __future__ import annotations
 
@@ -80,3 +81,50 @@ def test_the_private_import_check_sees_one_inside_a_function(tmp_path):
     probe = tmp_path / "probe.py"
     probe.write_text("def f():\n    from vlchat.core.sessions import _dumps  # noqa\n")
     assert private_imports(probe, tmp_path) == ["probe.py:2: from vlchat.core.sessions import _dumps"]
+
+
+# Every cycle among the package's modules as "a -> b -> a", from grimp's graph (import-linter's),
+# which holds every import statement, those inside functions included. A package importing its
+# submodule is an edge, and so is a submodule importing its package (``from vlchat.engines import
+# x``); the package that Python runs implicitly before any of its submodules is not.
+CYCLES = """
+import sys
+import grimp
+
+graph = grimp.build_graph(sys.argv[1], cache_dir=None)
+found = {}
+for importer in sorted(graph.modules):
+    for imported in sorted(graph.find_modules_directly_imported_by(importer) & graph.modules):
+        chain = graph.find_shortest_chain(importer=imported, imported=importer)
+        if chain:
+            cycle = (importer, *chain)
+            found.setdefault(frozenset(cycle), " -> ".join(cycle))
+print("\\n".join(sorted(found.values())))
+"""
+
+
+def import_cycles(root: Path) -> list[str]:
+    """The import cycles among the modules of the vlchat package found under ``root``."""
+    result = subprocess.run(
+        [sys.executable, "-c", CYCLES, "vlchat"], cwd=root, capture_output=True, text=True, timeout=100,
+        env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 0, result.stderr
+    return [line for line in result.stdout.splitlines() if line]
+
+
+def test_no_import_cycle_among_the_modules():
+    assert import_cycles(REPO) == []
+
+
+def test_a_cycle_through_an_import_inside_a_function_is_caught(tmp_path):
+    """A copy of the package where the conversation module asks, inside a function, for the images
+    module, which imports the conversation at its top: one cycle, named."""
+    shutil.copytree(REPO / "vlchat", tmp_path / "vlchat", ignore=shutil.ignore_patterns("__pycache__", "*.safetensors"))
+    target = tmp_path / "vlchat" / "core" / "conversation.py"
+    target.write_text(target.read_text() + textwrap.dedent("""
+
+        def _back():
+            from vlchat.core import images  # noqa: F401
+        """))
+    assert import_cycles(tmp_path) == ["vlchat.core.conversation -> vlchat.core.images -> vlchat.core.conversation"]

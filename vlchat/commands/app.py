@@ -58,9 +58,11 @@ def run_app(args: argparse.Namespace, *, demo: bool = False) -> int:
 
     from vlchat.engines import make_engine
     from vlchat.ui.app import make_app
-    from vlchat.ui.driver import accept_invalid_utf8
+    from vlchat.ui.driver import accept_invalid_utf8, route_clipboard_replies
 
     accept_invalid_utf8()
+    if graphics.paste.paste_events or graphics.paste.osc_read:
+        route_clipboard_replies(hold_escape=True)
 
     engine = make_engine(settings, separate=True)  # the model in its own process: see engines/process.py
     try:
@@ -69,6 +71,12 @@ def run_app(args: argparse.Namespace, *, demo: bool = False) -> int:
     finally:
         if session is not None:
             session.close()
+        if graphics.paste.paste_events:
+            # The terminal's paste key must paste text again even if the app ended abruptly.
+            from vlchat.ui.clipboard import PASTE_EVENTS_OFF
+
+            sys.__stdout__.write(PASTE_EVENTS_OFF)
+            sys.__stdout__.flush()
     code = app.return_code or 0
     busy = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon and t.is_alive()]
     if busy:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from vlchat.core.errors import InputError, VlchatError
-from vlchat.core.sessions import atomic_write, is_link_error, json_bytes, read_file_nofollow, shown_path
+from vlchat.core.safe_files import atomic_write, is_link_error, json_bytes, read_file_nofollow, shown_path
 
 FORMATS = ("jsonl", "json", "csv", "txt-sidecar")
 CSV_COLUMNS = ("path", "sha256", "caption", "model", "prompt", "tokens", "seconds", "error")

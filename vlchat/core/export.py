@@ -21,7 +21,9 @@ from urllib.parse import quote
 
 from vlchat.core.conversation import GenerationParams, Message
 from vlchat.core.errors import InputError
-from vlchat.core.sessions import Session, atomic_write, parse_iso, shown_path
+from vlchat.core.safe_files import atomic_write, shown_path
+from vlchat.core.session_folder import Session
+from vlchat.core.session_format import parse_iso
 from vlchat.core.text import clean
 
 MARKER = "<!-- vlchat export of session "

@@ -26,7 +26,7 @@ from vlchat.core.text import clean
 def open_or_read_only(store: Any, ref: Any) -> tuple[Any, Any]:
     """The session ``ref`` names, locked for writing; read-only when another vlchat holds its lock.
     Returns (session, the lock error or None) so the caller can say it was opened read-only."""
-    from vlchat.core.sessions import SessionLockedError
+    from vlchat.core.session_errors import SessionLockedError
 
     try:
         return store.open(ref), None
@@ -216,7 +216,7 @@ class SessionWriter:
         return True
 
     def _store_pictures(self, session: Any, snap: Snapshot) -> dict[str, ImageRef]:
-        from vlchat.core.sessions import RefOnly
+        from vlchat.core.session_folder import RefOnly
 
         stored: dict[str, ImageRef] = {}
         inside = str(session.folder) + os.sep
@@ -233,7 +233,7 @@ class SessionWriter:
         return stored
 
     def _do_switch(self, job: SessionJob) -> None:
-        from vlchat.core.sessions import SessionError
+        from vlchat.core.session_errors import SessionError
 
         unsaved = self.session is None and any(m.role == "user" for m in job.snapshot.messages)
         if self._session_epoch < job.epoch and (unsaved or (self.session is not None and not self.session.read_only)):

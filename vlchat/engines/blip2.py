@@ -117,6 +117,18 @@ class Blip2Engine(TransformersEngine):
 
     answer_room = ANSWER_ROOM
 
+    def _load_processor(self, source: str, kwargs: dict[str, Any]):
+        from transformers import AutoConfig
+
+        if getattr(AutoConfig.from_pretrained(source, **kwargs), "model_type", None) == "instructblip":
+            # As InstructBLIP's model card does: its published processor_config.json names the
+            # video processor (InstructBlipVideoProcessor), which AutoProcessor builds only with
+            # torchvision, and which is not the processor for pictures
+            from transformers import InstructBlipProcessor
+
+            return InstructBlipProcessor.from_pretrained(source, **kwargs)
+        return super()._load_processor(source, kwargs)
+
     def load(self, progress=None) -> None:
         super().load(progress)
         token = getattr(self.processor, "image_token", None)

@@ -338,7 +338,7 @@ def _serve(commands: Connection, events: Connection) -> None:
     import gc
     import queue
 
-    from vlchat.engines import make_engine
+    from vlchat.engines.factory import make_local_engine
 
     send_lock = threading.Lock()
 
@@ -375,7 +375,7 @@ def _serve(commands: Connection, events: Connection) -> None:
         try:
             if kind == "load":
                 _, settings, model = message
-                engine = make_engine(settings, model)
+                engine = make_local_engine(settings, model)
                 engine.load(lambda step: send("progress", step))
                 info = engine.describe()
                 gc.collect()

@@ -26,7 +26,7 @@ class ModelSpec:
     label: str = ""  # shown beside the name ("demo model")
     is_local: bool = False
     quant: str = "auto"  # the quantization this model is best run in when the person does not say
-    memory_4bit_gb: float | None = None  # weights + vision tower at nf4, roughly; not the KV cache
+    memory_4bit_gb: float | None = None  # weights at nf4 as vlchat loads them (bench/memory.py); not the KV cache
     remote_code: bool = False  # needs --trust-remote-code
 
 
@@ -52,32 +52,33 @@ class NamedModel:
         )
 
 
-# Memory figures: parameters x 0.5 bytes for the 4-bit language model, plus the vision tower and
-# projector that bitsandbytes leaves in 16-bit, rounded up; measured figures replace them as they come.
+# Memory figures: the exact bytes of the weights quantized as vlchat quantizes them (nf4, the parts in
+# KEEP_UNQUANTIZED in 16-bit), computed by bench/memory.py from each model's config.json, in GB
+# (10^9 bytes), rounded up to a tenth.
 REGISTRY: tuple[NamedModel, ...] = (
-    NamedModel("llava-1.5-7b", "llava-hf/llava-1.5-7b-hf", "llava", "LLaVA 1.5 7B", 4.2),
-    NamedModel("llava-1.5-13b", "llava-hf/llava-1.5-13b-hf", "llava", "LLaVA 1.5 13B", 7.6),
-    NamedModel("llava-next-7b", "llava-hf/llava-v1.6-mistral-7b-hf", "llava_next", "LLaVA-NeXT (1.6) Mistral 7B", 4.5),
+    NamedModel("llava-1.5-7b", "llava-hf/llava-1.5-7b-hf", "llava", "LLaVA 1.5 7B", 4.6),
+    NamedModel("llava-1.5-13b", "llava-hf/llava-1.5-13b-hf", "llava", "LLaVA 1.5 13B", 7.9),
+    NamedModel("llava-next-7b", "llava-hf/llava-v1.6-mistral-7b-hf", "llava_next", "LLaVA-NeXT (1.6) Mistral 7B", 4.8),
     NamedModel(
         "joycaption",
         "fancyfeast/llama-joycaption-beta-one-hf-llava",
         "joycaption",
         "JoyCaption Beta One (Llama 3.1 8B)",
-        5.6,
+        6.7,
     ),
-    NamedModel("minicpm-v-4.6", "openbmb/MiniCPM-V-4.6", "minicpmv4_6", "MiniCPM-V 4.6", 3.2),
-    NamedModel("minicpm-o-2.6", "openbmb/MiniCPM-o-2_6", "minicpm-2.6", "MiniCPM-o 2.6 (native; vision only)", 6.0),
-    NamedModel("minicpm-v-2.6", "openbmb/MiniCPM-V-2_6", "minicpm-2.6", "MiniCPM-V 2.6 (native)", 5.6),
-    NamedModel("blip2-opt-2.7b", "Salesforce/blip2-opt-2.7b", "blip-2", "BLIP-2 OPT 2.7B", 2.4),
-    NamedModel("instructblip-7b", "Salesforce/instructblip-vicuna-7b", "instructblip", "InstructBLIP Vicuna 7B", 4.8),
+    NamedModel("minicpm-v-4.6", "openbmb/MiniCPM-V-4.6", "minicpmv4_6", "MiniCPM-V 4.6", 1.9),
+    NamedModel("minicpm-o-2.6", "openbmb/MiniCPM-o-2_6", "minicpm-2.6", "MiniCPM-o 2.6 (native; vision only)", 6.6),
+    NamedModel("minicpm-v-2.6", "openbmb/MiniCPM-V-2_6", "minicpm-2.6", "MiniCPM-V 2.6 (native)", 6.6),
+    NamedModel("blip2-opt-2.7b", "Salesforce/blip2-opt-2.7b", "blip-2", "BLIP-2 OPT 2.7B", 3.8),
+    NamedModel("instructblip-7b", "Salesforce/instructblip-vicuna-7b", "instructblip", "InstructBLIP Vicuna 7B", 6.3),
     # BLIP is small (0.25-0.47B parameters, most of them its vision tower): it runs unquantized by default
     NamedModel("blip-large", "Salesforce/blip-image-captioning-large", "blip", "BLIP captioner, large (captions only)",
-               0.7, quant="none"),
+               0.8, quant="none"),
     NamedModel("blip-base", "Salesforce/blip-image-captioning-base", "blip", "BLIP captioner, base (captions only)",
-               0.4, quant="none"),
-    NamedModel("blip-vqa", "Salesforce/blip-vqa-base", "blip", "BLIP question answering, base", 0.6, quant="none"),
-    NamedModel("qwen2.5-vl-7b", "Qwen/Qwen2.5-VL-7B-Instruct", "qwen2_5_vl", "Qwen2.5-VL 7B Instruct", 5.5),
-    NamedModel("smolvlm", "HuggingFaceTB/SmolVLM-Instruct", "idefics3", "SmolVLM Instruct (2B)", 1.6),
+               0.3, quant="none"),
+    NamedModel("blip-vqa", "Salesforce/blip-vqa-base", "blip", "BLIP question answering, base", 0.4, quant="none"),
+    NamedModel("qwen2.5-vl-7b", "Qwen/Qwen2.5-VL-7B-Instruct", "qwen2_5_vl", "Qwen2.5-VL 7B Instruct", 7.0),
+    NamedModel("smolvlm", "HuggingFaceTB/SmolVLM-Instruct", "idefics3", "SmolVLM Instruct (2B)", 2.2),
 )
 NAMED = {model.name: model for model in REGISTRY}
 # The hub id of a named model, looked up the other way, keeps its family (JoyCaption is a plain

@@ -11,7 +11,10 @@ from textual.message import Message
 from textual.widgets import TextArea
 
 from vlchat.core.text import clean
+from vlchat.ui.clipboard import dropped_paths
 from vlchat.ui.slash import completions
+
+DROP_GRACE = 1.0  # seconds in which Esc turns dropped paths back into text
 
 
 def complete_path(partial: str, limit: int = 200) -> list[str]:
@@ -69,6 +72,7 @@ class PromptArea(TextArea):
         Binding("enter", "send", "Send", id="send"),
         Binding("ctrl+j,shift+enter", "newline", "Newline", id="newline", show=False),
         Binding("tab", "complete", "Complete", id="complete", show=False),
+        Binding("ctrl+v", "paste_picture", "Paste", id="paste_picture"),
     ]
 
     class Submitted(Message):
@@ -76,8 +80,19 @@ class PromptArea(TextArea):
             super().__init__()
             self.text = text
 
+    class PictureWanted(Message):
+        """ctrl+v, or a paste with nothing in it: the clipboard's picture is wanted."""
+
+    class PathsDropped(Message):
+        """A paste that was only picture paths (a dropped file), once Esc has not taken it back."""
+
+        def __init__(self, paths: list[str]) -> None:
+            super().__init__()
+            self.paths = paths
+
     def __init__(self, **kwargs) -> None:
         super().__init__(soft_wrap=True, show_line_numbers=False, tab_behavior="focus", **kwargs)
+        self._dropped: tuple[str, list[str], object] | None = None  # (text, paths, timer)
 
     def _keys(self, binding_id: str) -> set[str]:
         default = next(b.key for b in self.BINDINGS if b.id == binding_id)
@@ -85,6 +100,15 @@ class PromptArea(TextArea):
         return {key.strip() for key in keys.split(",")}
 
     async def _on_key(self, event) -> None:
+        if self._dropped is not None and event.key == "escape":
+            event.stop()
+            event.prevent_default()
+            text, _paths, timer = self._dropped
+            self._dropped = None
+            timer.stop()
+            self.insert(text)
+            self.notify("The dropped paths are in the prompt as text.")
+            return
         for binding_id, action in (("send", self.action_send), ("newline", self.action_newline)):
             if event.key in self._keys(binding_id):
                 event.stop()
@@ -92,6 +116,40 @@ class PromptArea(TextArea):
                 action()
                 return
         await super()._on_key(event)
+
+    async def _on_paste(self, event) -> None:
+        event.stop()
+        event.prevent_default()
+        self.paste_text(event.text)
+
+    def paste_text(self, text: str) -> None:
+        """A paste: text goes in as text; only picture paths (a dropped file) attach the pictures,
+        after a one-line note, unless Esc comes within DROP_GRACE; an empty paste (some terminals
+        send one for a clipboard holding only a picture) asks for the clipboard's picture."""
+        if self.read_only:
+            return
+        if not text:
+            self.post_message(self.PictureWanted())
+            return
+        paths = dropped_paths(text)
+        if paths is None or self._dropped is not None:
+            result = self.replace(text, *self.selection)
+            self.move_cursor(result.end_location)
+            self.focus()
+            return
+        count = f"{len(paths)} pictures" if len(paths) > 1 else "a picture"
+        self.notify(f"Attaching {count} from the pasted path{'s' if len(paths) > 1 else ''}; Esc now keeps the text instead.", timeout=3)
+        self._dropped = (text, paths, self.set_timer(DROP_GRACE, self._drop_accepted))
+
+    def _drop_accepted(self) -> None:
+        if self._dropped is None:
+            return
+        _text, paths, _timer = self._dropped
+        self._dropped = None
+        self.post_message(self.PathsDropped(paths))
+
+    def action_paste_picture(self) -> None:
+        self.post_message(self.PictureWanted())
 
     def action_send(self) -> None:
         text = self.text

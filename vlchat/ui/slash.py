@@ -35,6 +35,7 @@ COMMANDS: dict[str, SlashCommand] = {
     c.name: c
     for c in [
         SlashCommand("image", "PATH...", "attach pictures; they go with your next question"),
+        SlashCommand("paste", "", "attach the picture on the clipboard (as ctrl+v does; over SSH through kitty/Ghostty)"),
         SlashCommand("regenerate", "", "answer the last question again", waits_for_answer=True),
         SlashCommand("edit", "", "put the last question back in the prompt to change it", waits_for_answer=True),
         SlashCommand("system", "TEXT", "set the system prompt (no text removes it)"),

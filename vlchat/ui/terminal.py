@@ -19,7 +19,9 @@ import re
 import select
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from vlchat.ui.clipboard import PROBE_QUERY, PasteSupport, local_clipboard, parse_probe
 
 PROTOCOLS = ("auto", "kitty", "sixel", "halfblock", "text", "none")
 
@@ -42,6 +44,7 @@ class TerminalGraphics:
     reason: str
     cell_width: int = 10
     cell_height: int = 20
+    paste: PasteSupport = field(default_factory=PasteSupport)  # how a picture can be pasted here
 
 
 def parse_replies(data: str) -> tuple[bool, bool, tuple[int, int] | None, bool]:
@@ -76,8 +79,11 @@ def _ioctl_cell_size() -> tuple[int, int] | None:
     return None
 
 
-def probe_terminal(timeout: float = 0.5, *, kitty: bool = True) -> tuple[bool, bool, tuple[int, int] | None, bool]:
-    """Ask the terminal once; never raises, never leaves a reply in the input."""
+def probe_terminal(timeout: float = 0.5, *, kitty: bool = True):
+    """Ask the terminal once; never raises, never leaves a reply in the input. Returns (kitty
+    graphics, sixel, cell size, answered, (paste events, OSC 5522 reads)): the clipboard's
+    questions (the paste-events mode and a listing read, which needs no permission) go in the
+    same batch, before the device attributes request, so their replies are in before it."""
     try:
         import termios
         import tty
@@ -86,11 +92,11 @@ def probe_terminal(timeout: float = 0.5, *, kitty: bool = True) -> tuple[bool, b
         stdout = sys.__stdout__
         saved = termios.tcgetattr(stdin)
     except Exception:
-        return False, False, None, False
+        return False, False, None, False, (False, False)
     data = b""
     try:
         tty.setcbreak(stdin, termios.TCSANOW)
-        stdout.write((_KITTY_QUERY if kitty else "") + _CELL_SIZE_QUERY + _DEVICE_ATTRIBUTES)
+        stdout.write((_KITTY_QUERY if kitty else "") + _CELL_SIZE_QUERY + PROBE_QUERY + _DEVICE_ATTRIBUTES)
         stdout.flush()
         deadline = time.monotonic() + timeout
         while not _DA_REPLY.search(data.decode("latin-1")):
@@ -114,7 +120,8 @@ def probe_terminal(timeout: float = 0.5, *, kitty: bool = True) -> tuple[bool, b
             termios.tcsetattr(stdin, termios.TCSANOW, saved)
         except Exception:
             pass
-    return parse_replies(data.decode("latin-1"))
+    text = data.decode("latin-1")
+    return (*parse_replies(text), parse_probe(text))
 
 
 def detect(requested: str = "auto", env: dict[str, str] | None = None, *, probe=probe_terminal) -> TerminalGraphics:
@@ -128,10 +135,14 @@ def detect(requested: str = "auto", env: dict[str, str] | None = None, *, probe=
             f"unknown picture protocol {requested!r}", f"use one of {', '.join(PROTOCOLS)}"
         )
     cell = _ioctl_cell_size() if _is_tty() else None
+    paste = (False, False)
+    probed = "not a terminal" if not _is_tty() else ""
     if requested != "auto":
         graphics = TerminalGraphics(requested, "asked for")
-        if requested in ("kitty", "sixel") and _is_tty() and cell is None:
-            _, _, cell, _ = probe(0.3)
+        if _is_tty() and not _no_probe(env):
+            # One probe still: for the cell size where pictures need it, and for the clipboard.
+            _, _, probed_cell, _, paste = probe(0.3, kitty=False)
+            cell = cell or (probed_cell if requested in ("kitty", "sixel") else None)
     elif not _is_tty():
         graphics = TerminalGraphics("halfblock", "not a terminal")
     elif env.get("TMUX") or env.get("TERM", "").startswith("tmux"):
@@ -139,7 +150,7 @@ def detect(requested: str = "auto", env: dict[str, str] | None = None, *, probe=
         # its panes (3.4 and later, built with sixel). Kitty graphics would need passthrough,
         # which textual-image 0.12 does not wrap its escapes for: they would be eaten or, worse,
         # land on the wrong pane. So: sixel when tmux says so, else half-blocks.
-        _, sixel, probed_cell, answered = probe(0.5, kitty=False)
+        _, sixel, probed_cell, answered, paste = probe(0.5, kitty=False)
         cell = cell or probed_cell
         if answered and sixel:
             graphics = TerminalGraphics("sixel", "tmux draws sixel")
@@ -150,7 +161,7 @@ def detect(requested: str = "auto", env: dict[str, str] | None = None, *, probe=
     elif env.get("TERM") in ("dumb", "linux", ""):
         graphics = TerminalGraphics("halfblock", f"terminal {env.get('TERM') or 'unknown'}")
     else:
-        kitty, sixel, probed_cell, answered = probe(0.5)
+        kitty, sixel, probed_cell, answered, paste = probe(0.5)
         cell = cell or probed_cell
         if not answered:
             graphics = TerminalGraphics("halfblock", "the terminal did not answer the graphics probe")
@@ -163,7 +174,18 @@ def detect(requested: str = "auto", env: dict[str, str] | None = None, *, probe=
             graphics = TerminalGraphics("halfblock", "no graphics protocol reported")
     if cell:
         graphics.cell_width, graphics.cell_height = cell
+    if probed:
+        pass
+    elif _no_probe(env):
+        probed = f"terminal {env.get('TERM') or 'unknown'} is not asked"
+    elif (env.get("TMUX") or env.get("TERM", "").startswith("tmux")) and not any(paste):
+        probed = "tmux does not pass the clipboard protocol through"
+    graphics.paste = PasteSupport(paste[0], paste[1], local_clipboard(env), probed)
     return graphics
+
+
+def _no_probe(env: dict[str, str]) -> bool:
+    return env.get("TERM", "").startswith("screen") or env.get("TERM") in ("dumb", "linux", "")
 
 
 def _is_tty() -> bool:

@@ -85,68 +85,6 @@ def wrap_rows(text: str, width: int, start: int = 0, end: int | None = None) -> 
         starts.append(pos)
 
 
-class LiveText(Widget):
-    """The unfinished last line of an answer being written, as plain text.
-
-    It is wrapped as it grows (only its last row again) and drawn row by row, so a frame costs
-    what is new and what is on screen, not the length of the line: a model that writes one long
-    paragraph would otherwise have the whole paragraph parsed, wrapped and drawn at every frame.
-    With ``cap`` rows (the transcript's height while it follows the answer) it shows only the
-    last ``cap`` rows, the ones on screen: then its height stops changing, and a frame is a
-    repaint of those rows, with no layout of the screen (which Textual does twice for a widget
-    that grows).
-    """
-
-    DEFAULT_CSS = """
-    LiveText {
-        height: auto;
-    }
-    """
-
-    def __init__(self, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.text = ""
-        self.cap: int | None = None
-        self._starts: list[int] = [0]
-        self._width = 0
-        self._height = 0  # rows shown, as of the last layout
-
-    def _rows(self) -> int:
-        rows = len(self._starts) if self.text else 0
-        return rows if self.cap is None else min(rows, self.cap)
-
-    def show(self, text: str, cap: int | None = None) -> None:
-        if text == self.text and cap == self.cap:
-            return
-        if self._width and text.startswith(self.text):
-            self.text = text
-            self._starts[-1:] = wrap_rows(text, self._width, self._starts[-1])
-        else:
-            self.text = text
-            self._starts = wrap_rows(text, self._width) if self._width else [0]
-        self.cap = cap
-        self.refresh(layout=self._rows() != self._height or not self._width)
-
-    def get_content_height(self, container, viewport, width: int) -> int:
-        if width != self._width:
-            self._width = width
-            self._starts = wrap_rows(self.text, width)
-        self._height = self._rows()
-        return self._height
-
-    def render_lines(self, crop):
-        self._style = self.rich_style  # once a frame: it is worked out from the CSS each time
-        return super().render_lines(crop)
-
-    def render_line(self, y: int) -> Strip:
-        starts = self._starts
-        row = y + max(0, len(starts) - self._height)  # the last rows, when capped
-        if not self.text or row >= len(starts):
-            return Strip.blank(self.size.width)
-        end = starts[row + 1] if row + 1 < len(starts) else len(self.text)
-        return Strip([Segment(self.text[starts[row]:end].rstrip(" "), self._style)])
-
-
 # Past these, the rest of an answer is shown as plain text: Textual's Markdown builds widgets for
 # every block, table row and cell, and parses a growing block again at every frame, so a
 # 3,000-row table cost minutes of CPU and gigabytes, and the app took no keys meanwhile. Table
@@ -174,14 +112,14 @@ def markdown_cut(text: str) -> int | None:
         cut = pos = newline + 1
 
 
-class PlainText(Widget):
+class WrappedText(Widget):
     """Many lines of plain text, wrapped at spaces and drawn row by row: the cost of a frame is the
     rows on screen and the text that is new, however long the text is. With ``cap`` rows (while
-    the transcript follows the answer) only the last ``cap`` rows are shown, as LiveText does, so
-    its height stops changing and a frame lays nothing out again."""
+    the transcript follows the answer) only the last ``cap`` rows are shown, so its height stops
+    changing and a frame lays nothing out again."""
 
     DEFAULT_CSS = """
-    PlainText {
+    WrappedText {
         height: auto;
     }
     """
@@ -196,6 +134,13 @@ class PlainText(Widget):
         self._height = 0  # rows shown, as of the last layout
         self.cap: int | None = None
         self.text = text.expandtabs(4)
+        # Rows wrapped since the widget was made: what a frame lays out (the tests compare it
+        # between a short and a long answer).
+        self.rows_wrapped = 0
+
+    def wrapped(self) -> list[str]:
+        """Every row of the text as wrapped at the widget's width (shown or not)."""
+        return [self.text[a:b].rstrip(" ") for a, b in self._rows] if self.text else []
 
     def _shown(self) -> int:
         rows = len(self._rows) if self.text else 0
@@ -222,6 +167,7 @@ class PlainText(Widget):
             end = len(text) if newline < 0 else newline
             self._last_line, self._last_rows = pos, len(self._rows)
             starts = wrap_rows(text, self._width, pos, end)
+            self.rows_wrapped += len(starts)
             self._rows += zip(starts, [*starts[1:], end])
             if newline < 0:
                 return
@@ -247,12 +193,46 @@ class PlainText(Widget):
         return Strip([Segment(self.text[start:end].rstrip(" "), self._style)])
 
 
+class PlainText(WrappedText):
+    """The rest of an answer past the Markdown limits."""
+
+
+class LiveText(WrappedText):
+    """The part of an answer being written that the Markdown body does not have yet: the block
+    still open (a paragraph, a list, a table, a code block), as plain text. It is wrapped as it
+    grows (only its last line again) and, while the transcript follows the answer, shows its last
+    ``cap`` rows, so a frame costs what is new and what is on screen, not the answer's length."""
+
+
+def block_ends(text: str, pos: int, fence: str | None) -> tuple[int | None, int, str | None]:
+    """Scan the whole lines of ``text`` from ``pos`` (a line start) for the end of the last
+    complete Markdown block: after a blank line or a heading outside a code block, or after the
+    line that closes one. Returns (that end or None, where the scan stopped, the open fence)."""
+    end = None
+    stop = text.rfind("\n", pos) + 1
+    while pos < stop:
+        newline = text.index("\n", pos)
+        line = text[pos:newline].strip()
+        pos = newline + 1
+        if fence is not None:
+            if line.startswith(fence) and not line.strip(fence[0]):
+                fence, end = None, pos
+        elif line.startswith(("```", "~~~")):
+            mark = line[0]
+            fence = line[: len(line) - len(line.lstrip(mark))]
+        elif not line or line.startswith("#"):
+            end = pos
+    return end, pos, fence
+
+
 class AnswerView(Vertical):
     """One assistant answer: a Markdown body that can be streamed into, and a footer.
 
-    While the answer is written, its complete lines go to the Markdown body (which parses again
-    only its last block) and the line being written is shown as plain text below it; the finished
-    answer is rendered as Markdown in full.
+    While the answer is written, its complete blocks go to the Markdown body and the block being
+    written is shown as plain text below it; the finished answer is rendered as Markdown in full.
+    The body changes only when a block is complete: Textual's Markdown parses, renders and wraps
+    its last block again at every append, which made a frame of a long paragraph, list or code
+    block cost its whole length (30 to 100 ms of Python at a few hundred lines).
     """
 
     def __init__(self, message: Message | None = None, model: str = "") -> None:
@@ -262,6 +242,15 @@ class AnswerView(Vertical):
         self.shown = ""
         self._settled = 0  # how much of ``shown`` the Markdown body has
         self._has_plain = False  # past the Markdown limits: the rest is a PlainText
+        # Cleaning is by whole lines, so a frame cleans only the last line and what is new.
+        self._raw_lines = ""  # the raw text's whole lines as of the last frame
+        self._clean_lines = ""  # the same, cleaned
+        # Where the scan for complete blocks stopped in ``shown`` and the code fence open there.
+        self._scanned = 0
+        self._fence: str | None = None
+        # Characters handed to the Markdown body to parse (the tests compare it between a short
+        # and a long answer).
+        self.markdown_chars = 0
 
     def compose(self) -> ComposeResult:
         yield Static(Text(self.model or "model", style="bold"), classes="answer-head")
@@ -292,20 +281,39 @@ class AnswerView(Vertical):
     def body(self) -> Markdown:
         return self.query_one(Markdown)
 
+    def _cleaned(self, raw: str) -> str:
+        if not raw.startswith(self._raw_lines):
+            self._raw_lines = self._clean_lines = ""
+        lines = raw.rfind("\n") + 1
+        done = len(self._raw_lines)
+        if lines > done:
+            self._clean_lines += clean(raw[done:lines])
+            self._raw_lines = raw[:lines]
+        return self._clean_lines + clean(raw[lines:])
+
     async def show_progress(self, text: str, cap: int | None = None) -> None:
-        """Bring the view up to ``text`` (normally a longer version of what is shown); the line
+        """Bring the view up to ``text`` (normally a longer version of what is shown); the block
         being written shows at most its last ``cap`` rows."""
-        text = clean(text)
+        text = self._cleaned(text)
         if text == self.shown:
             return
+        # Anything but a longer version of the text (a replacement) is scanned from the start.
+        replaced = not text.startswith(self.shown[: max(self._scanned, self._settled)])
+        if replaced:
+            self._scanned, self._fence = 0, None
+        end, self._scanned, self._fence = block_ends(text, self._scanned, self._fence)
         plain = markdown_cut(text)
-        cut = text.rfind("\n") + 1 if plain is None else plain
-        if not text.startswith(self.shown[: self._settled]) or cut < self._settled:
-            self._settled = 0
+        if plain is not None:
+            cut = plain
+        else:
+            cut = end if end is not None else 0 if replaced else self._settled
+        if replaced or cut < self._settled:
+            self.markdown_chars += cut
             await self.body.update(text[:cut])
         elif cut > self._settled:
             # Appending parses only the last block again. (Textual's MarkdownStream runs appends in
             # a task of its own; stopping it mid-append left two appends racing.)
+            self.markdown_chars += cut - self._settled
             await self.body.append(text[self._settled:cut])
         self._settled = cut
         self.shown = text
@@ -323,7 +331,7 @@ class AnswerView(Vertical):
         """The final text in one full update (streamed Markdown can differ at block edges)."""
         self.message = message
         self.shown = clean(message.text)
-        self._settled = len(self.shown)
+        self._settled = self._scanned = len(self.shown)
         # The app may be closing (quit as the answer ends): then there is nothing left to draw on.
         for live in self.query(LiveText):
             await live.remove()

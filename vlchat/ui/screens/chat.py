@@ -48,12 +48,13 @@ from vlchat.ui.pacing import FramePacer
 from vlchat.ui.preview import PREVIEW_MAX_SIDE, PicturePane, set_picture_name
 from vlchat.ui.prompt import PromptArea
 from vlchat.ui.screens.chat_commands import ConversationCommands
+from vlchat.ui.screens.chat_paste import PasteHandling
 from vlchat.ui.status import StatusLine, StatusState, status_text
 from vlchat.ui.terminal import TerminalGraphics
 from vlchat.ui.transcript import AnswerView, Transcript, UserView, model_label
 
 
-class ChatScreen(ConversationCommands, Screen):
+class ChatScreen(ConversationCommands, PasteHandling, Screen):
     """The app's main (default) screen. Its keys are declared with the app's keymap (``screen.`` actions)."""
 
     def __init__(
@@ -95,6 +96,9 @@ class ChatScreen(ConversationCommands, Screen):
         self._live: tuple[int, Any] | None = None
         self._pacer = FramePacer(lambda: self.app.engine, self._model_on_cpu, self._schedule_paint)
         self.frames = 0  # transcript redraws of streamed text (the bench and tests read it)
+        # Set to a list, each frame adds (when, characters of the answer shown) to it: the
+        # bench's measure of how far the screen is behind the model.
+        self.frame_log: list[tuple[float, int]] | None = None
         self.last_timings = None
         self.last_tokens: int | None = None
         self.last_prompt_tokens: int | None = None  # as the engine (or the server's usage) counted them
@@ -407,6 +411,12 @@ class ChatScreen(ConversationCommands, Screen):
             )
         )
 
+    @property
+    def streaming_text(self) -> str | None:
+        """What the model has written so far of the answer being written (None between answers)."""
+        live = self._live
+        return live[1].text if live is not None and live[0] == self.generating else None
+
     def _schedule_paint(self) -> None:
         # Painting happens in the screen's own message loop, never in a timer callback.
         self.call_later(self._paint_frame, self.generating)
@@ -425,6 +435,8 @@ class ChatScreen(ConversationCommands, Screen):
                 following = transcript.following
                 await view.show_progress(text, transcript.size.height if following else None)
                 transcript.follow()
+                if self.frame_log is not None:
+                    self.frame_log.append((time.perf_counter(), len(text)))
         finally:
             if self.generating == answer_id:
                 self._pacer.painted()

@@ -235,4 +235,7 @@ class ConversationCommands:
         for binding in [*self.app.BINDINGS, *PromptArea.BINDINGS]:
             keys.append(f"  {binding.key:<20} {binding.description or binding.action}")
         keys.append(f"  {'ctrl+p':<20} command palette")
-        self.transcript.note(slash.help_text() + "\nKeys:\n" + "\n".join(keys), "help")
+        from vlchat.ui.screens.chat_paste import PASTE_HELP
+
+        paste = f"{PASTE_HELP}\nHere: {self.graphics.paste.describe()}."
+        self.transcript.note(slash.help_text() + "\nKeys:\n" + "\n".join(keys) + "\n" + paste, "help")
