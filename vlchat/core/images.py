@@ -104,11 +104,8 @@ class LoadedImage:
 
 def sha256_file(path: StrPath) -> str:
     """Hex sha256 of a file's bytes, read in chunks so a large file costs little memory."""
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def load_image(path: StrPath, *, max_pixels: int = MAX_PIXELS, max_side: int | None = None) -> LoadedImage:

@@ -95,9 +95,10 @@ class ModelUnloaded(Message):
 class ModelsListed(Message):
     """Rows for the model picker (named models and the vision models in the local HF cache)."""
 
-    def __init__(self, rows: list) -> None:
+    def __init__(self, rows: list, error: str | None = None) -> None:
         super().__init__()
         self.rows = rows
+        self.error = error  # the server could not be asked (with --endpoint)
 
 
 class PicturesLoaded(Message):
