@@ -47,12 +47,14 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_server_options(parser: argparse.ArgumentParser, *, pictures: bool = True) -> None:
+def _add_server_options(parser: argparse.ArgumentParser, *, pictures: bool = True, many_endpoints: bool = False) -> None:
     group = parser.add_argument_group("server (a model served by vLLM, Ollama or llama.cpp)")
     group.add_argument(
         "--endpoint",
         metavar="URL",
-        help="URL of an OpenAI-compatible server, e.g. http://localhost:8000/v1 (or VLCHAT_ENDPOINT)",
+        action="append" if many_endpoints else "store",
+        help="URL of an OpenAI-compatible server, e.g. http://localhost:8000/v1 (or VLCHAT_ENDPOINT)"
+        + ("; give it again for more servers: the pictures are spread over them" if many_endpoints else ""),
     )
     group.add_argument(
         "--api-key",

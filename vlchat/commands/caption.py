@@ -81,8 +81,11 @@ def add_caption_parser(commands, add_model_options, add_server_options, add_gene
         "--overwrite", action="store_true", help="with txt-sidecar: replace .txt files that vlchat did not write"
     )
     add_model_options(caption)
-    add_server_options(caption)
+    add_server_options(caption, many_endpoints=True)
     add_generation_options(caption)
+    from vlchat.commands.caption_scale import add_scale_options
+
+    add_scale_options(caption)
 
 
 # -- what flows from the reader to the writer --------------------------------------------------------
@@ -380,7 +383,11 @@ def run_caption(args: argparse.Namespace) -> int:
     from vlchat.core.pictures import find_pictures
     from vlchat.engines import make_engine
 
+    from vlchat.commands.caption_scale import apply_like, split_endpoints
+
+    endpoints = split_endpoints(args)  # args.endpoint is the first of them from here on
     settings, _sources = settings_from(args)
+    apply_like(args, settings, _sources)
     params = _params(settings)
     batch_size = _positive(args.batch_size, "--batch-size", DEFAULT_BATCH)
     concurrency = _positive(args.concurrency, "--concurrency", DEFAULT_CONCURRENCY)
@@ -399,14 +406,15 @@ def run_caption(args: argparse.Namespace) -> int:
         engine = make_engine(settings)
         return caption_all(
             engine, found, store, args=args, settings=settings, params=params,
-            batch_size=batch_size, concurrency=concurrency, limit=limit,
+            batch_size=batch_size, concurrency=concurrency, limit=limit, endpoints=endpoints,
         )
     finally:
         store.close()
 
 
 def caption_all(engine, found: list[Found], store: Store, *, args, settings, params: GenerationParams,
-                batch_size: int, concurrency: int, limit: int | None, err=None) -> int:
+                batch_size: int, concurrency: int, limit: int | None, err=None,
+                endpoints: list[str] | None = None) -> int:
     from vlchat.core.captions import PictureWriteError
     from vlchat.engines.batch import can_batch
     from vlchat.engines.base import LoadProgress
@@ -423,25 +431,41 @@ def caption_all(engine, found: list[Found], store: Store, *, args, settings, par
         if err.isatty():
             print(f"\rvlchat: {step.stage}\x1b[K", end="", file=err, flush=True)
 
-    if getattr(engine, "model", None) is None:  # a caller (the benchmark) may hand in a loaded one
+    on_ray = getattr(args, "ray", None) is not None
+    if on_ray and settings.endpoint:
+        raise InputError("--ray runs a local model on Ray workers, and --endpoint uses servers", "leave out one of them")
+    servers = None
+    if endpoints and len(endpoints) > 1:
+        from vlchat.commands.caption_scale import open_servers
+
+        servers = open_servers(settings, endpoints, loading)
+    if on_ray:
+        from vlchat.commands.caption_ray import import_ray
+
+        import_ray(args.ray or None)  # says how to get it before anything else happens
+    elif servers is None and getattr(engine, "model", None) is None:  # a caller (the benchmark) may hand in a loaded one
         engine.load(loading)
         if err.isatty():
             print("\r\x1b[K", end="", file=err, flush=True)
-    model = engine.describe().name if settings.endpoint else engine.name
+    model = (servers.model if servers else engine.describe().name) if settings.endpoint else engine.name
     prompt = prompt_for(args, model)
     if args.prompt is None and getattr(engine, "captions_without_text", False):
         prompt = ""  # a captioner (BLIP) captions the picture alone; a text would start its caption
     remote = bool(settings.endpoint)
     batching = not remote and can_batch(engine)
-    if remote:
+    if servers:
+        mode = f"{concurrency} request{'' if concurrency == 1 else 's'} at a time on each of {len(servers.all)} servers"
+    elif remote:
         mode = f"{concurrency} request{'' if concurrency == 1 else 's'} at a time"
+    elif on_ray:
+        mode = "Ray"
     elif batching:
         mode = f"batches of {batch_size}"
     else:
         mode = "one at a time: this model cannot batch"
         if args.batch_size and args.batch_size > 1:
             print(f"vlchat: note: {clean(model, keep_newlines=False)} builds its own prompts, so it captions one picture at a time", file=err)
-    if not remote:
+    if not remote and not on_ray:
         share_cpu(engine)
     tally = Tally(total=len(found))
     progress = Progress(tally, mode, err)
@@ -449,7 +473,7 @@ def caption_all(engine, found: list[Found], store: Store, *, args, settings, par
     system = settings.system
 
     prepare = None
-    if batching:
+    if batching and not on_ray:
         from vlchat.engines.batch import prepare_batch
 
         rendered: dict[str, str] = {}
@@ -458,9 +482,9 @@ def caption_all(engine, found: list[Found], store: Store, *, args, settings, par
             return prepare_batch(engine, [i.picture.image for i in items], [prompt] * len(items),
                                  system=system, rendered=rendered)
 
-    reader = Reader(found, store, model, prompt, group=batch_size if batching else 1,
+    reader = Reader(found, store, model, prompt, group=batch_size if batching or on_ray else 1,
                     retry_errors=args.retry_errors, limit=limit, stop=stop, prepare=prepare,
-                    workers=decode_workers(engine, remote))
+                    workers=max(1, min(4, usable_cores() - 1)) if on_ray else decode_workers(engine, remote))
 
     failing = [0]  # pictures in a row the model or server failed on
 
@@ -504,7 +528,16 @@ def caption_all(engine, found: list[Found], store: Store, *, args, settings, par
     previous = signal.signal(signal.SIGINT, lambda _s, _f: stop.set()) if threading.current_thread() is threading.main_thread() else None
     reader.start()
     try:
-        if remote:
+        if on_ray:
+            from vlchat.commands.caption_ray import run_on_ray
+
+            run_on_ray(_messages(reader, tally, progress, stop, record), record, progress, stop, settings=settings,
+                       prompt=prompt, params=params, system=system, address=args.ray or None,
+                       workers=args.workers, gpus_per_worker=args.gpus_per_worker, batch_size=batch_size)
+        elif servers:
+            servers.run(_messages(reader, tally, progress, stop, record), record, progress, stop,
+                        prompt=prompt, params=params, system=system, concurrency=concurrency)
+        elif remote:
             _run_remote(engine, reader, record, progress, tally, prompt, params, system, concurrency, stop)
         else:
             _run_local(engine, reader, record, progress, tally, prompt, params, system, batching, stop, prepare)
@@ -540,6 +573,8 @@ def caption_all(engine, found: list[Found], store: Store, *, args, settings, par
         folders = _subfolders(getattr(args, "inputs", None) or [])
         if folders:
             print(f"vlchat: note: {folders} sub-folder{'' if folders == 1 else 's'} not looked in (add --recursive)", file=err)
+    if servers:
+        print(servers.summary(), file=err)
     print(summary, file=err)  # the last line, as scripts read it
     return 0
 

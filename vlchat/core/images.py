@@ -134,6 +134,19 @@ def load_image(path: StrPath, *, max_pixels: int = MAX_PIXELS, max_side: int | N
     return LoadedImage(image=image, ref=ref)
 
 
+def load_image_bytes(data: bytes, name: str, *, path: str, max_pixels: int = MAX_PIXELS,
+                     max_side: int | None = None) -> LoadedImage:
+    """``load_image`` for a picture whose bytes were read elsewhere (a `vlchat caption --ray` worker
+    gets them from the driver, with no shared filesystem): the same checks, decoding and reference."""
+    if max_side is None:
+        image, fmt = _decode(data, name, max_pixels)
+        size = image.size
+    else:
+        image, fmt, size = _decode_sized(data, name, max_pixels, max_side)
+    ref = ImageRef(sha256=hashlib.sha256(data).hexdigest(), path=path, format=fmt, width=size[0], height=size[1])
+    return LoadedImage(image=image, ref=ref)
+
+
 def inspect_image(path: StrPath, *, max_pixels: int = MAX_PIXELS) -> ImageRef:
     """The reference to a picture, checked as ``load_image`` checks it, without decoding its pixels
     when that is safe to skip: for the app's start, so a 24 MP photo does not hold up the first frame.

@@ -164,3 +164,11 @@ class SessionNote(Message):
     def __init__(self, text: str, error: bool = False) -> None:
         super().__init__()
         self.text, self.error = text, error
+
+
+class CaptionProgressed(Message):
+    """A /caption job captioned a batch, or ended (``progress.finished``)."""
+
+    def __init__(self, progress: Any) -> None:
+        super().__init__()
+        self.progress = progress
