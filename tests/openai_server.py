@@ -20,6 +20,9 @@ wild can be produced here:
     demo-stall          a few pieces, then silence (for the client's token timeout)
     demo-escape         the answer with terminal escape sequences, bidi overrides and zero-width spaces mixed in
     demo-whole          ignores stream: true and sends the whole completion as one JSON body
+    demo-empty          a role chunk and [DONE], nothing else (llama-cpp-python's server ends a request
+                        this way when another arrives); ``empty_answers = N`` makes the next N
+                        requests to any normal model end so too
 
 Hostile servers (no model runs; each ends on its own after HOSTILE_MAX_S, so no test can hang):
 
@@ -70,7 +73,7 @@ OLLAMA = "shapes:latest"
 ENDLESS = "demo-endless"
 MODES = (
     "demo-forbidden", "demo-busy", "demo-crash", "demo-gone", "demo-text-only", "demo-no-mmproj",
-    "demo-cut", "demo-drop", "demo-bad-json", "demo-fail-midway", "demo-stall", "demo-escape", "demo-whole",
+    "demo-cut", "demo-drop", "demo-bad-json", "demo-fail-midway", "demo-stall", "demo-escape", "demo-whole", "demo-empty",
     "demo-trickle", "demo-keepalive", "demo-slow-headers", "demo-flood", "demo-huge-line", "demo-echo-error",
     "demo-echo-answer", "demo-bad-usage", "demo-keepalive-midway", "demo-drip",
 )
@@ -98,6 +101,10 @@ class OpenAITestServer:
         self.api_key = api_key
         self.max_body = max_body
         self.trickle_s = 0.5
+        # What GET /models lists, when not every model served: a server that loads models on
+        # demand (transformers serve) lists only those it has loaded.
+        self.listed: list[str] | None = None
+        self.empty_answers = 0  # the next N answers are a role chunk and [DONE] (see demo-empty)
         self.huge_line_bytes = 64 << 20
         self.requests: list[dict[str, Any]] = []
         # What each hostile answer got out before the client left: {"model", "bytes", "chunks", "seconds"}.
@@ -106,9 +113,17 @@ class OpenAITestServer:
         self.generations_done: list[str] = []  # how each generation ended: "done", "client gone", "stopped"
         self.stopping = threading.Event()
         self._engine_lock = threading.Lock()
+        self._engine_lock_counter = threading.Lock()
         self._pictures = tempfile.TemporaryDirectory(prefix="vlchat-test-server-")
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+
+    def take_empty(self) -> bool:
+        with self._engine_lock_counter:
+            if self.empty_answers > 0:
+                self.empty_answers -= 1
+                return True
+            return False
 
     @property
     def models(self) -> list[str]:
@@ -282,7 +297,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path.split("?")[0].rstrip("/") == "/v1/models":
             created = int(time.time())
             cards = []
-            for name in self.owner.models:
+            for name in self.owner.models if self.owner.listed is None else self.owner.listed:
                 if name == OLLAMA:
                     cards.append({"id": name, "object": "model", "created": created, "owned_by": "library"})
                 else:
@@ -456,6 +471,10 @@ class _Handler(BaseHTTPRequestHandler):
             watcher.start()
             try:
                 self.event(chunk({"role": "assistant", "content": ""}))
+                if model == "demo-empty" or owner.take_empty():
+                    self.event("[DONE]")
+                    self.wfile.write(b"0\r\n\r\n")
+                    return
                 for n, piece in enumerate(stream, 1):
                     if owner.stopping.is_set():
                         outcome = "stopped"

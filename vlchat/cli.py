@@ -47,12 +47,14 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_server_options(parser: argparse.ArgumentParser, *, pictures: bool = True) -> None:
+def _add_server_options(parser: argparse.ArgumentParser, *, pictures: bool = True, many_endpoints: bool = False) -> None:
     group = parser.add_argument_group("server (a model served by vLLM, Ollama or llama.cpp)")
     group.add_argument(
         "--endpoint",
         metavar="URL",
-        help="URL of an OpenAI-compatible server, e.g. http://localhost:8000/v1 (or VLCHAT_ENDPOINT)",
+        action="append" if many_endpoints else "store",
+        help="URL of an OpenAI-compatible server, e.g. http://localhost:8000/v1 (or VLCHAT_ENDPOINT)"
+        + ("; give it again for more servers: the pictures are spread over them" if many_endpoints else ""),
     )
     group.add_argument(
         "--api-key",
@@ -80,7 +82,7 @@ def _add_generation_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-new-tokens", type=int, metavar="N", help="longest answer (default 512)")
     group.add_argument("--temperature", type=float, metavar="T", help="0 is greedy (default)")
     group.add_argument("--top-p", type=float, metavar="P", help="nucleus sampling (default 1: off)")
-    group.add_argument("--seed", type=int, help="make sampled answers repeatable")
+    group.add_argument("--seed", type=int, help="make sampled answers repeatable (0 to 4294967295)")
     group.add_argument("--system", metavar="TEXT", help="a system prompt")
 
 
@@ -100,7 +102,7 @@ SUBCOMMANDS = ("ask", "caption", "demo", "sessions", "export", "models")
 _USAGE = (
     "vlchat [IMAGE...] [options]          open the app on these pictures\n"
     "       vlchat demo [options]                the app on the demo model and a sample picture\n"
-    "       vlchat ask IMAGE... QUESTION [options]  one answer, streamed to stdout\n"
+    "       vlchat ask [IMAGE...] QUESTION [options]  one answer, streamed to stdout\n"
     "       vlchat caption DIR_OR_FILE... -o captions.jsonl  a caption for every picture\n"
     "       vlchat sessions | vlchat export SESSION  saved conversations\n"
     "       vlchat models [--endpoint URL]       the models you can use"
@@ -135,16 +137,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     ask = commands.add_parser(
         "ask",
+        usage="vlchat ask [IMAGE...] QUESTION [options]",
         help="answer one question about pictures, streamed to stdout",
-        description="Answer one question about one or more pictures; the answer streams to stdout.",
+        description="Answer one question about one or more pictures; the answer streams to stdout. "
+        "One question per ask, after all its pictures; follow up with --session.",
     )
-    ask.add_argument("items", nargs="+", metavar="IMAGE... QUESTION", help="pictures, then the question (last)")
+    ask.add_argument("items", nargs="+", metavar="[IMAGE...] QUESTION",
+                     help="pictures, then one question (the last argument); an argument that names "
+                     "a picture (PATH.jpg, dir/name) must exist")
     ask.add_argument("--json", action="store_true", help="print one JSON record instead of streaming text")
     ask.add_argument(
         "--session",
         metavar="NAME|ID|PATH|new",
-        help="keep the conversation in a session: 'new' starts one, else continue the one named "
-        "(each ask adds a turn and saves it)",
+        help="keep the conversation in a session: 'new' starts one, else continue the one named: "
+        "a title or part of one (the most recent if several fit), an id (at least its first 4 "
+        "characters) or a folder (each ask adds a turn and saves it)",
     )
     _add_sessions_dir(ask)
     _add_model_options(ask)

@@ -102,7 +102,7 @@ def test_a_folder_is_captioned_and_bad_pictures_are_recorded(tmp_path, run_vlcha
     again = run_vlchat("caption", folder, "-o", out, *FAST)
     assert again.returncode == 0, again.stderr
     assert records(out) == rows
-    assert "0 captioned, 6 already done" in again.stderr
+    assert "0 captioned, 5 already done, 1 failed in an earlier run (--retry-errors tries them again)" in again.stderr
 
     # --recursive finds the sub-folder's picture and captions only that; a copy of a captioned
     # picture under a new name gets its own record, with the caption it already has
@@ -115,7 +115,7 @@ def test_a_folder_is_captioned_and_bad_pictures_are_recorded(tmp_path, run_vlcha
     assert sorted(new) == sorted([sub, str(folder / "zz-copy.png")])
     assert names_the_scene(new[sub]["caption"], Scene("circle", "white", "black", 1))
     assert new[str(folder / "zz-copy.png")]["caption"] == first["caption"]
-    assert "1 captioned, 7 already done" in deeper.stderr
+    assert "1 captioned, 6 already done, 1 failed in an earlier run" in deeper.stderr
 
 
 def test_batched_captions_equal_one_at_a_time_captions(tmp_path, run_vlchat):

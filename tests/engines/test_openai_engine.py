@@ -16,6 +16,7 @@ from vlchat.engines.openai import (
     AuthenticationError,
     ConnectionRefusedByServerError,
     ConnectTimeoutError,
+    EmptyAnswerError,
     EndpointNotFoundError,
     HostNotFoundError,
     IncompleteStreamError,
@@ -296,9 +297,13 @@ def test_server_errors_are_one_clear_line_and_lose_nothing(openai_server, pictur
 
 
 def test_unknown_model_is_named_with_what_the_server_has(openai_server):
+    # Not listed is not refused (a server may load it on demand): the server's 404 decides.
     engine = OpenAIEngine(openai_server.url, "llava-hf/llava-1.5-7b-hf")
+    engine.load()
+    conversation = Conversation()
+    conversation.add_user("What colour is the shape?")
     with pytest.raises(ModelNotFoundError) as caught:
-        engine.load()
+        "".join(engine.stream(conversation, SHORT))
     message = str(caught.value)
     assert "llava-hf/llava-1.5-7b-hf" in message and "demo, shapes:latest" in message
 
@@ -414,3 +419,28 @@ def test_sse_parser_follows_the_spec():
 def test_stream_lines_split_on_any_line_break_even_across_reads():
     reads = [b"data: a\r", b"\ndata: b\rdata: c\n\n", b"data: \xe2\x82", b"\xac\r\n", b"data: last"]
     assert list(bounded_lines(iter(reads))) == ["data: a", "data: b", "data: c", "", "data: \u20ac", "data: last"]
+
+
+def test_an_unanswered_question_is_not_sent_but_its_picture_is(openai_server, picture):
+    """A failed turn leaves two questions in a row; the server sees alternating roles, and the
+    picture of the unanswered question goes with the next one."""
+    engine = connected(openai_server)
+    red = picture("circle", "red", "white")
+    conversation = Conversation()
+    conversation.add_user("What colour is the shape?", [red.ref])  # its answer never came
+    conversation.add_user("What shape is it?")
+    answer = "".join(engine.stream(conversation, SHORT))
+    assert answer == "It is a circle."
+    sent = [r for r in openai_server.requests if r["method"] == "POST"][-1]["body"]["messages"]
+    assert [m["role"] for m in sent] == ["user"]
+    assert [m.text for m in conversation.unanswered()] == ["What colour is the shape?"]
+    assert len(conversation.messages) == 2  # the conversation itself keeps it
+
+
+def test_an_empty_stream_is_an_error_not_an_empty_answer(openai_server, picture):
+    engine = connected(openai_server, "demo-empty")
+    conversation = Conversation()
+    conversation.add_user("What colour is the shape?", [picture().ref])
+    with pytest.raises(EmptyAnswerError) as caught:
+        "".join(engine.stream(conversation, SHORT))
+    assert "without sending any of it" in str(caught.value)

@@ -214,7 +214,7 @@ async def test_resuming_in_the_app_sends_no_key_to_the_server_the_session_names(
         async with app.run_test(size=(120, 40)) as pilot:
             await until(pilot, lambda: app.loaded, timeout=30)
             await until(pilot, lambda: "your API key is not sent to" in transcript_text(app), timeout=10)
-            app.prompt.text = "What shape is it?"
+            app.chat.prompt.text = "What shape is it?"
             await pilot.press("enter")
             await until(pilot, lambda: app.chat.generating is None and len(app.chat.conversation.messages) == 4, timeout=60)
             assert "circle" in app.chat.conversation.messages[-1].text

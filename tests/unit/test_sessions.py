@@ -221,15 +221,24 @@ def test_find_by_id_prefix_title_path_and_most_recent(store, picture):
     assert store.find("Before/after") == b.folder
 
 
-def test_a_title_two_sessions_share_names_both(store):
+def test_a_title_two_sessions_share_takes_the_most_recent_and_says_so(store):
     first, second = store.create(), store.create()
     first.rename("Twin")
     second.rename("Twin")
     first.close(), second.close()
-    with pytest.raises(AmbiguousSessionError) as caught:
-        store.find("Twin")
-    line = single_line(caught.value)
-    assert first.id in line and second.id in line and "more of the id" in line
+    latest = store.list()[0]
+    folder, note = store.choose("Twin")
+    assert folder == latest.folder and store.find("tw") == latest.folder  # a part of the title too
+    assert f"2 sessions fit 'Twin'; using the most recent, {latest.id}" in note
+
+
+def test_an_id_needs_four_characters_and_the_error_says_so(store):
+    session = store.create()
+    session.close()
+    assert store.find(session.id[:4]) == session.folder
+    with pytest.raises(SessionNotFoundError) as caught:
+        store.find(session.id[:3])
+    assert "at least its first 4 characters" in single_line(caught.value)
 
 
 def test_no_sessions_yet_says_where_it_looked(store):

@@ -102,7 +102,10 @@ def resume_session(name: str, settings, sources):
 
     store = SessionStore(store_root(settings))
     notes = []
-    session, locked = open_or_read_only(store, name or None)
+    folder, note = store.choose(name or None)  # an ambiguous title: the most recent, said aloud
+    if note:
+        notes.append(note)
+    session, locked = open_or_read_only(store, folder)
     if locked is not None:
         why = "" if isinstance(locked, SessionWriteRefusedError) else " (quit the other vlchat to continue it here)"
         notes.append(f"{locked.message}: opened read-only, so nothing you add here is saved{why}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import signal
 import sys
 import threading
@@ -27,16 +28,51 @@ def _names_a_file(text: str) -> bool:
         return False
 
 
+PICTURE_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif", ".avif")
+ONE_QUESTION_HINT = 'one question per ask, after all its pictures: vlchat ask a.png b.png "What differs?"; ' \
+    "follow up with --session"
+
+
+def names_a_picture(text: str) -> bool:
+    """Whether an argument is meant as a picture's path: one word with a picture's extension or a
+    path separator. A question has spaces; "pics/landscap.jpg" is a mistyped picture, not a question."""
+    word = text.strip()
+    return bool(word) and not any(c.isspace() for c in word) and (
+        word.lower().endswith(PICTURE_SUFFIXES) or "/" in word or (os.sep in word)
+    )
+
+
+def _exists(text: str) -> bool:
+    try:
+        return Path(text).exists()
+    except (OSError, ValueError):
+        return False
+
+
 def split_items(items: list[str]) -> tuple[list[str], str]:
-    """Pictures first, the question last; a lone picture with no question is a mistake worth naming."""
+    """Pictures first, then one question (the last argument).
+
+    An argument that names a picture that is not there is an error, wherever it stands: sent as the
+    question it would get a confident answer about nothing.
+    """
+    for item in items:
+        if names_a_picture(item) and not _names_a_file(item):
+            shown = clean(item, keep_newlines=False)
+            if not _exists(item):
+                raise InputError(f"no picture at {shown} (no such file)", "check the name and the folder")
     *images, question = items
     if not question.strip() and not images:  # with pictures, a captioner takes it as "caption this"
         raise InputError("the question is empty", "put the question last, in quotes")
-    if not images and _names_a_file(question):
+    if _names_a_file(question):
         raise InputError(
             f"no question after the picture {clean(question, keep_newlines=False)}",
             'put the question last, in quotes: vlchat ask photo.jpg "What is in the picture?"',
         )
+    for item in images:
+        if not _exists(item):
+            # `ask a.png "q1" b.png "q2"`: a second question where a picture should be
+            raise InputError(f"{clean(item, keep_newlines=False)!r} is not a picture, and only the last argument is the question",
+                             ONE_QUESTION_HINT)
     return images, question
 
 
@@ -56,7 +92,10 @@ def open_session(args: argparse.Namespace, settings, sources):
     store = SessionStore(store_root(settings))
     if args.session.strip().lower() == "new":
         return store.create()
-    session = store.open(args.session)
+    folder, note = store.choose(args.session)
+    if note:
+        print(clean(f"vlchat: note: {note}", keep_newlines=False), file=sys.stderr)
+    session = store.open(folder)
     if not sources.get("system", "").startswith("flag"):
         settings.system = None  # the config's system prompt is for new conversations; keep this one's
     from vlchat.engines.remember import apply_remembered
@@ -94,6 +133,8 @@ def run_ask(args: argparse.Namespace) -> int:
     # before the (slow) model load, so a typo fails at once and changes nothing.
     _params(settings)
     pictures = [load_image(path) for path in image_paths]
+    if not pictures and not (getattr(args, "session", None) or "").strip():
+        print("vlchat: note: no picture is sent with this question (give pictures before it)", file=sys.stderr)
     from vlchat.core.sessions import SessionSaveError
 
     wanted = (getattr(args, "session", None) or "").strip()
@@ -164,6 +205,8 @@ def _ask(args, settings, engine, pictures, question, session) -> int:
     engine.load(progress)
     if err.isatty():
         print("\r\x1b[K", end="", file=err, flush=True)
+    if session is not None:
+        session.model = model_record(settings, engine.describe())  # a server's own name for its model
 
     cancel = threading.Event()
     stream = engine.stream(conversation, params, cancel)
@@ -219,7 +262,7 @@ def _ask(args, settings, engine, pictures, question, session) -> int:
             "answer": text.strip(),
             "model": engine_info.name,
             "model_label": engine_info.label or None,
-            "device": engine_info.device,
+            "device": None if engine_info.endpoint else engine_info.device,  # a server's URL is in endpoint
             "endpoint": engine_info.endpoint,
             "quantization": engine_info.quantization,
             "images": [p.ref.to_dict() for p in pictures],

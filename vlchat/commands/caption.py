@@ -81,8 +81,11 @@ def add_caption_parser(commands, add_model_options, add_server_options, add_gene
         "--overwrite", action="store_true", help="with txt-sidecar: replace .txt files that vlchat did not write"
     )
     add_model_options(caption)
-    add_server_options(caption)
+    add_server_options(caption, many_endpoints=True)
     add_generation_options(caption)
+    from vlchat.commands.caption_scale import add_scale_options
+
+    add_scale_options(caption)
 
 
 # -- what flows from the reader to the writer --------------------------------------------------------
@@ -106,12 +109,13 @@ class Tally:
     captioned: int = 0
     failed: int = 0
     skipped: int = 0
+    failed_before: int = 0  # skipped: an earlier run recorded an error (--retry-errors tries them)
     blocked: int = 0
     started: float = field(default_factory=time.perf_counter)
 
     @property
     def handled(self) -> int:
-        return self.captioned + self.failed + self.skipped + self.blocked
+        return self.captioned + self.failed + self.skipped + self.failed_before + self.blocked
 
 
 def picture_name(found: Found) -> str:
@@ -121,55 +125,68 @@ def picture_name(found: Found) -> str:
 
 
 class Progress:
-    """A one-line bar on stderr with pictures/s and time left, redrawn at most 10 times a second,
-    only when stderr is a terminal; otherwise nothing until the summary."""
+    """A progress bar on stderr (rich.progress: it fits the terminal's width, however narrow), with
+    pictures/s and time left, only when stderr is a terminal; otherwise nothing until the summary."""
 
     def __init__(self, tally: Tally, mode: str, stream=None):
         self.tally = tally
-        self.mode = mode
         self.err = stream or sys.stderr
         self.live = self.err.isatty()
-        self._drawn_at = 0.0
+        self._bar = None
+        self._task = None
+        self._mode = mode
+        if self.live:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeRemainingColumn
+
+            from rich.table import Column
+
+            def cell(text: str, **options) -> TextColumn:
+                # one row, whatever the width: a row that wrapped would leave pieces of itself behind
+                return TextColumn(text, markup=False, table_column=Column(no_wrap=True, **options))
+
+            console = Console(file=self.err, highlight=False)
+            self._bar = Bar(
+                BarColumn(bar_width=None, table_column=Column(min_width=4, ratio=1)),
+                MofNCompleteColumn(table_column=Column(no_wrap=True)), cell("pictures"), cell("{task.fields[rate]}"),
+                TimeRemainingColumn(table_column=Column(no_wrap=True)),
+                cell("{task.fields[mode]}", overflow="ellipsis", ratio=1),
+                console=console, transient=True, expand=True, refresh_per_second=10,
+            )
+            self._task = self._bar.add_task("caption", total=tally.total or None, rate="", mode=f"({mode})")
+            self._bar.start()
+
+    @property
+    def mode(self) -> str:
+        return self._mode
+
+    @mode.setter
+    def mode(self, value: str) -> None:
+        self._mode = value
+        self.draw(force=True)
 
     def say(self, line: str) -> None:
         """A line of its own (an error, a note), above the bar."""
-        if self.live:
-            self.err.write("\r\x1b[K")
-        self.err.write(line + "\n")
-        self.err.flush()
-        self.draw(force=True)
-
-    def draw(self, force: bool = False) -> None:
-        if not self.live:
-            return
-        now = time.perf_counter()
-        if not force and now - self._drawn_at < 0.1:
-            return
-        self._drawn_at = now
-        t = self.tally
-        elapsed = now - t.started
-        rate = (t.captioned + t.failed) / elapsed if elapsed > 0 else 0.0
-        left = t.total - t.handled
-        eta = _duration(left / rate) if rate > 0 else "?"
-        width = 24
-        filled = int(width * t.handled / t.total) if t.total else width
-        bar = "#" * filled + "-" * (width - filled)
-        self.err.write(
-            f"\r[{bar}] {t.handled}/{t.total} pictures  {rate:.1f}/s  {eta} left  ({self.mode})\x1b[K"
-        )
-        self.err.flush()
-
-    def clear(self) -> None:
-        if self.live:
-            self.err.write("\r\x1b[K")
+        if self._bar is not None:
+            self._bar.console.print(line, markup=False, highlight=False, soft_wrap=True)
+        else:
+            self.err.write(line + "\n")
             self.err.flush()
 
+    def draw(self, force: bool = False) -> None:
+        if self._bar is None:
+            return
+        t = self.tally
+        elapsed = time.perf_counter() - t.started
+        rate = (t.captioned + t.failed) / elapsed if elapsed > 0 else 0.0
+        self._bar.update(self._task, completed=t.handled, rate=f"{rate:.1f}/s", mode=f"({self._mode})")
+        if force:
+            self._bar.refresh()
 
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+    def clear(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()  # transient: the bar goes, the lines said above it stay
+            self._bar = None
 
 
 # -- the reader ------------------------------------------------------------------------------------
@@ -236,7 +253,7 @@ class Reader(threading.Thread):
                 return "skip", item, None
             return "copy", item, earlier  # the same bytes under another name: its own record, no model run
         if not self.retry_errors and done.has_error(found.path, self.model, self.prompt):
-            return "skip", item, None
+            return "failed-before", item, None
         try:
             item.picture = load_image(found.path, max_side=MODEL_MAX_SIDE)
         except ImageError as error:
@@ -271,8 +288,8 @@ class Reader(threading.Thread):
         for verdict, item, earlier in self._looked():
             if self.stop.is_set():
                 return
-            if verdict == "skip":
-                self._put(("skip", item))
+            if verdict in ("skip", "failed-before"):
+                self._put((verdict, item))
                 continue
             # Asked here, in order, not on the decoding threads: two pictures may want one .txt.
             why = self.store.blocked(item.found.path)
@@ -312,10 +329,8 @@ def regular_file_sha256(path: str) -> str | None:
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return None
-        digest = hashlib.sha256()
-        while chunk := os.read(fd, 1 << 20):
-            digest.update(chunk)
-        return digest.hexdigest()
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            return hashlib.file_digest(handle, "sha256").hexdigest()
     except OSError:
         return None
     finally:
@@ -368,7 +383,11 @@ def run_caption(args: argparse.Namespace) -> int:
     from vlchat.core.pictures import find_pictures
     from vlchat.engines import make_engine
 
+    from vlchat.commands.caption_scale import apply_like, split_endpoints
+
+    endpoints = split_endpoints(args)  # args.endpoint is the first of them from here on
     settings, _sources = settings_from(args)
+    apply_like(args, settings, _sources)
     params = _params(settings)
     batch_size = _positive(args.batch_size, "--batch-size", DEFAULT_BATCH)
     concurrency = _positive(args.concurrency, "--concurrency", DEFAULT_CONCURRENCY)
@@ -387,14 +406,15 @@ def run_caption(args: argparse.Namespace) -> int:
         engine = make_engine(settings)
         return caption_all(
             engine, found, store, args=args, settings=settings, params=params,
-            batch_size=batch_size, concurrency=concurrency, limit=limit,
+            batch_size=batch_size, concurrency=concurrency, limit=limit, endpoints=endpoints,
         )
     finally:
         store.close()
 
 
 def caption_all(engine, found: list[Found], store: Store, *, args, settings, params: GenerationParams,
-                batch_size: int, concurrency: int, limit: int | None, err=None) -> int:
+                batch_size: int, concurrency: int, limit: int | None, err=None,
+                endpoints: list[str] | None = None) -> int:
     from vlchat.core.captions import PictureWriteError
     from vlchat.engines.batch import can_batch
     from vlchat.engines.base import LoadProgress
@@ -411,25 +431,41 @@ def caption_all(engine, found: list[Found], store: Store, *, args, settings, par
         if err.isatty():
             print(f"\rvlchat: {step.stage}\x1b[K", end="", file=err, flush=True)
 
-    if getattr(engine, "model", None) is None:  # a caller (the benchmark) may hand in a loaded one
+    on_ray = getattr(args, "ray", None) is not None
+    if on_ray and settings.endpoint:
+        raise InputError("--ray runs a local model on Ray workers, and --endpoint uses servers", "leave out one of them")
+    servers = None
+    if endpoints and len(endpoints) > 1:
+        from vlchat.commands.caption_scale import open_servers
+
+        servers = open_servers(settings, endpoints, loading)
+    if on_ray:
+        from vlchat.commands.caption_ray import import_ray
+
+        import_ray(args.ray or None)  # says how to get it before anything else happens
+    elif servers is None and getattr(engine, "model", None) is None:  # a caller (the benchmark) may hand in a loaded one
         engine.load(loading)
         if err.isatty():
             print("\r\x1b[K", end="", file=err, flush=True)
-    model = engine.describe().name if settings.endpoint else engine.name
+    model = (servers.model if servers else engine.describe().name) if settings.endpoint else engine.name
     prompt = prompt_for(args, model)
     if args.prompt is None and getattr(engine, "captions_without_text", False):
         prompt = ""  # a captioner (BLIP) captions the picture alone; a text would start its caption
     remote = bool(settings.endpoint)
     batching = not remote and can_batch(engine)
-    if remote:
-        mode = f"{concurrency} requests at a time"
+    if servers:
+        mode = f"{concurrency} request{'' if concurrency == 1 else 's'} at a time on each of {len(servers.all)} servers"
+    elif remote:
+        mode = f"{concurrency} request{'' if concurrency == 1 else 's'} at a time"
+    elif on_ray:
+        mode = "Ray"
     elif batching:
         mode = f"batches of {batch_size}"
     else:
         mode = "one at a time: this model cannot batch"
         if args.batch_size and args.batch_size > 1:
             print(f"vlchat: note: {clean(model, keep_newlines=False)} builds its own prompts, so it captions one picture at a time", file=err)
-    if not remote:
+    if not remote and not on_ray:
         share_cpu(engine)
     tally = Tally(total=len(found))
     progress = Progress(tally, mode, err)
@@ -437,7 +473,7 @@ def caption_all(engine, found: list[Found], store: Store, *, args, settings, par
     system = settings.system
 
     prepare = None
-    if batching:
+    if batching and not on_ray:
         from vlchat.engines.batch import prepare_batch
 
         rendered: dict[str, str] = {}
@@ -446,9 +482,9 @@ def caption_all(engine, found: list[Found], store: Store, *, args, settings, par
             return prepare_batch(engine, [i.picture.image for i in items], [prompt] * len(items),
                                  system=system, rendered=rendered)
 
-    reader = Reader(found, store, model, prompt, group=batch_size if batching else 1,
+    reader = Reader(found, store, model, prompt, group=batch_size if batching or on_ray else 1,
                     retry_errors=args.retry_errors, limit=limit, stop=stop, prepare=prepare,
-                    workers=decode_workers(engine, remote))
+                    workers=max(1, min(4, usable_cores() - 1)) if on_ray else decode_workers(engine, remote))
 
     failing = [0]  # pictures in a row the model or server failed on
 
@@ -462,8 +498,10 @@ def caption_all(engine, found: list[Found], store: Store, *, args, settings, par
                          seconds=round(seconds or 0.0, 4))
         else:
             entry.update(model=model, prompt=prompt, error=item.error)
+        again = caption is None and store.done.has_error(entry["path"], model, prompt)
         try:
-            store.write(entry)
+            if not again:  # a retried picture that fails again keeps its one error record
+                store.write(entry)
         except PictureWriteError as error:  # this picture's .txt or folder only: the others go on
             tally.failed += 1
             progress.say(f"vlchat: {clean(error.line(), keep_newlines=False)}")
@@ -490,7 +528,16 @@ def caption_all(engine, found: list[Found], store: Store, *, args, settings, par
     previous = signal.signal(signal.SIGINT, lambda _s, _f: stop.set()) if threading.current_thread() is threading.main_thread() else None
     reader.start()
     try:
-        if remote:
+        if on_ray:
+            from vlchat.commands.caption_ray import run_on_ray
+
+            run_on_ray(_messages(reader, tally, progress, stop, record), record, progress, stop, settings=settings,
+                       prompt=prompt, params=params, system=system, address=args.ray or None,
+                       workers=args.workers, gpus_per_worker=args.gpus_per_worker, batch_size=batch_size)
+        elif servers:
+            servers.run(_messages(reader, tally, progress, stop, record), record, progress, stop,
+                        prompt=prompt, params=params, system=system, concurrency=concurrency)
+        elif remote:
             _run_remote(engine, reader, record, progress, tally, prompt, params, system, concurrency, stop)
         else:
             _run_local(engine, reader, record, progress, tally, prompt, params, system, batching, stop, prepare)
@@ -510,15 +557,39 @@ def caption_all(engine, found: list[Found], store: Store, *, args, settings, par
         parts.append(f"{tally.failed} failed (recorded with their error)")
     if tally.skipped:
         parts.append(f"{tally.skipped} already done")
+    if tally.failed_before:
+        parts.append(f"{tally.failed_before} failed in an earlier run (--retry-errors tries them again)")
     if tally.blocked:
         parts.append(f"{tally.blocked} left alone")
+    left = tally.total - tally.handled
+    if left > 0 and limit is not None and not interrupted:
+        parts.append(f"{left} left for the next run (--limit {limit})")
     summary = (f"vlchat: {tally.total} picture{'' if tally.total == 1 else 's'}: {', '.join(parts)}; {elapsed:.1f} s, {rate:.1f} pictures/s "
                f"({progress.mode}) -> {store.where()}")
     if interrupted:
         print(f"vlchat: stopped; {summary[len('vlchat: '):]}; run the same command again to go on", file=err)
         return 130
-    print(summary, file=err)
+    if not args.recursive:
+        folders = _subfolders(getattr(args, "inputs", None) or [])
+        if folders:
+            print(f"vlchat: note: {folders} sub-folder{'' if folders == 1 else 's'} not looked in (add --recursive)", file=err)
+    if servers:
+        print(servers.summary(), file=err)
+    print(summary, file=err)  # the last line, as scripts read it
     return 0
+
+
+def _subfolders(inputs: list[str]) -> int:
+    """Sub-folders (not hidden) of the folders named, which a run without --recursive leaves out."""
+    count = 0
+    for item in inputs:
+        try:
+            if os.path.isdir(item):
+                with os.scandir(item) as entries:
+                    count += sum(1 for e in entries if not e.name.startswith(".") and e.is_dir(follow_symlinks=False))
+        except OSError:
+            continue
+    return count
 
 
 def _messages(reader: Reader, tally: Tally, progress: Progress, stop: threading.Event, record) -> Iterator[tuple[str, Any]]:
@@ -532,8 +603,11 @@ def _messages(reader: Reader, tally: Tally, progress: Progress, stop: threading.
             continue
         if kind == "end":
             return
-        if kind == "skip":
-            tally.skipped += 1
+        if kind in ("skip", "failed-before"):
+            if kind == "skip":
+                tally.skipped += 1
+            else:
+                tally.failed_before += 1
             progress.draw()
             continue
         if kind == "copy":

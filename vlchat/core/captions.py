@@ -116,7 +116,8 @@ class Done:
     def add(self, record: dict[str, Any]) -> None:
         model, prompt = str(record.get("model", "")), str(record.get("prompt", ""))
         path = os.path.abspath(str(record.get("path", "")))
-        if record.get("error"):
+        if record.get("error") or not str(record.get("caption") or "").strip():
+            # An empty caption is a failure too: older vlchat kept a server's empty stream as one.
             self.failed.add((path, model, prompt))
         elif record.get("sha256"):
             sha = str(record["sha256"])

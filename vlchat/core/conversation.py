@@ -7,7 +7,7 @@ so one picture named twice costs nothing and a conversation serialises to plain 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Iterator, Literal
 
 Role = Literal["system", "user", "assistant"]
@@ -73,8 +73,12 @@ class GenerationParams:
             raise InputError(
                 f"top_p must be above 0 and at most 1, not {self.top_p!r}", "1 turns it off"
             )
-        if self.seed is not None and (not isinstance(self.seed, int) or self.seed < 0):
-            raise InputError(f"seed must be a whole number of 0 or more, not {self.seed!r}", "")
+        if self.seed is not None and (not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED):
+            # torch's manual_seed takes 64 bits, but servers (transformers serve, numpy's seeding)
+            # stop at 32: one bound that every engine accepts.
+            shown = self.seed if not isinstance(self.seed, int) or self.seed.bit_length() < 80 else "a larger number"
+            raise InputError(f"seed must be a whole number from 0 to {MAX_SEED}, not {shown}",
+                             "any number in that range makes sampled answers repeatable")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -84,6 +88,9 @@ class GenerationParams:
     def from_dict(cls, data: dict[str, Any]) -> "GenerationParams":
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+MAX_SEED = 2**32 - 1
 
 
 @dataclass
@@ -235,6 +242,26 @@ class Conversation:
         for ref in self.images():
             seen.setdefault(ref.sha256, ref)
         return list(seen.values())
+
+    def unanswered(self) -> list[Message]:
+        """Questions that got no answer (a failed turn), not counting the last message."""
+        return [m for m, after in zip(self.messages, self.messages[1:]) if m.role == "user" and after.role == "user"]
+
+    def for_model(self) -> "Conversation":
+        """The conversation as a model is shown it: a question that got no answer is left out, so
+        the roles alternate as chat templates require; its pictures go with the next question, so
+        the model still sees every picture that was attached."""
+        kept: list[Message] = []
+        carried: list[ImageRef] = []
+        for message, after in zip(self.messages, [*self.messages[1:], None]):
+            if message.role == "user" and after is not None and after.role == "user":
+                carried.extend(message.images)
+                continue
+            if carried and message.role == "user":
+                message = replace(message, images=[*carried, *message.images])
+                carried = []
+            kept.append(message)
+        return Conversation(messages=kept)
 
     def turns(self) -> Iterator[Message]:
         return (m for m in self.messages if m.role != "system")

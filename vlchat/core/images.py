@@ -104,11 +104,8 @@ class LoadedImage:
 
 def sha256_file(path: StrPath) -> str:
     """Hex sha256 of a file's bytes, read in chunks so a large file costs little memory."""
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def load_image(path: StrPath, *, max_pixels: int = MAX_PIXELS, max_side: int | None = None) -> LoadedImage:
@@ -134,6 +131,19 @@ def load_image(path: StrPath, *, max_pixels: int = MAX_PIXELS, max_side: int | N
         width=size[0],
         height=size[1],
     )
+    return LoadedImage(image=image, ref=ref)
+
+
+def load_image_bytes(data: bytes, name: str, *, path: str, max_pixels: int = MAX_PIXELS,
+                     max_side: int | None = None) -> LoadedImage:
+    """``load_image`` for a picture whose bytes were read elsewhere (a `vlchat caption --ray` worker
+    gets them from the driver, with no shared filesystem): the same checks, decoding and reference."""
+    if max_side is None:
+        image, fmt = _decode(data, name, max_pixels)
+        size = image.size
+    else:
+        image, fmt, size = _decode_sized(data, name, max_pixels, max_side)
+    ref = ImageRef(sha256=hashlib.sha256(data).hexdigest(), path=path, format=fmt, width=size[0], height=size[1])
     return LoadedImage(image=image, ref=ref)
 
 

@@ -442,7 +442,12 @@ class SessionStore:
         return next((i for i in self.list() if not i.error), None)
 
     def find(self, ref: str | StrPath | None = None) -> Path:
-        """The folder of the session a person means: a path, an id or its prefix, an exact title; None: the latest."""
+        """The folder of the session a person means: a path, an id or its prefix, a title; None: the latest."""
+        return self.choose(ref)[0]
+
+    def choose(self, ref: str | StrPath | None = None) -> tuple[Path, str | None]:
+        """As ``find``, with a note to show when a title fitted several sessions and the most recent
+        was taken (each `vlchat demo` makes another session with the same title)."""
         if ref is None or (isinstance(ref, str) and not ref.strip()):
             latest = self.most_recent()
             if latest is None:
@@ -450,14 +455,14 @@ class SessionStore:
                     f"there are no sessions yet in {_show(self.root)}",
                     "start one with `vlchat ask --session new PICTURE QUESTION` or in the app",
                 )
-            return latest.folder
+            return latest.folder, None
         text = os.fspath(ref)
         as_path = Path(os.path.expanduser(text))
         looks_like_path = isinstance(ref, os.PathLike) or os.sep in text or text.startswith((".", "~")) or text.endswith(".json")
         if as_path.name == SESSION_FILE and as_path.is_file():
-            return as_path.parent
+            return as_path.parent, None
         if as_path.is_dir() and (as_path / SESSION_FILE).exists():
-            return as_path
+            return as_path, None
         if isinstance(ref, os.PathLike):
             raise self._no_session_at(text)
         infos = [i for i in self.list() if not i.error]
@@ -465,14 +470,23 @@ class SessionStore:
         by_id = [i for i in infos if i.id == wanted]
         if not by_id and len(wanted) >= 4 and SESSION_ID.fullmatch(wanted.ljust(12, "0")):
             by_id = [i for i in infos if i.id.startswith(wanted.lower())]
-        by_title = [i for i in infos if i.title == wanted] or [i for i in infos if i.title.casefold() == wanted.casefold()]
-        matches = list({i.folder: i for i in by_id + by_title}.values())
-        if len(matches) == 1:
-            return matches[0].folder
-        if len(matches) > 1:
-            listed = ", ".join(f"{m.id} ({m.title})" for m in matches[:5])
-            raise AmbiguousSessionError(f"{_show(wanted)!r} fits {len(matches)} sessions: {listed}",
+        if len(by_id) == 1:
+            return by_id[0].folder, None
+        if len(by_id) > 1:
+            listed = ", ".join(f"{m.id} ({_show(m.title)})" for m in by_id[:5])
+            raise AmbiguousSessionError(f"{_show(wanted)!r} fits {len(by_id)} sessions: {listed}",
                                         "give more of the id")
+        folded = wanted.casefold()
+        by_title = ([i for i in infos if i.title == wanted] or [i for i in infos if i.title.casefold() == folded]
+                    or ([i for i in infos if folded in i.title.casefold()] if wanted else []))
+        if by_title:
+            # infos are most recent first: an ambiguous title means the latest of them, said aloud
+            chosen = by_title[0]
+            note = None
+            if len(by_title) > 1:
+                note = (f"{len(by_title)} sessions fit {_show(wanted)!r}; using the most recent, {chosen.id} "
+                        f"({_show(chosen.title)}); name another by its id (`vlchat sessions` lists them)")
+            return chosen.folder, note
         for info in self.list():
             # A damaged session is still named by its folder: say what is wrong with it.
             if info.error and (info.folder.name == wanted or (len(wanted) >= 4 and info.folder.name.startswith(wanted))):
@@ -481,7 +495,7 @@ class SessionStore:
             raise self._no_session_at(text)
         raise SessionNotFoundError(
             f"no session called {_show(wanted)!r} in {_show(self.root)}",
-            "see them with `vlchat sessions`; give a title, an id (or its first letters) or a folder",
+            "see them with `vlchat sessions`; give a title or part of one, an id (at least its first 4 characters) or a folder",
         )
 
     @staticmethod

@@ -31,6 +31,7 @@ from vlchat.demo.shapes import (
     SHAPES,
     COLOURS,
     SYSTEM_PROMPTS,
+    WORDING,
     answer,
     draw_scene,
     draw_scene_cells,
@@ -121,6 +122,7 @@ def build_tokenizer():
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
+    set_wording(tok)
     tok.train_from_iterator(corpus(), trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
@@ -131,6 +133,25 @@ def build_tokenizer():
         extra_special_tokens={"image_token": "<image>"},
         model_max_length=2048,
     )
+
+
+def set_wording(tok) -> None:
+    """The normalizer and decoder that map grammatical text to the spellings the weights know
+    and back (see WORDING in shapes.py)."""
+    from tokenizers import decoders, normalizers
+
+    tok.normalizer = normalizers.Sequence([normalizers.Replace(good, known) for good, known in WORDING])
+    tok.decoder = decoders.Sequence([decoders.ByteLevel(), *(decoders.Replace(known, good) for good, known in WORDING)])
+
+
+def fix_wording(folder: Path) -> None:
+    """Give an existing demo model's tokenizer.json the WORDING normalizer and decoder (no retraining)."""
+    from tokenizers import Tokenizer
+
+    path = folder / "tokenizer.json"
+    tok = Tokenizer.from_file(str(path))
+    set_wording(tok)
+    tok.save(str(path))
 
 
 def build_processor(tokenizer):
@@ -505,9 +526,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-per-type", type=int, default=200)
     parser.add_argument("--out", type=Path, default=MODEL_DIR)
     parser.add_argument("--eval-only", action="store_true", help="evaluate the model in --out and stop")
+    parser.add_argument("--fix-wording", action="store_true",
+                        help="give the model in --out the tokenizer's wording normalizer and decoder, and stop")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 gives the same numbers everywhere)")
     parser.add_argument("--check-every", type=int, default=200, help="quick accuracy check every N steps")
     args = parser.parse_args(argv)
+    if args.fix_wording:
+        fix_wording(args.out)
+        return 0
 
     import torch
     from transformers.utils import logging as hf_logging

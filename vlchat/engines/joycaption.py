@@ -80,7 +80,7 @@ class JoyCaptionEngine(TransformersEngine):
         if conversation.system is None:
             messages.append({"role": "system", "content": SYSTEM_PROMPT})
         first_user = True
-        for message in conversation.messages:
+        for message in conversation.for_model().messages:  # unanswered questions left out
             text = message.text
             if message.role == "user" and message.images:
                 refs = message.images

@@ -327,7 +327,7 @@ class MiniCPMEngine(TransformersEngine):
         pictures: list[Any] = []
         if conversation.system:
             messages.append({"role": "system", "content": conversation.system})
-        for message in conversation.messages:
+        for message in conversation.for_model().messages:  # unanswered questions left out
             parts = []
             for ref in message.images:
                 pictures.append(self._picture(ref))

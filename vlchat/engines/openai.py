@@ -128,6 +128,11 @@ class IncompleteStreamError(GenerationError):
     """The answer's stream ended without its final event ([DONE] or a finish_reason)."""
 
 
+class EmptyAnswerError(GenerationError):
+    """The stream ended properly but held no answer and no finish_reason: the server dropped the
+    request (llama-cpp-python's server does when another arrives). Asking again may work."""
+
+
 class MalformedStreamError(GenerationError):
     """A chunk of the answer's stream is not the JSON it should be."""
 
@@ -798,8 +803,10 @@ class OpenAIEngine(ChatEngine):
                     f"no OpenAI-compatible API at {self.endpoint} ({head} for /{what}){says}",
                     "check --endpoint; it usually ends in /v1 (vLLM http://host:8000/v1, Ollama http://host:11434/v1)",
                 )
+            listed = getattr(self, "listed_models", [])
+            lists = ("; it lists " + ", ".join(clean(n, keep_newlines=False) for n in listed[:12])) if listed else ""
             return ModelNotFoundError(
-                f"the server at {self.endpoint} has no model {name!r} ({head}){says}",
+                f"the server at {self.endpoint} has no model {name!r} ({head}){says}{lists}",
                 f"see what it serves with `vlchat models --endpoint {self.endpoint}` and pass that name with --model",
             )
         if status == 413:
@@ -895,6 +902,7 @@ class OpenAIEngine(ChatEngine):
         report(LoadProgress(f"connecting to {self.endpoint}"))
         models = self.list_models()
         names = [m.id for m in models]
+        self.listed_models = names
         listed = ", ".join(clean(n, keep_newlines=False) for n in names[:12]) + (", …" if len(names) > 12 else "")
         wanted = self.requested_model
         if wanted is not None and self.model_is_default and wanted not in names:
@@ -904,7 +912,10 @@ class OpenAIEngine(ChatEngine):
             if len(models) == 1:
                 chosen = models[0]
             elif not models:
-                raise ModelNotFoundError(f"the server at {self.endpoint} serves no models", "load one into it first")
+                raise ModelNotFoundError(
+                    f"the server at {self.endpoint} lists no models",
+                    "name the model with --model (a server that loads models on demand lists only those it has loaded)",
+                )
             else:
                 raise ModelNotFoundError(
                     f"the server at {self.endpoint} serves several models ({listed})",
@@ -916,13 +927,9 @@ class OpenAIEngine(ChatEngine):
                 if model.id == wanted or model.id == f"{wanted}:latest":
                     chosen = model
                     break
-            if chosen is None:
-                shown = clean(wanted, keep_newlines=False)
-                raise ModelNotFoundError(
-                    f"the server at {self.endpoint} has no model {shown!r}"
-                    + (f"; it serves {listed}" if models else " (it serves none)"),
-                    "pass one of those names with --model (Ollama: `ollama pull NAME` first)",
-                )
+            # Not listed is not refused: a server that loads models on demand (`transformers serve`
+            # with no model pinned) lists only the ones it has loaded. Its answer to the request
+            # decides, and its "model not found" is reported as any server error is.
         self.model_info = chosen
         self.name = wanted or chosen.id
         self.loaded = True
@@ -962,7 +969,7 @@ class OpenAIEngine(ChatEngine):
     def request_body(self, conversation: Conversation, params: GenerationParams) -> dict[str, Any]:
         """The chat completion request: each picture as an image_url part at the turn it was added."""
         messages: list[dict[str, Any]] = []
-        for message in conversation.messages:
+        for message in conversation.for_model().messages:  # unanswered questions left out
             if message.images:
                 content: Any = [
                     {"type": "image_url", "image_url": {"url": self._picture_url(ref)}} for ref in message.images
@@ -1075,6 +1082,13 @@ class OpenAIEngine(ChatEngine):
             tail = secrets.flush()
             if tail:
                 yield tail
+            if not state.text and not state.finish_reason and not stats.stopped:
+                # A role chunk and [DONE]: llama-cpp-python's server ends a request this way when
+                # another one arrives. It is not an empty answer, and must not be kept as one.
+                raise EmptyAnswerError(
+                    f"the server at {self.endpoint} ended the answer without sending any of it (no text and no finish_reason)",
+                    "ask again; a server that takes one request at a time may have dropped it for another",
+                )
         finally:
             if done:  # the server's finish_reason: "length" is a cut answer, anything else a finished one
                 stats.finish_reason = "length" if state.finish_reason == "length" else "stop"

@@ -137,7 +137,7 @@ class RemoteCodeEngine(TransformersEngine):
     def chat_messages(self, conversation: Conversation) -> list[dict[str, Any]]:
         """MiniCPM's message shape: content is a list of PIL pictures and strings, whole history."""
         messages = []
-        for message in conversation.messages:
+        for message in conversation.for_model().messages:  # unanswered questions left out
             if message.role == "system":
                 continue  # passed as system_prompt
             content: list[Any] = [self._picture(ref) for ref in message.images]

@@ -122,7 +122,7 @@ class TransformersEngine(ModelLoading, PrefixReuse, ChatEngine):
     def chat_messages(self, conversation: Conversation) -> list[dict[str, Any]]:
         """The conversation as chat-template messages, each picture at the turn it was added."""
         messages = []
-        for message in conversation.messages:
+        for message in conversation.for_model().messages:  # unanswered questions left out
             content: list[dict[str, Any]] = [
                 {"type": "image", "image": self._picture(ref)} for ref in message.images
             ]

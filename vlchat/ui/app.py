@@ -399,7 +399,7 @@ class VlchatApp(App):
                 self.switch_model(result)
 
         current = self.info.name if self.info is not None else self.settings.model
-        self.push_screen(ModelPicker(current), chosen)
+        self.push_screen(ModelPicker(current, self.settings), chosen)
 
     # -- themes ---------------------------------------------------------------------------------
     def command_theme(self, args: str) -> None:

@@ -95,9 +95,10 @@ class ModelUnloaded(Message):
 class ModelsListed(Message):
     """Rows for the model picker (named models and the vision models in the local HF cache)."""
 
-    def __init__(self, rows: list) -> None:
+    def __init__(self, rows: list, error: str | None = None) -> None:
         super().__init__()
         self.rows = rows
+        self.error = error  # the server could not be asked (with --endpoint)
 
 
 class PicturesLoaded(Message):
@@ -163,3 +164,11 @@ class SessionNote(Message):
     def __init__(self, text: str, error: bool = False) -> None:
         super().__init__()
         self.text, self.error = text, error
+
+
+class CaptionProgressed(Message):
+    """A /caption job captioned a batch, or ended (``progress.finished``)."""
+
+    def __init__(self, progress: Any) -> None:
+        super().__init__()
+        self.progress = progress

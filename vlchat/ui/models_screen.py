@@ -42,6 +42,16 @@ def row_text(row, current: str | None) -> Text:
     return text
 
 
+def server_row_text(model, current: str | None) -> Text:
+    """A model the server lists: its name as the server knows it, and its context length."""
+    name = clean(model.id, keep_newlines=False)
+    text = Text(no_wrap=True, overflow="ellipsis")
+    text.append(("● " if current and name == current else "  ") + name, style="bold")
+    if model.context_length:
+        text.append(f"  context {model.context_length}", style="dim")
+    return text
+
+
 class ModelPicker(ModalScreen[str | None]):
     """Dismisses with the chosen model's name, or None."""
 
@@ -53,9 +63,11 @@ class ModelPicker(ModalScreen[str | None]):
     """
     BINDINGS = [Binding("escape", "cancel", "Close", id="close_picker")]
 
-    def __init__(self, current: str | None = None) -> None:
+    def __init__(self, current: str | None = None, settings=None) -> None:
         super().__init__()
         self.current = current
+        # With an endpoint, the models are the ones that server lists, not the local ones.
+        self.settings = settings if settings is not None and getattr(settings, "endpoint", None) else None
         self.rows: list = []
 
     def compose(self) -> ComposeResult:
@@ -65,7 +77,8 @@ class ModelPicker(ModalScreen[str | None]):
             yield Static(Text("Enter switches · Esc closes · any hub id or folder works with /model NAME", style="dim"))
 
     def on_mount(self) -> None:
-        self.query_one(OptionList).add_option(Option("reading the model cache…", id="-", disabled=True))
+        waiting = "asking the server for its models…" if self.settings else "reading the model cache…"
+        self.query_one(OptionList).add_option(Option(waiting, id="-", disabled=True))
         self.query_one(OptionList).focus()
         self._list()
 
@@ -73,6 +86,17 @@ class ModelPicker(ModalScreen[str | None]):
     def _list(self) -> None:
         from vlchat.engines.catalog import local_models_table
 
+        if self.settings is not None:
+            from vlchat.core.errors import VlchatError
+            from vlchat.engines.openai import OpenAIEngine
+
+            try:
+                rows = OpenAIEngine.from_settings(self.settings, None).list_models()
+            except VlchatError as error:
+                self.post_message(ModelsListed([], error=str(error)))
+                return
+            self.post_message(ModelsListed(rows))
+            return
         try:
             rows = local_models_table()
         except Exception:
@@ -83,13 +107,18 @@ class ModelPicker(ModalScreen[str | None]):
         self.rows = message.rows
         options = self.query_one(OptionList)
         options.clear_options()
+        if message.error or (self.settings is not None and not self.rows):
+            said = message.error or "the server lists no models: name one with /model NAME"
+            options.add_option(Option(Text(clean(said, keep_newlines=False), style="red"), id="-", disabled=True))
         for index, row in enumerate(self.rows):
-            options.add_option(Option(row_text(row, self.current), id=str(index)))
+            shown = server_row_text(row, self.current) if self.settings is not None else row_text(row, self.current)
+            options.add_option(Option(shown, id=str(index)))
         options.highlighted = 0 if self.rows else None
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         if event.option.id and event.option.id.isdigit():
-            self.dismiss(self.rows[int(event.option.id)].name)
+            row = self.rows[int(event.option.id)]
+            self.dismiss(row.id if self.settings is not None else row.name)
 
     def action_cancel(self) -> None:
         self.dismiss(None)

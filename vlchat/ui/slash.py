@@ -47,6 +47,8 @@ COMMANDS: dict[str, SlashCommand] = {
         SlashCommand("sessions", "", "the saved sessions (same list as /load)", waits_for_answer=True, needs_sessions=True, handler="load"),
         SlashCommand("delete", "[NAME]", "delete the open session (or the one named) from disk, after asking", waits_for_answer=True, needs_sessions=True),
         SlashCommand("export", "[PATH]", "write the session as Markdown with its pictures beside it", needs_sessions=True),
+        SlashCommand("caption", "DIR [-o FILE] [--prompt TEXT] | stop",
+                     "caption every picture in DIR with this model, prompt and sampling, as `vlchat caption` does"),
         SlashCommand("copy", "", "copy the last answer to the clipboard (OSC 52: works over SSH)"),
         SlashCommand("model", "[NAME]", "switch model, keeping the conversation (no name: pick from a list)", app_wide=True,
                      palette_help="pick another model from a list (the conversation stays)"),

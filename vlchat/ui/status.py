@@ -53,6 +53,7 @@ class StatusState:
     last_timings: Timings | None = None
     temperature: float | None = None
     answering: bool = False
+    job: str = ""  # a /caption job's progress
     width: int = 120
 
 
@@ -134,6 +135,9 @@ def status_parts(state: StatusState) -> list[Part]:
     parts += _fields(state)
     if state.answering:
         parts.append(Part("answering… Esc stops", "italic", group="tail", short="answering…", shorten_at=4, drop_at=50))
+    if state.job:
+        job = clean(state.job, keep_newlines=False)  # "captioning 8/40 pictures: 8 captioned; 4.2/s"
+        parts.append(Part(job, "italic", group="tail", short=job.split(":")[0], shorten_at=55))
     return parts + switching
 
 

@@ -8,7 +8,6 @@ file is skipped with one line naming it, never a crash.
 from __future__ import annotations
 
 import json
-import os
 import tomllib
 from dataclasses import fields
 from pathlib import Path
@@ -114,10 +113,10 @@ def remember(**values: str) -> None:
     path = state_file()
     data = read_state()
     data.update(values)
+    from vlchat.core.sessions import atomic_write
+
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps(data, indent=1).encode("utf-8"), mode=0o644)
     except OSError:
         pass

@@ -232,6 +232,7 @@ class ChatScreen(ConversationCommands, PasteHandling, Screen):
             last_timings=self.last_timings,
             temperature=self.params.temperature,
             answering=self.generating is not None,
+            job=getattr(self, "caption_line", ""),
         )
 
     def status_text(self) -> Text:

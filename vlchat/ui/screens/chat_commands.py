@@ -64,6 +64,16 @@ class ConversationCommands:
         getattr(self.app if command.app_wide else self, command.method)(args)
 
     # -- the conversation --------------------------------------------------------------------------
+    def command_caption(self, args: str) -> None:
+        from vlchat.ui.caption_command import caption_command
+
+        caption_command(self, args)
+
+    def on_caption_progressed(self, message) -> None:
+        from vlchat.ui.caption_command import caption_progressed
+
+        caption_progressed(self, message.progress)
+
     def command_image(self, args: str) -> None:
         try:
             paths = shlex.split(args)

@@ -1,0 +1,44 @@
+"""What the caption runners beside `vlchat caption` (caption_ray, caption_scale) share with it:
+which errors belong to one picture, and how an error reads in a record. Its own module, so that
+they need not import commands/caption.py, which imports them."""
+
+from __future__ import annotations
+
+from vlchat.core.text import clean
+
+MAX_FAILING = 8  # model or server failures in a row before the run stops (as commands/caption.py)
+
+
+def per_picture_error(error: BaseException) -> bool:
+    """Whether an engine error belongs to one picture (recorded, the run goes on) rather than to the
+    model or server (the run stops, or with several servers, that server rests)."""
+    from vlchat.core.images import ImageError
+    from vlchat.engines.base import ContextTooLongError, GenerationError, OutOfMemoryError
+    from vlchat.engines.openai import IncompleteStreamError, MalformedStreamError, RequestTooLargeError, TokenTimeoutError
+
+    if isinstance(error, (ImageError, ContextTooLongError, RequestTooLargeError)):
+        return True
+    if isinstance(error, (OutOfMemoryError, TokenTimeoutError)):
+        return False
+    return isinstance(error, GenerationError) and not isinstance(error, (IncompleteStreamError, MalformedStreamError))
+
+
+def error_line(error: BaseException) -> str:
+    """The error as a record's ``error`` says it: one line."""
+    from vlchat.core.errors import VlchatError
+    from vlchat.engines.base import EngineError
+
+    if isinstance(error, EngineError):
+        return error.message.rstrip(".") + "."  # its hint speaks of a conversation, not of a folder
+    if isinstance(error, VlchatError):
+        return error.line()
+    return f"{type(error).__name__}: {clean(str(error), keep_newlines=False)}"
+
+
+def picture_ref(item):
+    """The reference a server request sends for a reader's item (decoded already, or read now)."""
+    from vlchat.core.images import load_image
+
+    if item.picture is not None:
+        return item.picture.ref
+    return load_image(item.found.path).ref
