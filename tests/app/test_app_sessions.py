@@ -175,6 +175,26 @@ async def test_resume_shows_every_turn_and_its_pictures_and_goes_on(demo_engine,
 
 
 @run_async
+async def test_a_question_that_got_no_answer_is_marked_and_the_model_answers_the_next(demo_engine, picture, store):
+    # A failed turn left a question with no answer; the session keeps it, and the turn after it was answered.
+    with store.create() as session:
+        ref = session.attach(picture("circle", "red", "blue"))
+        session.conversation.add_user("What shape is it?", [ref])
+        session.conversation.add_user(QUESTION, [])
+        session.conversation.add_assistant("The shape is red.", model="demo")
+        session.save()
+    resumed = app_for(demo_engine, store, session=store.open())
+    async with resumed.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        shown = transcript_text(resumed)
+        assert shown.count("unanswered: not sent to the model again") == 1
+        assert shown.index("What shape is it?") < shown.index("unanswered") < shown.index(QUESTION)
+        # the model is shown alternating turns (the first question's picture goes with the second) and answers
+        await ask(pilot, "How many shapes are there?")
+        assert "one shape" in resumed.chat.conversation.last("assistant").text
+
+
+@run_async
 async def test_resume_with_a_missing_picture_says_which(demo_engine, picture, store):
     with store.create() as session:
         ref = session.attach(picture("circle", "red", "blue"))

@@ -67,6 +67,9 @@ class UserView(Static):
             text.append(f"\n▣ {number}{picture_label(ref)} ({ref.width}x{ref.height} {ref.format})", style="dim")
         if not message.images and about is not None:
             text.append(f"\nabout picture {numbers[about.sha256]}: {picture_label(about)}", style="dim")
+        if conversation is not None and any(m is message for m in conversation.unanswered()):
+            # a failed turn: the model is not shown this question again (its pictures go with the next)
+            text.append("\n✗ unanswered: not sent to the model again", style="dim")
         super().__init__(text, classes="user")
 
 
