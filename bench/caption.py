@@ -33,6 +33,7 @@ from vlchat.core.conversation import GenerationParams  # noqa: E402
 from vlchat.core.images import load_image  # noqa: E402
 from vlchat.core.pictures import find_pictures  # noqa: E402
 from vlchat.demo.shapes import draw_scene, random_scene  # noqa: E402
+from common import write_json  # noqa: E402
 
 PROMPT = "Describe the picture."
 
@@ -174,8 +175,7 @@ def main() -> None:
     best = result["best"]
     verdict = "meets" if best["vs_loop"] >= 3 else "misses"
     print(f"best: batch size {best['batch_size']}, {best['vs_loop']:.2f}x the loop ({verdict} the goal of 3x)")
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    write_json(result, args.json)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ model must run again. Every run starts with nothing cached; the median of the ru
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import statistics
 import sys
@@ -25,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from vlchat.core.conversation import Conversation, GenerationParams  # noqa: E402
 from vlchat.core.images import load_image  # noqa: E402
 from vlchat.demo.shapes import Scene, draw_scene  # noqa: E402
+from common import report  # noqa: E402
 
 FAMILIES = {"llava-1.5": "llava", "llava-next": "llava_next", "smolvlm": "idefics3", "qwen2.5-vl": "qwen2_5_vl",
             "minicpm-v-4.6": "minicpmv4_6"}
@@ -102,10 +102,7 @@ def main() -> int:
 
     quiet_libraries()
     result = measure(tuple(int(t) for t in args.turns.split(",")), args.runs)
-    print_table(result)
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-    return 0
+    return report(result, print_table, args.json)
 
 
 if __name__ == "__main__":

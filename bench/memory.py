@@ -35,6 +35,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from common import write_json  # noqa: E402
+
 FAMILIES = ROOT / "tests" / "data" / "families"
 
 BLOCK, NESTED_BLOCK = 64, 256  # bitsandbytes' 4-bit block size, and its double quantization's
@@ -258,8 +261,7 @@ def main() -> int:
     print_table(result)
     if args.check:
         print(check_demo())
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(result, args.json)
     return 0
 
 

@@ -40,6 +40,7 @@ import ttft  # noqa: E402
 from vlchat.core.conversation import Conversation  # noqa: E402
 from vlchat.demo import MODEL_DIR, SAMPLES_DIR  # noqa: E402
 from vlchat.demo.shapes import QUESTION_TYPES, QUESTIONS  # noqa: E402
+from common import report  # noqa: E402
 
 
 def free_port() -> int:
@@ -223,10 +224,7 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     result = measure("cpu", tuple(int(t) for t in args.turns.split(",")), args.runs, args.concurrency, args.pictures,
                      args.threads)
-    print_table(result)
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-    return 0
+    return report(result, print_table, args.json)
 
 
 if __name__ == "__main__":

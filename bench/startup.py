@@ -17,7 +17,6 @@ Goals: --help and --version under 0.5 s (issue 2).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import shutil
@@ -30,6 +29,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from common import report  # noqa: E402
 
 CLI_GOAL_S = 0.5
 HALF_BLOCKS = ("▀", "▄")
@@ -226,10 +227,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     result = measure(args.runs)
-    print_table(result)
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-    return 0
+    return report(result, print_table, args.json)
 
 
 if __name__ == "__main__":

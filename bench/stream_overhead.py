@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import statistics
 import sys
 import tempfile
@@ -36,6 +35,7 @@ from vlchat.core.conversation import Conversation, GenerationParams  # noqa: E40
 from vlchat.core.images import load_image  # noqa: E402
 from vlchat.demo import SAMPLES_DIR, endless_copy  # noqa: E402
 from vlchat.engines.transformers import TransformersEngine  # noqa: E402
+from common import report  # noqa: E402
 
 GOAL = 0.97
 
@@ -165,10 +165,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     result = measure(args.device, args.tokens, args.runs)
-    print_table(result)
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-    return 0
+    return report(result, print_table, args.json)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ first question.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -23,6 +22,7 @@ from vlchat.core.conversation import Conversation, GenerationParams  # noqa: E40
 from vlchat.core.images import load_image  # noqa: E402
 from vlchat.demo import SAMPLES_DIR  # noqa: E402
 from vlchat.demo.shapes import QUESTION_TYPES, QUESTIONS  # noqa: E402
+from common import write_json  # noqa: E402
 
 PARAMS = GenerationParams(max_new_tokens=32)
 
@@ -86,8 +86,7 @@ def main() -> int:
     result = measure(args.device, tuple(int(t) for t in args.turns.split(",")), args.runs)
     print_table(result)
     print("goal: last/first at most 1.5 with reuse")
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(result, args.json)
     return 0
 
 

@@ -98,6 +98,13 @@ def open_folder_nofollow(path: StrPath) -> int:
     return os.open(path, os.O_RDONLY | _DIRECTORY | NOFOLLOW | CLOEXEC)
 
 
+def _read_to_end(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 1 << 20):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def read_file_nofollow(path: StrPath, *, dir_fd: int | None = None) -> bytes:
     """The bytes of a regular file, never through a link at its name and never from a pipe or device.
 
@@ -110,10 +117,7 @@ def read_file_nofollow(path: StrPath, *, dir_fd: int | None = None) -> bytes:
             raise IsADirectoryError(errno.EISDIR, "it is a folder", os.fsdecode(path))
         if not stat.S_ISREG(info.st_mode):
             raise OSError(errno.EINVAL, "it is not a regular file (a pipe, socket or device)", os.fsdecode(path))
-        chunks = []
-        while chunk := os.read(fd, 1 << 20):
-            chunks.append(chunk)
-        return b"".join(chunks)
+        return _read_to_end(fd)
     finally:
         os.close(fd)
 
@@ -125,10 +129,7 @@ def read_regular_file(path: StrPath) -> bytes:
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise OSError(errno.EINVAL, "it is not a regular file", os.fsdecode(path))
-        chunks = []
-        while chunk := os.read(fd, 1 << 20):
-            chunks.append(chunk)
-        return b"".join(chunks)
+        return _read_to_end(fd)
     finally:
         os.close(fd)
 

@@ -108,9 +108,7 @@ def prepare_batch(
             )
         finally:
             tokenizer.padding_side = side
-    inputs = inputs.to(engine.model.device)
-    if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
-        inputs["pixel_values"] = inputs["pixel_values"].to(engine.dtype)
+    inputs = engine.on_device(inputs)
     return Batch(inputs=inputs, size=len(images), prepared_s=time.perf_counter() - started)
 
 

@@ -92,15 +92,10 @@ class BlipEngine(TransformersEngine):
 
             bos = self.model.config.text_config.bos_token_id
             inputs["input_ids"] = torch.full((len(images), 1), bos, dtype=torch.long)
-        inputs = inputs.to(self.model.device)
-        if inputs["pixel_values"].is_floating_point():
-            inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
-        return inputs
+        return self.on_device(inputs)
 
     def prepare(self, conversation: Conversation) -> dict[str, Any]:
-        self._require_loaded()
-        if not conversation.messages or conversation.messages[-1].role != "user":
-            raise GenerationError("there is no question to answer", "add a user message first")
+        self.require_question(conversation)
         pictures = conversation.images()
         if not pictures:
             raise GenerationError(

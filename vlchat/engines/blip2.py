@@ -140,9 +140,7 @@ class Blip2Engine(TransformersEngine):
             self.processor.image_token = AddedToken(token, normalized=False, special=True)
 
     def prepare(self, conversation: Conversation) -> dict[str, Any]:
-        self._require_loaded()
-        if not conversation.messages or conversation.messages[-1].role != "user":
-            raise GenerationError("there is no question to answer", "add a user message first")
+        self.require_question(conversation)
         pictures = conversation.images()
         if not pictures:
             raise GenerationError(
@@ -151,10 +149,7 @@ class Blip2Engine(TransformersEngine):
             )
         prompt, self.dropped_turns = self.prompt_for(conversation, self.answer_room)
         inputs = self.processor(images=self._picture(pictures[-1]), text=prompt, return_tensors="pt")
-        inputs = inputs.to(self.model.device)
-        if inputs["pixel_values"].is_floating_point():
-            inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
-        return inputs
+        return self.on_device(inputs)
 
     def stream(self, conversation: Conversation, params: GenerationParams, cancel=None):
         self.answer_room = min(params.validate().max_new_tokens, ANSWER_ROOM)

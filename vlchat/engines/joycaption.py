@@ -103,14 +103,9 @@ class JoyCaptionEngine(TransformersEngine):
         return prompt, pictures
 
     def prepare(self, conversation: Conversation) -> dict[str, Any]:
-        self._require_loaded()
-        if not conversation.messages or conversation.messages[-1].role != "user":
-            raise GenerationError("there is no question to answer", "add a user message first")
+        self.require_question(conversation)
         prompt, pictures = self.render(conversation)
         inputs = self.processor(
             text=[prompt], images=pictures or None, return_tensors="pt", add_special_tokens=False
         )
-        inputs = inputs.to(self.model.device)
-        if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
-            inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
-        return inputs
+        return self.on_device(inputs)

@@ -338,9 +338,7 @@ class MiniCPMEngine(TransformersEngine):
         return prompt, pictures
 
     def prepare(self, conversation: Conversation) -> dict[str, Any]:
-        self._require_loaded()
-        if not conversation.messages or conversation.messages[-1].role != "user":
-            raise GenerationError("there is no question to answer", "add a user message first")
+        self.require_question(conversation)
         prompt, pictures = self.render(conversation)
         inputs = self.processor(prompt, [pictures]).to(self.model.device)
         if "pixel_values" in inputs:

@@ -31,7 +31,7 @@ from textual.screen import Screen
 from vlchat.config import Settings
 from vlchat.core.conversation import Conversation, GenerationParams, ImageRef
 from vlchat.core.errors import VlchatError
-from vlchat.core.session_writer import SessionCallbacks, SessionWriter, Snapshot
+from vlchat.core.session_writer import SessionWriter
 from vlchat.core.text import clean
 from vlchat.ui import slash
 from vlchat.ui.footer import KeyFooter
@@ -41,16 +41,13 @@ from vlchat.ui.messages import (
     ConversationChanged,
     PicturesLoaded,
     PreviewDecoded,
-    SessionNote,
-    SessionSaved,
-    SessionSaveFailed,
-    SessionSwitched,
 )
 from vlchat.ui.pacing import FramePacer
-from vlchat.ui.preview import PREVIEW_MAX_SIDE, PicturePane, set_picture_name
+from vlchat.ui.preview import PREVIEW_MAX_SIDE, PicturePane
 from vlchat.ui.prompt import PromptArea
 from vlchat.ui.screens.chat_commands import ConversationCommands
 from vlchat.ui.screens.chat_paste import PasteHandling
+from vlchat.ui.screens.chat_sessions import SessionHandling
 from vlchat.ui.status import StatusLine, StatusState, status_text
 from vlchat.ui.terminal import TerminalGraphics
 from vlchat.ui.transcript import AnswerView, Transcript, UserView, model_label
@@ -74,7 +71,7 @@ def question_pictures(pending: list[ImageRef], seen: list[ImageRef], shown: Imag
     return [*pending, shown]
 
 
-class ChatScreen(ConversationCommands, PasteHandling, Screen):
+class ChatScreen(ConversationCommands, PasteHandling, SessionHandling, Screen):
     """The app's main (default) screen. Its keys are declared with the app's keymap (``screen.`` actions)."""
 
     # Ctrl+C while an answer is written stops it, as Esc does (and as Ctrl-C does in `vlchat ask`);
@@ -595,116 +592,3 @@ class ChatScreen(ConversationCommands, PasteHandling, Screen):
         # to start, or one just ended, is counted once it is over, never in its way.
         if reason not in COUNTED_LATER:
             self.count_context()
-
-    def snapshot(self) -> Snapshot:
-        """The conversation as it is now, in copies the session writer may keep."""
-        from vlchat.engines.remember import model_record
-
-        return Snapshot(
-            messages=list(self.conversation.messages),
-            pending=list(self.pending),
-            params=replace(self.params),
-            model=model_record(self.app.settings, self.app.info),
-            sources=dict(self._picture_sources),
-        )
-
-    def request_save(self, reason: str = "", title: str | None = None) -> None:
-        """Save the conversation as it is now, in the background (autosave calls this after every change)."""
-        if self.store is not None:
-            self.sessions.save(self.snapshot(), reason, title)
-
-    def _session_callbacks(self) -> SessionCallbacks:
-        return SessionCallbacks(
-            saved=lambda session, stored, created: self.post_message(SessionSaved(session, stored, created)),
-            save_failed=lambda line: self.post_message(SessionSaveFailed(line)),
-            note=lambda text, error: self.post_message(SessionNote(text, error)),
-            switched=lambda session, notes, errors: self.post_message(SessionSwitched(session, notes, errors)),
-        )
-
-    def on_session_saved(self, message: SessionSaved) -> None:
-        self.saves += 1
-        was_failing, self.save_error = self.save_error, None
-        if message.session is not self.session:
-            return
-        if message.stored:
-            # From now on the conversation names the copies inside the session folder.
-            for msg in self.conversation.messages:
-                if any(r.sha256 in message.stored for r in msg.images):
-                    msg.images = [message.stored.get(r.sha256, r) for r in msg.images]
-            self.pending = [message.stored.get(r.sha256, r) for r in self.pending]
-            self._name_pictures(message.session)
-            self.refresh_pictures()
-        if was_failing:
-            self.transcript.note("Saved again.")
-        self.update_status()
-
-    def on_session_save_failed(self, message: SessionSaveFailed) -> None:
-        line = clean(message.error, keep_newlines=False)
-        if line != self.save_error:  # the status line says it from then on
-            self.say(f"Not saved: {line} The conversation is still open here.", "error")
-        self.save_error = line
-        self.update_status()
-
-    def on_session_note(self, message: SessionNote) -> None:
-        self.say(clean(message.text, keep_newlines=False), "error" if message.error else "info")
-
-    def on_session_switched(self, message: SessionSwitched) -> None:
-        self.opening_session = False
-        for line in message.errors:
-            self.say(clean(line, keep_newlines=False), "error")
-        if message.errors:
-            return
-        if message.session is None:
-            self.conversation = Conversation()
-            if self.settings.system:
-                self.conversation.set_system(self.settings.system)
-            self.pending = []
-            self._missing = set()
-        else:
-            self._adopt(message.session)
-            self._seed_history()
-        self.save_error = None
-        self.last_timings = None
-        self.last_prompt_tokens = None
-        self.transcript.render_conversation(self.conversation)
-        if message.session is not None:
-            self._session_opened_notes(message.session, message.notes)
-        else:
-            for line in message.notes:
-                self.transcript.note(clean(line, keep_newlines=False))
-        self.refresh_pictures(show_last=True)
-        self.update_status()
-        self.count_context()
-
-    def _adopt(self, session: Any) -> None:
-        """Show ``session``'s conversation (no disk access: it was read by whoever opened it)."""
-        self.conversation = Conversation(messages=list(session.conversation.messages))
-        self.pending = session.pending_pictures()
-        self._missing = {picture.sha256 for picture in session.missing_pictures()}
-        self._name_pictures(session)
-
-    def _seed_history(self) -> None:
-        """Up in the prompt reaches the opened session's questions too."""
-        self.prompt.prompt_history.seed([m.text for m in self.conversation.messages if m.role == "user"])
-
-    def _name_pictures(self, session: Any) -> None:
-        for sha, picture in session.pictures.items():
-            if not os.path.basename(picture.source).startswith(sha):
-                set_picture_name(sha, picture.name)
-                self._picture_sources[sha] = picture.source
-
-    def _session_opened_notes(self, session: Any, notes: Sequence[str]) -> None:
-        title = clean(session.title, keep_newlines=False)
-        turns = f"{session.turns} turn{'s' if session.turns != 1 else ''}"
-        self.transcript.note(f"Session {title!r} ({turns}), from {clean(str(session.folder), keep_newlines=False)}.")
-        # Each problem once, in the session's own words (a missing picture's says what to do).
-        for line in [*session.problems, *notes]:
-            line = clean(line, keep_newlines=False)
-            self.transcript.note(line[:1].upper() + line[1:], "error")
-        if session.read_only:
-            self.say("This session is open read-only: nothing is saved.", "error")
-
-    def close_sessions(self) -> None:
-        """At exit: write what is queued and release the session's lock."""
-        if self.store is not None:
-            self.sessions.close(timeout=10)
