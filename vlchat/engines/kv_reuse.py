@@ -111,12 +111,17 @@ class PrefixReuse:
             runs.append((start, len(ids)))
         # Markers of a picture's first run (MiniCPM-V: <image>..</image> then a <slice> run per slice)
         # or of its last (Idefics3: the global picture, after <global-img>, ends it).
-        first = last = None
+        first = None
+        last: list[int] = []  # the tokens of the global-image tag (one token, or text where it is no token)
         if getattr(self.processor, "slice_start_token", None):
             first = self.tokenizer.convert_tokens_to_ids(self.processor.image_start_token)
-        else:
-            last = getattr(self.processor, "global_image_token_id", None)
-        if (first if first is not None else last) not in ids:
+        elif getattr(self.processor, "global_image_tag", None):
+            last = self.tokenizer.encode(self.processor.global_image_tag, add_special_tokens=False)
+
+        def after_tag(run: tuple[int, int]) -> bool:
+            return bool(last) and run[0] >= len(last) and ids[run[0] - len(last):run[0]] == last
+
+        if first is not None and first not in ids or first is None and not any(map(after_tag, runs)):
             return [[run] for run in runs]
         pictures: list[list[tuple[int, int]]] = []
         opening = True
@@ -125,7 +130,7 @@ class PrefixReuse:
             if opening or (first is not None and before == first):
                 pictures.append([])
             pictures[-1].append(run)
-            opening = last is not None and before == last
+            opening = after_tag(run)
         return pictures
 
     def drop_pictures(self, kwargs: dict[str, Any], spans: list[list[tuple[int, int]]], count: int) -> bool:
