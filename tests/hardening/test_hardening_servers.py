@@ -213,7 +213,7 @@ async def test_resuming_in_the_app_sends_no_key_to_the_server_the_session_names(
         app = make_app(settings, session=session, session_notes=notes, sources=sources, remember_theme=False)
         async with app.run_test(size=(120, 40)) as pilot:
             await until(pilot, lambda: app.loaded, timeout=30)
-            await until(pilot, lambda: "your API key is not sent to" in transcript_text(app), timeout=10)
+            await until(pilot, lambda: "API key is not sent to" in transcript_text(app), timeout=10)
             app.chat.prompt.text = "What shape is it?"
             await pilot.press("enter")
             await until(pilot, lambda: app.chat.generating is None and len(app.chat.conversation.messages) == 4, timeout=60)
