@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from vlchat.core.text import clean
 from vlchat.engines.base import usable_cores
+from vlchat.engines.caption_job import file_sha256
 
 if TYPE_CHECKING:  # Pillow and the stores load with the command, not with `vlchat --help`
     from vlchat.core.captions import Store
@@ -250,25 +251,8 @@ class Reader(threading.Thread):
             self._send(ready)
 
 
-def regular_file_sha256(path: str) -> str | None:
-    """The sha256 of a regular file's bytes; None for anything else (a pipe would block the run
-    forever, a device might never end) or a file that cannot be read."""
-    import hashlib
-    import stat
-
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-    except OSError:
-        return None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        with os.fdopen(fd, "rb", closefd=False) as handle:
-            return hashlib.file_digest(handle, "sha256").hexdigest()
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
+# One place hashes a picture for captioning, the CLI's reader and the app's /caption alike.
+regular_file_sha256 = file_sha256
 
 
 def decode_workers(engine, remote: bool) -> int:

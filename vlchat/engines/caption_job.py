@@ -58,7 +58,8 @@ def model_name(engine: Any) -> str:
 
 
 def file_sha256(path: str) -> str | None:
-    """The sha256 of a regular file's bytes; None for anything else or a file that cannot be read."""
+    """The sha256 of a regular file's bytes; None for anything else (a pipe would block the run
+    forever, a device might never end) or a file that cannot be read."""
     import hashlib
     import stat
 
@@ -69,10 +70,8 @@ def file_sha256(path: str) -> str | None:
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return None
-        digest = hashlib.sha256()
-        while chunk := os.read(fd, 1 << 20):
-            digest.update(chunk)
-        return digest.hexdigest()
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            return hashlib.file_digest(handle, "sha256").hexdigest()
     except OSError:
         return None
     finally:
