@@ -29,6 +29,7 @@ from vlchat.commands.caption_reading import (  # noqa: F401  (also re-exported: 
     regular_file_sha256,
     share_cpu,
 )
+from vlchat.commands.caption_common import MAX_FAILING, error_line, per_picture_error, picture_ref
 from vlchat.core.errors import InputError
 from vlchat.core.text import clean
 from vlchat.engines.base import usable_cores
@@ -49,7 +50,6 @@ DEMO_PRESETS = {"tags": "What is in the picture?"}
 DEFAULT_PRESET = "short"
 DEFAULT_BATCH = 8
 DEFAULT_CONCURRENCY = 4
-MAX_FAILING = 8  # model or server failures in a row before the run stops: every picture would fail
 
 
 def add_caption_parser(commands, add_model_options, add_server_options, add_generation_options) -> None:
@@ -364,23 +364,6 @@ def _messages(reader: Reader, tally: Tally, progress: Progress, stop: threading.
         yield kind, value
 
 
-def _per_picture_error(error: BaseException) -> bool:
-    """Whether an engine error belongs to one picture (recorded, the run goes on) rather than to the
-    model or server (the run stops: every picture would fail the same way)."""
-    from vlchat.core.images import ImageError
-    from vlchat.engines.base import ContextTooLongError, GenerationError, OutOfMemoryError
-
-    try:
-        from vlchat.engines.openai import IncompleteStreamError, MalformedStreamError, RequestTooLargeError, TokenTimeoutError
-    except ImportError:  # pragma: no cover
-        return isinstance(error, (ContextTooLongError, ImageError))
-    if isinstance(error, (ImageError, ContextTooLongError, RequestTooLargeError)):
-        return True
-    if isinstance(error, (OutOfMemoryError, TokenTimeoutError)):
-        return False
-    return isinstance(error, GenerationError) and not isinstance(error, (IncompleteStreamError, MalformedStreamError))
-
-
 def _run_local(engine, reader, record, progress, tally, prompt, params, system, batching, stop, prepare) -> None:
     from vlchat.engines.base import OutOfMemoryError
     from vlchat.engines.batch import caption_one_by_one, generate_batch
@@ -392,7 +375,7 @@ def _run_local(engine, reader, record, progress, tally, prompt, params, system, 
             if batching:
                 captions = generate_batch(engine, batch, params, stop)
             else:
-                captions = caption_one_by_one(engine, [_ref(i) for i in items], prompt, params,
+                captions = caption_one_by_one(engine, [picture_ref(i) for i in items], prompt, params,
                                               system=system, cancel=stop)
         except OutOfMemoryError as error:
             if not batching or len(items) == 1:
@@ -407,10 +390,10 @@ def _run_local(engine, reader, record, progress, tally, prompt, params, system, 
                 progress.say(f"vlchat: note: out of memory with {len(items)} pictures at once; going on with batches of {half}")
             return run(items[:half], prepare(items[:half])) and run(items[half:], prepare(items[half:]))
         except Exception as error:
-            if not _per_picture_error(error):
+            if not per_picture_error(error):
                 raise
             for item in items:
-                item.error = _line(error)
+                item.error = error_line(error)
                 record(item, model_failed=True)
             return True
         if captions is None:  # stopped part-way: nothing half-made is written
@@ -443,25 +426,6 @@ def _free_device_memory() -> None:
         pass
 
 
-def _line(error: BaseException) -> str:
-    from vlchat.core.errors import VlchatError
-    from vlchat.engines.base import EngineError
-
-    if isinstance(error, EngineError):
-        return error.message.rstrip(".") + "."  # its hint speaks of a conversation, not of a folder
-    if isinstance(error, VlchatError):
-        return error.line()
-    return f"{type(error).__name__}: {clean(str(error), keep_newlines=False)}"
-
-
-def _ref(item: Item):
-    from vlchat.core.images import load_image
-
-    if item.picture is not None:
-        return item.picture.ref
-    return load_image(item.found.path).ref
-
-
 def _run_remote(engine, reader, record, progress, tally, prompt, params, system, concurrency, stop) -> None:
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
@@ -478,7 +442,7 @@ def _run_remote(engine, reader, record, progress, tally, prompt, params, system,
         conversation = Conversation()
         if system:
             conversation.set_system(system)
-        conversation.add_user(prompt, [_ref(item)])
+        conversation.add_user(prompt, [picture_ref(item)])
         with building:
             stream = engine.stream(conversation, params, stop)
         text = "".join(stream)
@@ -494,9 +458,9 @@ def _run_remote(engine, reader, record, progress, tally, prompt, params, system,
             try:
                 caption, seconds = future.result()
             except Exception as error:
-                if not _per_picture_error(error):
+                if not per_picture_error(error):
                     raise
-                item.error = _line(error)
+                item.error = error_line(error)
                 record(item, model_failed=not isinstance(error, ImageError))
                 continue
             if caption is not None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from vlchat.core.text import clean
 
-MAX_FAILING = 8  # model or server failures in a row before the run stops (as commands/caption.py)
+MAX_FAILING = 8  # model or server failures in a row before the run stops: every picture would fail
 
 
 def per_picture_error(error: BaseException) -> bool:
