@@ -228,11 +228,22 @@ def table_rows(results: dict) -> list[dict]:
         row(section, "plain generate, conversation to text", round(r["tokens"] / r["plain_generate_s"]), "tok/s")
         row(section, "through the app", round(r["tokens"] / r["app_s"]), "tok/s",
             note=f"{r['frames_per_s']:.1f} frames/s")
-        q = r.get("ratio_quartiles") or (r["ratio"], r["ratio"])
         goal = r.get("goal", 1.05)
-        row(section, "app / plain, total time", round(r["ratio"], 3), "x", f"<= {goal}", r["ratio"] <= goal,
-            f"model in its own process (as vlchat runs it); median of {r['runs']} paired runs, quartiles "
-            f"{q[0]:.3f} to {q[1]:.3f}; UI thread CPU {100 * r.get('ui_cpu_share', 0):.1f} % of the time")
+        if "app_share" in r:
+            qa, qs, qw = r["app_share_quartiles"], r["stream_share_quartiles"], r["ratio_end_to_end_quartiles"]
+            row(section, "app / plain, total time", round(r["ratio"], 3), "x", f"<= {goal}", r["ratio"] <= goal,
+                f"model in its own process (as vlchat runs it): the app / the same process's stream without it "
+                f"{r['app_share']:.3f} (quartiles {qa[0]:.3f} to {qa[1]:.3f}) times the stream / plain generate "
+                f"{r['stream_share']:.3f} (quartiles {qs[0]:.3f} to {qs[1]:.3f}), medians of {r['runs']} paired runs; "
+                f"UI thread CPU {100 * r.get('ui_cpu_share', 0):.1f} % of the time")
+            row(section, "app / plain, end to end, fresh processes", round(r["ratio_end_to_end"], 3), "x",
+                note=f"median of {r['runs']} pairs, each in processes of its own (a model's speed differs by process); "
+                f"quartiles {qw[0]:.3f} to {qw[1]:.3f}")
+        else:  # a results file from before issue 17
+            q = r.get("ratio_quartiles") or (r["ratio"], r["ratio"])
+            row(section, "app / plain, total time", round(r["ratio"], 3), "x", f"<= {goal}", r["ratio"] <= goal,
+                f"model in its own process (as vlchat runs it); median of {r['runs']} paired runs, quartiles "
+                f"{q[0]:.3f} to {q[1]:.3f}; UI thread CPU {100 * r.get('ui_cpu_share', 0):.1f} % of the time")
         other = r.get("in_process")
         if other:
             row(section, "app / plain, model on a thread of the app", round(other["ratio"], 3), "x",

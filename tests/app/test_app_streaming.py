@@ -205,6 +205,44 @@ async def test_a_frame_lays_out_what_is_new_whatever_the_answers_length(demo_eng
 
 
 @run_async
+async def test_a_slow_answer_redraws_only_the_row_it_writes_and_the_screen_shows_all_of_it(demo_engine, picture):
+    """A model writing a token or two a frame (a GPU model at 30 to 60 tokens/s) changed the last
+    row and redrew the whole block being written, up to a screenful. Now a frame that adds to the
+    last row draws that row again, and the screen still shows every row where a full redraw
+    puts it, capped (following the answer) or not."""
+    app = app_for(demo_engine, [picture("circle", "red", "blue")])
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot)
+        view = AnswerView(model="demo")
+        app.chat.transcript.add(view)
+        await settle(pilot)
+        live = view.query_one(LiveText)
+        words = "A red circle on a blue ground, seen from above, with a thin shadow and a soft edge".split()
+        for cap in (None, 6):
+            text, partial = "", 0
+            for step in range(90):
+                text += words[step % len(words)] + " "
+                await view.show_progress(text, cap)
+                app.chat.transcript.follow()
+                await pilot.pause()
+                rows = live.wrapped()
+                shown = rows if cap is None else rows[-cap:]
+                # what the screen shows where the block being written is: every row, in order
+                region = live.region.intersection(app.chat.transcript.region)
+                screen = screen_text(app).splitlines()[region.y : region.bottom]
+                drawn = [line[region.x : region.right].rstrip() for line in screen]
+                assert drawn == shown, (step, cap, drawn, shown)
+                if live.redrawn is not None:
+                    partial += 1
+                    first, end = live.redrawn
+                    assert end - first == 1, live.redrawn  # a word added to the last row: that row only
+            assert partial > 40, partial  # most words fit on the row being written
+            view.shown = ""  # the next pass starts a new answer in the same view
+            await view.show_progress("", None)
+            await pilot.pause()
+
+
+@run_async
 async def test_stop_key_lights_up_while_an_answer_is_written_without_rebuilding_the_footer(endless_engine, picture):
     app = app_for(endless_engine, [picture("circle", "red", "blue")], max_new_tokens=100_000)
     async with app.run_test(size=(120, 40)) as pilot:

@@ -10,6 +10,7 @@ from rich.segment import Segment
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical, VerticalScroll
+from textual.geometry import Region
 from textual.strip import Strip
 from textual.widget import Widget
 from textual.widgets import Markdown, Static
@@ -148,14 +149,14 @@ class WrappedText(Widget):
         self.text = ""
         self._rows: list[tuple[int, int]] = []
         self._width = 0
-        self._last_line = 0  # where the last line starts in ``text``
-        self._last_rows = 0  # and its first row in ``_rows``
         self._height = 0  # rows shown, as of the last layout
         self.cap: int | None = None
         self.text = text.expandtabs(4)
         # Rows wrapped since the widget was made: what a frame lays out (the tests compare it
         # between a short and a long answer).
         self.rows_wrapped = 0
+        # The rows (of those on screen) the last show() asked to be drawn again; None: all of them.
+        self.redrawn: tuple[int, int] | None = None
 
     def wrapped(self) -> list[str]:
         """Every row of the text as wrapped at the widget's width (shown or not)."""
@@ -165,26 +166,46 @@ class WrappedText(Widget):
         rows = len(self._rows) if self.text else 0
         return rows if self.cap is None else min(rows, self.cap)
 
+    def _first_shown(self) -> int:
+        """The row drawn at the widget's top (the last rows are shown when capped)."""
+        return max(0, len(self._rows) - self._height)
+
     def show(self, text: str, cap: int | None = None) -> None:
         text = text.expandtabs(4)
         if text == self.text and cap == self.cap:
             return
-        if self._width and text.startswith(self.text):
-            del self._rows[self._last_rows:]
-            self._wrap(text, self._last_line)
+        top, first = self._first_shown(), 0
+        if self._width and self._rows and text.startswith(self.text):
+            # Every row but the last is final (see wrap_rows): only the last is wrapped again.
+            first = len(self._rows) - 1
+            start = self._rows[first][0]
+            del self._rows[first:]
+            self._wrap(text, start)
         else:
             self._rows = []
             if self._width:
                 self._wrap(text, 0)
+        same_cap = cap == self.cap
         self.text = text
         self.cap = cap
-        self.refresh(layout=self._shown() != self._height or not self._width)
+        if self._shown() != self._height or not self._width:
+            self.redrawn = None
+            self.refresh(layout=True)
+        elif same_cap and self._first_shown() == top and first - top < self._height:
+            # The rows on screen stay where they are: only those from the first one changed are
+            # drawn again (a frame of a streamed answer is then a row or two, not the screen).
+            y = max(0, first - top)
+            self.redrawn = (y, self._height)
+            self.refresh(Region(0, y, self.size.width, self._height - y))
+        else:
+            self.redrawn = None
+            self.refresh()
 
     def _wrap(self, text: str, pos: int) -> None:
+        """Wrap ``text`` from ``pos`` (the start of a row) to its end, adding to the rows."""
         while True:
             newline = text.find("\n", pos)
             end = len(text) if newline < 0 else newline
-            self._last_line, self._last_rows = pos, len(self._rows)
             starts = wrap_rows(text, self._width, pos, end)
             self.rows_wrapped += len(starts)
             self._rows += zip(starts, [*starts[1:], end])
