@@ -27,7 +27,19 @@ from vlchat.demo.shapes import Scene, draw_scene  # noqa: E402
 from common import report  # noqa: E402
 
 FAMILIES = {"llava-1.5": "llava", "llava-next": "llava_next", "smolvlm": "idefics3", "qwen2.5-vl": "qwen2_5_vl",
-            "minicpm-v-4.6": "minicpmv4_6"}
+            "minicpm-v-4.6": "minicpmv4_6", "minicpm-v-2.6": "minicpm-2.6", "minicpm-o-2.6": "minicpm-o-2.6"}
+
+
+def build(builder: str, folder: Path) -> Path:
+    """A family's tiny model: tests/tiny_families.py's, or for MiniCPM 2.6 (vlchat's native engine)
+    the fidelity checkpoint of tests/reference/minicpm (the one proven against the authors' chat())."""
+    if builder.startswith("minicpm-"):
+        from tests.reference.minicpm import tiny
+
+        return tiny.build(folder, variant="o" if builder == "minicpm-o-2.6" else "v")
+    from tests import tiny_families
+
+    return tiny_families.BUILDERS[builder](folder)
 PARAMS = GenerationParams(max_new_tokens=6)
 QUESTIONS = ("What colour is the shape?", "What shape is it?", "How many shapes are there?", "Describe the picture.")
 
@@ -50,7 +62,6 @@ def conversation_times(engine, pictures, turns: list[int]) -> dict[int, tuple[fl
 
 
 def measure(turns: tuple[int, ...] = (1, 20), runs: int = 3) -> dict:
-    from tests import tiny_families
     from vlchat.config import Settings
     from vlchat.engines import make_engine
 
@@ -63,7 +74,7 @@ def measure(turns: tuple[int, ...] = (1, 20), runs: int = 3) -> dict:
             draw_scene(scene, size=256, rng=random.Random(i)).save(path)
             pictures.append(load_image(path).ref)
         for family, builder in FAMILIES.items():
-            folder = tiny_families.BUILDERS[builder](root / builder)
+            folder = build(builder, root / builder)
             row = {}
             for reuse in (True, False):
                 engine = make_engine(Settings(model=str(folder), quant="none", device="cpu", dtype="float32",

@@ -1,8 +1,10 @@
 """What the caption runners beside `vlchat caption` (caption_ray, caption_scale) share with it:
-which errors belong to one picture, and how an error reads in a record. Its own module, so that
+which errors belong to one picture, how an error reads in a record, and drawing work from the reader. Its own module, so that
 they need not import commands/caption.py, which imports them."""
 
 from __future__ import annotations
+
+from typing import Any, Callable, Iterator
 
 from vlchat.core.text import clean
 
@@ -42,3 +44,19 @@ def picture_ref(item):
     if item.picture is not None:
         return item.picture.ref
     return load_image(item.found.path).ref
+
+
+def draw_batches(source: Iterator[tuple[str, Any]], record: Callable[[Any], None], more: Callable[[], bool],
+                 take: Callable[[Any], None]) -> bool:
+    """Take the reader's batches while ``more()`` says there is room: a read error is recorded at
+    once, a batch goes to ``take``. Returns True once the reader has nothing left."""
+    while more():
+        try:
+            kind, value = next(source)
+        except StopIteration:
+            return True
+        if kind == "error":
+            record(value)
+        else:
+            take(value)
+    return False

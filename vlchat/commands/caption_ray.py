@@ -283,6 +283,8 @@ def run_on_ray(messages: Iterator[tuple[str, Any]], record, progress, stop, *, s
 def _drive(ray, pool: Pool, messages, record, progress, stop, greeting, prompt, system, params, Caption, GenerationError) -> None:
     from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError, WorkerCrashedError
 
+    from vlchat.commands.caption_common import draw_batches
+
     pending: deque[tuple[list, int]] = deque()
     running: dict[Any, Task] = {}
     source = iter(messages)
@@ -318,16 +320,9 @@ def _drive(ray, pool: Pool, messages, record, progress, stop, greeting, prompt, 
 
     while not stop.is_set():
         room = sum(IN_FLIGHT - w.in_flight for w in pool.alive())
-        while not exhausted and len(pending) < max(1, room):
-            try:
-                kind, value = next(source)
-            except StopIteration:
-                exhausted = True
-                break
-            if kind == "error":
-                record(value)
-                continue
-            pending.append((value.items, 0))
+        if not exhausted:
+            exhausted = draw_batches(source, record, lambda: len(pending) < max(1, room),
+                                     lambda batch: pending.append((batch.items, 0)))
         while pending and (worker := pool.free()) is not None:
             items, tries = pending.popleft()
             try:

@@ -120,7 +120,7 @@ class Servers:
     def run(self, messages, record, progress, stop, *, prompt, params, system, concurrency) -> None:
         from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
-        from vlchat.commands.caption_common import MAX_FAILING, error_line, per_picture_error, picture_ref
+        from vlchat.commands.caption_common import MAX_FAILING, draw_batches, error_line, per_picture_error, picture_ref
         from vlchat.core.conversation import Conversation
         from vlchat.core.images import ImageError
         from vlchat.engines.base import GenerationError
@@ -182,16 +182,9 @@ class Servers:
         with ThreadPoolExecutor(max_workers=total_slots, thread_name_prefix="vlchat-caption") as pool:
             try:
                 while not stop.is_set():
-                    while not exhausted and len(pending) + len(running) < total_slots:
-                        try:
-                            kind, value = next(source)
-                        except StopIteration:
-                            exhausted = True
-                            break
-                        if kind == "error":
-                            record(value)
-                            continue
-                        pending.extend(value.items)
+                    if not exhausted:
+                        exhausted = draw_batches(source, record, lambda: len(pending) + len(running) < total_slots,
+                                                 lambda batch: pending.extend(batch.items))
                     now = time.monotonic()
                     while pending:
                         free = [s for s in self.all if s.ready(now, concurrency)]
