@@ -10,6 +10,7 @@ import pytest
 from tests.toolkit import QUESTION, app_for, ask, command, run_async, screen_text, settle, shas, transcript_text, until
 from vlchat.core.images import load_image
 from vlchat.core.sessions import SessionStore
+from vlchat.demo.shapes import NO_PICTURE_ANSWER, Scene, answer
 from vlchat.ui.preview import picture_label
 from vlchat.ui.app import make_app
 
@@ -185,3 +186,19 @@ async def test_the_placeholder_says_what_the_question_is_about(demo_engine, pict
         assert "attach a picture with /image PATH" in screen_text(app)
         await command(pilot, f"/image {picture('circle', 'red', 'blue').ref.path} {picture('star', 'yellow', 'black').ref.path}")
         assert "Ask about picture 2/2" in screen_text(app)
+
+
+@run_async
+async def test_with_no_picture_the_demo_model_says_it_sees_none_until_one_is_attached(demo_engine, picture):
+    """Issue 16, item 17: asked about a picture before any was attached, the demo model made one
+    up; it says it sees none, and answers about the picture once one is attached."""
+    app = app_for(demo_engine, max_new_tokens=64)  # the answer is 33 tokens of the demo's small vocabulary
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot)
+        await ask(pilot, "What colour is the shape?")
+        assert app.chat.conversation.last("assistant").text == NO_PICTURE_ANSWER
+        assert "I see no picture." in screen_text(app)
+        await command(pilot, f"/image {picture('circle', 'red', 'blue').ref.path}")
+        await until(pilot, lambda: len(app.chat.pending) == 1)
+        await ask(pilot, "What colour is the shape?")
+        assert app.chat.conversation.last("assistant").text == answer(Scene("circle", "red", "blue", 1), "colour")

@@ -11,6 +11,7 @@ import pytest
 from tests.conftest import vlchat_command
 from tests.openai_server import OpenAITestServer
 from vlchat.demo import SAMPLES_DIR
+from vlchat.demo.shapes import NO_PICTURE_ANSWER
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -50,10 +51,18 @@ def test_a_mistyped_picture_is_an_error_not_a_question(vlchat, args):
     assert result.stdout == ""
 
 
-def test_a_question_with_no_picture_says_so(vlchat):
-    result = vlchat("ask", "What colour is the shape?")
+@pytest.mark.parametrize("question", ["What colour is the shape?", "Describe the picture.", "How many shapes are there?"])
+def test_a_question_with_no_picture_says_so_and_the_demo_model_sees_none(vlchat, question):
+    """The demo model was never shown a question without a picture and made one up ("The shapes
+    are yellow."); it now says it sees none, as it was taught (vlchat/demo/model/README.md)."""
+    result = vlchat("ask", question)
     assert result.returncode == 0, result.stderr
     assert "vlchat: note: no picture is sent with this question" in result.stderr
+    assert result.stdout.strip() == NO_PICTURE_ANSWER
+    # and with a picture it answers about it, as before
+    seen = vlchat("ask", RED_CIRCLE, question)
+    assert seen.returncode == 0 and seen.stdout.strip() != NO_PICTURE_ANSWER, seen
+    assert "no picture is sent" not in seen.stderr
 
 
 def test_help_and_behaviour_agree_on_one_question(vlchat):

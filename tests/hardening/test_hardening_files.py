@@ -480,3 +480,29 @@ def test_resume_on_a_read_only_folder_opens_read_only_and_says_so(tmp_path, sess
             assert "Traceback" not in terminal.history()
         finally:
             terminal.close()
+
+
+def test_the_remembered_theme_on_a_full_disk_keeps_the_old_state_and_leaves_no_litter(tmp_path):
+    """Issue 16, item 31: the theme's state file had a writer of its own (a temporary file named
+    after the process, written and renamed). On a full disk it left that half-written file behind
+    in the config folder. It now goes through the one atomic_write: the old state stays, whole,
+    and nothing else is left."""
+    config = tmp_path / "config"
+    config.mkdir()
+    state = config / "state.json"
+    state.write_text(json.dumps({"theme": "vlchat-dark"}))
+    before = state.read_bytes()
+    code = "from vlchat.ui.themes import remember; remember(theme='vlchat-light')"
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (8, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+    env = dict(os.environ, VLCHAT_CONFIG_DIR=str(config))
+    result = subprocess.run([sys.executable, "-c", code], env=env, preexec_fn=limit, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr  # not worth bothering anyone: no traceback
+    assert sorted(p.name for p in config.iterdir()) == ["state.json"]
+    assert state.read_bytes() == before
+    # and with room on the disk the choice is remembered
+    ok = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0 and json.loads(state.read_text())["theme"] == "vlchat-light"

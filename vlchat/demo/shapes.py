@@ -176,6 +176,9 @@ OFF_TOPIC_ANSWER = (
     "I am the vlchat demo model. I can tell the colour, shape and number of shapes in a picture, "
     "and the colour of its background."
 )
+# What the model says when it is asked about a picture and none was given (`vlchat ask` with no
+# picture, or the app before one is attached): taught, not guessed at.
+NO_PICTURE_ANSWER = "I see no picture. Give me one with your question."
 SYSTEM_PROMPTS = (
     "You are a helpful assistant.",
     "Answer briefly.",

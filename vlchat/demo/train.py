@@ -24,6 +24,7 @@ from pathlib import Path
 
 from vlchat.demo import MODEL_DIR
 from vlchat.demo.shapes import (
+    NO_PICTURE_ANSWER,
     OFF_TOPIC,
     OFF_TOPIC_ANSWER,
     QUESTIONS,
@@ -95,9 +96,19 @@ def as_template_messages(messages: list[dict]) -> list[dict]:
     return out
 
 
+KEPT_ON_RESUME = (
+    "chat_template.jinja",
+    "config.json",
+    "generation_config.json",
+    "processor_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+)
+
+
 # -- building the parts ----------------------------------------------------------------------
 def corpus() -> list[str]:
-    lines = ["USER: ASSISTANT: <image>\n", OFF_TOPIC_ANSWER, *OFF_TOPIC, *SYSTEM_PROMPTS]
+    lines = ["USER: ASSISTANT: <image>\n", OFF_TOPIC_ANSWER, NO_PICTURE_ANSWER, *OFF_TOPIC, *SYSTEM_PROMPTS]
     for qs in QUESTIONS.values():
         lines.extend(qs)
     rng = random.Random(1)
@@ -347,20 +358,30 @@ def whiten_projector(model, pool: PicturePool, pictures: int = 1000) -> None:
         first.bias.copy_((-whitening @ mean).float())
 
 
-def sample_conversation(rng: random.Random, pool: PicturePool, max_turns: int = 3):
-    """A conversation of 1..max_turns turns; a later turn may add a picture, and is then about it."""
+def sample_conversation(rng: random.Random, pool: PicturePool, max_turns: int = 3, no_picture: float = 0.0):
+    """A conversation of 1..max_turns turns; a later turn may add a picture, and is then about it.
+
+    With probability ``no_picture`` it starts with one or more turns that have no picture yet:
+    a question about the picture then gets NO_PICTURE_ANSWER (off-topic ones their usual answer),
+    until a turn brings one. (No random number is drawn for it when ``no_picture`` is 0, so the
+    conversations of the first recipe are drawn as they were.)
+    """
     messages: list[dict] = []
     if rng.random() < 0.25:
         messages.append({"role": "system", "text": rng.choice(SYSTEM_PROMPTS)})
     picture_ids: list[int] = []
     current = None
-    for turn in range(rng.choices(range(1, max_turns + 1), weights=(5, 3, 2)[:max_turns])[0]):
-        new_picture = turn == 0 or rng.random() < 0.5
+    turns = rng.choices(range(1, max_turns + 1), weights=(5, 3, 2)[:max_turns])[0]
+    blind = rng.randint(1, turns) if no_picture and rng.random() < no_picture else 0
+    for turn in range(turns):
+        new_picture = turn >= blind and (turn == blind or rng.random() < 0.5)
         if new_picture:
             current = rng.randrange(len(pool.scenes))
             picture_ids.append(current)
         if rng.random() < 0.04:
             question, reply = rng.choice(OFF_TOPIC), OFF_TOPIC_ANSWER
+        elif current is None:
+            question, reply = rng.choice(QUESTIONS[rng.choice(QUESTION_TYPES)]), NO_PICTURE_ANSWER
         else:
             kind = rng.choice(QUESTION_TYPES)
             question, reply = rng.choice(QUESTIONS[kind]), answer(pool.scenes[current], kind)
@@ -382,12 +403,12 @@ def encode(tokenizer, segments: list[tuple[str, bool]]) -> tuple[list[int], list
     return ids, labels
 
 
-def make_batch(tokenizer, rng, pool, size):
+def make_batch(tokenizer, rng, pool, size, no_picture: float = 0.0):
     import torch
 
     rows, pictures = [], []
     for _ in range(size):
-        messages, picture_ids = sample_conversation(rng, pool)
+        messages, picture_ids = sample_conversation(rng, pool, no_picture=no_picture)
         rows.append(encode(tokenizer, render(messages, add_generation_prompt=False)))
         pictures.extend(picture_ids)
     width = max(len(ids) for ids, _ in rows)
@@ -402,11 +423,13 @@ def make_batch(tokenizer, rng, pool, size):
 
 
 # -- evaluation --------------------------------------------------------------------------------
-def evaluate(model, tokenizer, image_processor, per_type: int, seed: int, follow_up: bool = False):
+def evaluate(model, tokenizer, image_processor, per_type: int, seed: int, mode: str = "first"):
     """Greedy answers to fresh pictures; exact match with the expected answer, per question type.
 
-    With ``follow_up`` each question is asked in a second turn about a newly added picture, after a
-    first turn about a different one.
+    ``mode``: "first", the question in the first turn with its picture; "follow-up", asked in a
+    second turn about a newly added picture, after a first turn about a different one; "after
+    none", the same after a first turn with no picture; "none", with no picture at all (the
+    expected answer is then NO_PICTURE_ANSWER).
     """
     import torch
 
@@ -418,35 +441,44 @@ def evaluate(model, tokenizer, image_processor, per_type: int, seed: int, follow
         for _ in range(per_type):
             scene = random_scene(rng)
             messages = []
-            if follow_up:
+            if mode == "follow-up":
                 first = random_scene(rng)
                 pictures.append(draw_scene(first, size=rng.choice((64, 128, 256)), rng=rng))
                 first_kind = rng.choice(QUESTION_TYPES)
                 messages.append({"role": "user", "text": rng.choice(QUESTIONS[first_kind]), "images": 1})
                 messages.append({"role": "assistant", "text": answer(first, first_kind)})
-            pictures.append(draw_scene(scene, size=rng.choice((64, 128, 256)), rng=rng))
-            messages.append({"role": "user", "text": rng.choice(QUESTIONS[kind]), "images": 1})
+            elif mode == "after none":
+                messages.append({"role": "user", "text": rng.choice(QUESTIONS[rng.choice(QUESTION_TYPES)]), "images": 0})
+                messages.append({"role": "assistant", "text": NO_PICTURE_ANSWER})
+            if mode == "none":
+                messages.append({"role": "user", "text": rng.choice(QUESTIONS[kind]), "images": 0})
+                expected.append(NO_PICTURE_ANSWER)
+            else:
+                pictures.append(draw_scene(scene, size=rng.choice((64, 128, 256)), rng=rng))
+                messages.append({"role": "user", "text": rng.choice(QUESTIONS[kind]), "images": 1})
+                expected.append(answer(scene, kind))
             ids, _ = encode(tokenizer, render(messages, add_generation_prompt=True))
             prompts.append(ids)
-            expected.append(answer(scene, kind))
         width = max(len(p) for p in prompts)
         input_ids = torch.full((len(prompts), width), PAD)
         mask = torch.zeros_like(input_ids)
         for i, p in enumerate(prompts):  # left padding for batched generation
             input_ids[i, width - len(p) :] = torch.tensor(p)
             mask[i, width - len(p) :] = 1
-        pixels = image_processor(images=pictures, return_tensors="pt")["pixel_values"]
+        extra = {}
+        if pictures:
+            pixels = image_processor(images=pictures, return_tensors="pt")["pixel_values"]
+            dtype = next(model.parameters()).dtype if pixels.dtype.is_floating_point else pixels.dtype
+            extra["pixel_values"] = pixels.to(device, dtype)
         with torch.no_grad():
             out = model.generate(
                 input_ids=input_ids.to(device),
                 attention_mask=mask.to(device),
-                pixel_values=pixels.to(device, next(model.parameters()).dtype)
-                if pixels.dtype.is_floating_point
-                else pixels.to(device),
-                max_new_tokens=24,
+                max_new_tokens=48,  # the no-picture answer is 33 tokens
                 do_sample=False,
                 pad_token_id=PAD,
                 eos_token_id=EOS,
+                **extra,
             )
         answers = tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
         correct = sum(a.strip() == e for a, e in zip(answers, expected))
@@ -470,17 +502,34 @@ def load_4bit(path: Path):
     return AutoModelForImageTextToText.from_pretrained(path, quantization_config=quant, device_map="cpu")
 
 
-def write_model_card(out: Path, figures: dict) -> None:
+def write_model_card(out: Path, figures: dict, resumed: str | None = None, per_type: int = 200) -> None:
+    """The model card; ``resumed``: the command line of a --resume run that made these weights."""
     lines = [
         "# vlchat demo model",
         "",
         "A tiny LLaVA-architecture model (CLIP vision tower, Llama text model) trained by",
         "`python -m vlchat.demo.train` on synthetic pictures: one to three shapes of one colour on a",
         "background of another. It answers questions about the shapes' colour, kind and number and the",
-        "background's colour, and nothing else. It exists so vlchat can be tried and tested without",
-        "downloading a real model; it is not a general vision-language model.",
+        "background's colour, and nothing else; asked about a picture when it was given none, it says so.",
+        "It exists so vlchat can be tried and tested without downloading a real model; it is not a",
+        "general vision-language model.",
         "",
-        "Accuracy on fresh pictures (exact answers, greedy decoding):",
+    ]
+    if resumed:
+        lines += [
+            "These weights: the first recipe (`python -m vlchat.demo.train` at commit 6e454f2, before",
+            "conversations without a picture were part of it), then stage 2 resumed with them:",
+            "",
+            f"    {resumed}",
+            "",
+            "`python -m vlchat.demo.train` alone now trains all of it from the start (another draw of",
+            "the same abilities, not these weights).",
+            "",
+        ]
+    lines += [
+        f"Accuracy on fresh pictures, {per_type} per question type (exact answers, greedy decoding; 4-bit:",
+        "the language model in nf4, vision tower and projector unquantized, as the engine loads it; no",
+        "picture: the answer is that it sees none):",
         "",
         "```",
         json.dumps(figures, indent=2),
@@ -503,11 +552,20 @@ def run_evaluation(path: Path, per_type: int) -> dict:
     figures = {
         "full precision": evaluate(full, processor.tokenizer, processor.image_processor, per_type, seed=1001),
         "full precision, follow-up picture": evaluate(
-            full, processor.tokenizer, processor.image_processor, per_type, seed=1002, follow_up=True
+            full, processor.tokenizer, processor.image_processor, per_type, seed=1002, mode="follow-up"
+        ),
+        "full precision, no picture": evaluate(
+            full, processor.tokenizer, processor.image_processor, per_type, seed=1003, mode="none"
+        ),
+        "full precision, a picture after none": evaluate(
+            full, processor.tokenizer, processor.image_processor, per_type, seed=1004, mode="after none"
         ),
     }
     quant = load_4bit(path).eval()
     figures["4-bit nf4"] = evaluate(quant, processor.tokenizer, processor.image_processor, per_type, seed=1001)
+    figures["4-bit nf4, no picture"] = evaluate(
+        quant, processor.tokenizer, processor.image_processor, per_type, seed=1003, mode="none"
+    )
     for title, results in figures.items():
         print_table(title, results)
     return figures
@@ -530,6 +588,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="give the model in --out the tokenizer's wording normalizer and decoder, and stop")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 gives the same numbers everywhere)")
     parser.add_argument("--check-every", type=int, default=200, help="quick accuracy check every N steps")
+    parser.add_argument("--no-picture", type=float, default=0.08,
+                        help="share of stage 2 conversations that start with no picture (NO_PICTURE_ANSWER)")
+    parser.add_argument("--resume", action="store_true",
+                        help="start from the model in --out (its tokenizer, processor and vision tower) and train stage 2 only")
     args = parser.parse_args(argv)
     if args.fix_wording:
         fix_wording(args.out)
@@ -548,14 +610,20 @@ def main(argv: list[str] | None = None) -> int:
     random.seed(args.seed)
     torch.manual_seed(args.seed)
     torch.use_deterministic_algorithms(True)
-    tokenizer = build_tokenizer()
-    processor = build_processor(tokenizer)
+    if args.resume:
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        processor = AutoProcessor.from_pretrained(args.out)
+        tokenizer = processor.tokenizer
+    else:
+        tokenizer = build_tokenizer()
+        processor = build_processor(tokenizer)
 
     # The Python renderer and the Jinja template must agree token for token.
     check_rng = random.Random(7)
     probe_pool = type("P", (), {"scenes": [random_scene(check_rng) for _ in range(50)]})()
     for _ in range(50):
-        messages, _ = sample_conversation(check_rng, probe_pool)
+        messages, _ = sample_conversation(check_rng, probe_pool, no_picture=0.3)
         jinja = processor.apply_chat_template(as_template_messages(messages), tokenize=False)
         python = "".join(text for text, _ in render(messages, add_generation_prompt=False))
         assert jinja == python, (jinja, python)
@@ -563,14 +631,18 @@ def main(argv: list[str] | None = None) -> int:
         pieces = [t for text, _ in render(messages, False) for t in tokenizer(text, add_special_tokens=False)["input_ids"]]
         assert whole == pieces, "segment tokenisation differs from whole-text tokenisation"
 
-    model = build_model(len(tokenizer))
+    if args.resume:
+        model = AutoModelForImageTextToText.from_pretrained(args.out, dtype=torch.float32)
+    else:
+        model = build_model(len(tokenizer))
     print(f"parameters: {sum(p.numel() for p in model.parameters()):,}", flush=True)
     started = time.time()
     pool = PicturePool(args.pictures, args.seed + 1, processor.image_processor)
     print(f"drew {args.pictures} training pictures in {time.time() - started:.0f}s", flush=True)
 
-    pretrain_vision(model, pool, args.vision_steps, args.vision_lr, seed=args.seed, whole_picture=bool(args.picture_heads))
-    whiten_projector(model, pool)
+    if not args.resume:
+        pretrain_vision(model, pool, args.vision_steps, args.vision_lr, seed=args.seed, whole_picture=bool(args.picture_heads))
+        whiten_projector(model, pool)
     # Stage 2: conversations. The tower stays frozen, as LLaVA keeps its CLIP tower frozen: the
     # gradients of a language model that does not yet know what to look for would wash out the
     # subtle shape features first (seen here: colours and counts survive, shapes do not).
@@ -593,7 +665,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     running = None
     for step in range(args.steps):
-        input_ids, mask, labels, pixels = make_batch(tokenizer, rng, pool, args.batch_size)
+        input_ids, mask, labels, pixels = make_batch(tokenizer, rng, pool, args.batch_size, args.no_picture)
         loss = model(input_ids=input_ids, attention_mask=mask, pixel_values=pixels, labels=labels).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -606,16 +678,24 @@ def main(argv: list[str] | None = None) -> int:
         if args.check_every and step and step % args.check_every == 0:
             model.eval()
             print_table(f"step {step} quick check", evaluate(model, tokenizer, processor.image_processor, 16, seed=99))
+            if args.no_picture:
+                print_table("  no picture", evaluate(model, tokenizer, processor.image_processor, 16, seed=98, mode="none"))
             model.train()
     model.eval()
 
     tmp = Path(tempfile.mkdtemp(prefix="vlchat-demo-"))
     try:
         model.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
+        if args.resume:
+            # The same architecture, tokenizer and processor: their files are kept as they were
+            # (a save would only add this transformers' version and defaults to them).
+            for name in KEPT_ON_RESUME:
+                shutil.copy2(args.out / name, tmp / name)
+        else:
+            processor.save_pretrained(tmp)
         figures = run_evaluation(tmp, args.eval_per_type)
-        write_model_card(tmp, figures)
-        (tmp / "generation_config.json").exists()
+        write_model_card(tmp, figures, "python -m vlchat.demo.train " + " ".join(argv if argv is not None else sys.argv[1:]) if args.resume else None,
+                        args.eval_per_type)
         if args.out.exists():
             shutil.rmtree(args.out)
         shutil.copytree(tmp, args.out)
