@@ -6,6 +6,7 @@ must show exactly what a full redraw would.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import random
 import time
@@ -153,16 +154,23 @@ def test_a_block_is_complete_after_a_blank_line_or_its_closing_fence_never_insid
     assert end == len("~~~~\n```\n\n~~~~\n") and fence is None
 
 
-async def frame_work(engine, picture, length: int) -> tuple[list[tuple[int, int]], int]:
-    """Stream a paragraph after ``length`` lines of answer, a frame at a time as the chat screen
-    does; per frame, the rows wrapped and the characters given to Markdown, and the paragraph's
-    length."""
+@contextlib.asynccontextmanager
+async def answer_view_alone(engine, picture):
+    """The app at 100x30 with a new answer's view in its transcript, fed by the test, not a model."""
     app = app_for(engine, [picture("circle", "red", "blue")])
     async with app.run_test(size=(100, 30)) as pilot:
         await settle(pilot)
         view = AnswerView(model="demo")
         app.chat.transcript.add(view)
         await settle(pilot)
+        yield app, pilot, view
+
+
+async def frame_work(engine, picture, length: int) -> tuple[list[tuple[int, int]], int]:
+    """Stream a paragraph after ``length`` lines of answer, a frame at a time as the chat screen
+    does; per frame, the rows wrapped and the characters given to Markdown, and the paragraph's
+    length."""
+    async with answer_view_alone(engine, picture) as (app, pilot, view):
         text = realistic_answer(length)
         cap = app.chat.transcript.size.height
         await view.show_progress(text, cap)
@@ -210,12 +218,7 @@ async def test_a_slow_answer_redraws_only_the_row_it_writes_and_the_screen_shows
     row and redrew the whole block being written, up to a screenful. Now a frame that adds to the
     last row draws that row again, and the screen still shows every row where a full redraw
     puts it, capped (following the answer) or not."""
-    app = app_for(demo_engine, [picture("circle", "red", "blue")])
-    async with app.run_test(size=(100, 30)) as pilot:
-        await settle(pilot)
-        view = AnswerView(model="demo")
-        app.chat.transcript.add(view)
-        await settle(pilot)
+    async with answer_view_alone(demo_engine, picture) as (app, pilot, view):
         live = view.query_one(LiveText)
         words = "A red circle on a blue ground, seen from above, with a thin shadow and a soft edge".split()
         for cap in (None, 6):
