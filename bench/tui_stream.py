@@ -312,7 +312,7 @@ def measure(tokens: int = 2000, runs: int = 3, key_interval: float = 0.1, in_pro
         stream_ratios, plain_s, stream_s = paired(
             lambda: plain_generate(engine, picture, tokens), lambda: engine_stream(engine, picture, tokens), runs)
         # The app's share: the app against the same model process's stream read without it.
-        app_engine, plain = start_pair(engine, model, tokens, picture, in_process)
+        app_engine, _ = start_pair(engine, model, tokens, picture, in_process, baseline=False)
         runs_seen: list[dict] = []
 
         def app_run() -> float:
@@ -322,7 +322,7 @@ def measure(tokens: int = 2000, runs: int = 3, key_interval: float = 0.1, in_pro
         app_ratios, _, app_s = paired(lambda: engine_stream(app_engine, picture, tokens), app_run, runs)
         keys = asyncio.run(through_app(app_engine, picture, tokens, key_interval))
         smooth = asyncio.run(through_app(app_engine, picture, tokens, None, lag=True))
-        stop_pair(engine, app_engine, plain)
+        stop_pair(engine, app_engine, None)
         # End to end, each pair with fresh processes.
         whole_ratios = []
         for _ in range(runs):
@@ -378,24 +378,26 @@ def paired(first, second, runs: int) -> tuple[list[float], list[float], list[flo
     return ratios, first_s, second_s
 
 
-def start_pair(engine, model: str, tokens: int, picture, in_process: bool):
+def start_pair(engine, model: str, tokens: int, picture, in_process: bool, baseline: bool = True):
     """The app's model and the plain baseline, each where it runs: the app's as `vlchat` runs it,
     in a process of its own (in_process: this engine, on a thread here, as `vlchat ask` runs it),
-    and the baseline in a clean process of its own (in_process: here). Both warmed up."""
+    and the baseline in a clean process of its own (in_process: here; ``baseline`` False: none).
+    Both warmed up."""
     if in_process:
-        return engine, plain_generate
+        return engine, plain_generate if baseline else None
     app_engine = make_engine(app_settings(model, tokens), separate=True)
     app_engine.load()
     conversation = Conversation()
     conversation.add_user(QUESTION, [picture])
     for _ in app_engine.stream(conversation, GenerationParams(max_new_tokens=16)):
         pass
-    return app_engine, PlainProcess(model)
+    return app_engine, PlainProcess(model) if baseline else None
 
 
 def stop_pair(engine, app_engine, plain) -> None:
     if app_engine is not engine:
         app_engine.unload()
+    if isinstance(plain, PlainProcess):
         plain.close()
 
 

@@ -29,7 +29,7 @@ from vlchat.commands.caption_reading import (  # noqa: F401  (also re-exported: 
     regular_file_sha256,
     share_cpu,
 )
-from vlchat.commands.caption_common import MAX_FAILING, error_line, per_picture_error, picture_ref
+from vlchat.commands.caption_common import MAX_FAILING, caption_on_server, error_line, per_picture_error, picture_ref
 from vlchat.core.errors import InputError
 from vlchat.core.text import clean
 from vlchat.engines.base import usable_cores
@@ -429,26 +429,13 @@ def _free_device_memory() -> None:
 def _run_remote(engine, reader, record, progress, tally, prompt, params, system, concurrency, stop) -> None:
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
-    from vlchat.core.conversation import Conversation
     from vlchat.core.images import ImageError
     from vlchat.engines.batch import Caption
 
-    # The engine's picture cache is not made for several threads: requests are built one at a
-    # time (milliseconds), then sent and read side by side.
-    building = threading.Lock()
+    building = threading.Lock()  # see caption_on_server
 
     def ask(item: Item) -> tuple[Caption | None, float]:
-        started = time.perf_counter()
-        conversation = Conversation()
-        if system:
-            conversation.set_system(system)
-        conversation.add_user(prompt, [picture_ref(item)])
-        with building:
-            stream = engine.stream(conversation, params, stop)
-        text = "".join(stream)
-        if stop.is_set():
-            return None, 0.0
-        return Caption(clean(text).strip(), stream.stats.tokens), time.perf_counter() - started
+        return caption_on_server(engine, item, prompt=prompt, system=system, params=params, stop=stop, building=building)
 
     running: dict[Any, Item] = {}
 

@@ -60,3 +60,26 @@ def draw_batches(source: Iterator[tuple[str, Any]], record: Callable[[Any], None
         else:
             take(value)
     return False
+
+
+def caption_on_server(engine, item, *, prompt: str, system: str | None, params, stop, building):
+    """One picture's caption from a server engine, as (Caption, seconds), or (None, 0.0) once
+    ``stop`` is set. ``building`` is held while the request is built: an engine's picture cache is
+    not made for several threads (building takes milliseconds; requests are sent and read side by
+    side)."""
+    import time
+
+    from vlchat.core.conversation import Conversation
+    from vlchat.engines.batch import Caption
+
+    started = time.perf_counter()
+    conversation = Conversation()
+    if system:
+        conversation.set_system(system)
+    conversation.add_user(prompt, [picture_ref(item)])
+    with building:
+        stream = engine.stream(conversation, params, stop)
+    text = "".join(stream)
+    if stop.is_set():
+        return None, 0.0
+    return Caption(clean(text).strip(), stream.stats.tokens), time.perf_counter() - started

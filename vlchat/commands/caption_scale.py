@@ -120,28 +120,23 @@ class Servers:
     def run(self, messages, record, progress, stop, *, prompt, params, system, concurrency) -> None:
         from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
-        from vlchat.commands.caption_common import MAX_FAILING, draw_batches, error_line, per_picture_error, picture_ref
-        from vlchat.core.conversation import Conversation
+        from vlchat.commands.caption_common import (
+            MAX_FAILING,
+            caption_on_server,
+            draw_batches,
+            error_line,
+            per_picture_error,
+        )
         from vlchat.core.images import ImageError
         from vlchat.engines.base import GenerationError
-        from vlchat.engines.batch import Caption
 
         for note in self.notes:
             progress.say(note)
         building = threading.Lock()  # an engine's picture cache is not made for several threads
 
         def ask(server: Server, item):
-            started = time.perf_counter()
-            conversation = Conversation()
-            if system:
-                conversation.set_system(system)
-            conversation.add_user(prompt, [picture_ref(item)])
-            with building:
-                stream = server.engine.stream(conversation, params, stop)
-            text = "".join(stream)
-            if stop.is_set():
-                return None, 0.0
-            return Caption(clean(text).strip(), stream.stats.tokens), time.perf_counter() - started
+            return caption_on_server(server.engine, item, prompt=prompt, system=system, params=params, stop=stop,
+                                     building=building)
 
         pending: list = []
         running: dict[Any, tuple[Server, Any]] = {}

@@ -74,11 +74,17 @@ class ConversationCommands:
 
         caption_progressed(self, message.progress)
 
-    def command_image(self, args: str) -> None:
+    def _words(self, command: str, args: str) -> list[str] | None:
+        """A command's arguments split as a shell would, or None after saying why they cannot be."""
         try:
-            paths = shlex.split(args)
+            return shlex.split(args)
         except ValueError as error:
-            self.say(f"/image: {error}. Quote paths with spaces.", "error")
+            self.say(f"{command}: {error}. Quote paths with spaces.", "error")
+            return None
+
+    def command_image(self, args: str) -> None:
+        paths = self._words("/image", args)
+        if paths is None:
             return
         if not paths:
             self.say("/image needs a path: /image photo.jpg", "error")
@@ -244,10 +250,8 @@ class ConversationCommands:
         self.app.push_screen(ConfirmScreen(question), answered)
 
     def command_export(self, args: str) -> None:
-        try:
-            parts = shlex.split(args)
-        except ValueError as error:
-            self.say(f"/export: {error}. Quote paths with spaces.", "error")
+        parts = self._words("/export", args)
+        if parts is None:
             return
         self.request_save("export")
         self.sessions.export(self.snapshot(), parts[0] if parts else None)
