@@ -3,16 +3,20 @@
 (a) A long answer (the demo model with its end-of-answer token off, so exactly --tokens tokens)
     streamed through the app (worker, paced frames, the live line and Markdown), with the model in
     a process of its own as `vlchat` runs it (--in-process: on a thread of the app's process),
-    against a plain `model.generate` of the same tokens from the same prompt. Goal: at most 1.03
-    (issue 17; 1.05 before it). Two ways, since a model's speed differs from one process to the
-    next by up to a tenth, steadily within each (five processes of the same plain generate here:
-    medians 2.19 to 2.43 s), and this machine's speed drifts over minutes:
-    - in one process each, the figure: the app against the same model process's stream read
-      without the app (the app's share), times the engine's stream against plain generate, both
-      on threads of this process (the stream's share). Each run is compared with the mean of the
-      other kind's runs just before and after it; each share is the median of those ratios.
-    - end to end: the app against plain generate in a clean process of its own, with fresh
-      processes for each pair (the process lottery averaged, not removed: far noisier).
+    against a plain `model.generate` of the same tokens from the same prompt, in a clean process
+    of its own. Goal: at most 1.03 (issue 17; 1.05 before it), the median of --runs paired runs
+    (each answer in the app against the mean of the plain runs just before and after it). The
+    app stays open for --renew answers, as a person asks one question after another (/clear
+    after each, so every answer has the same prompt); then the app and both processes start
+    again. This machine's speed drifts by a tenth over
+    seconds to minutes, so one pair says little: the figure comes with the 95% confidence
+    interval of its median. Beside it, two parts of the cost measured directly:
+    - drawing: within answers of --window-tokens tokens, frames draw the answer in one window of
+      --window-s seconds and not in the next, in turn; the model's rate in each drawn window
+      against the mean of the undrawn windows on either side (windows this close share the
+      machine's speed, so this resolves a cost of a percent or less);
+    - the app's time around the model per answer: from Enter to the model starting, and from the
+      model's last token to the answer being shown whole.
 (b) While an answer streams, a key is pressed every --key-interval seconds; the delay from the
     press to the character being in the prompt is measured. Goal: largest delay under 50 ms.
 (c) Smoothness, in a run of its own (it records every token, which costs a little): frames per
@@ -21,7 +25,7 @@
     percentile). Goals (issue 17): at least 20 frames a second when the model leaves a core free
     (--threads 1 on two cores), and never more than half a second behind.
 
-    python bench/tui_stream.py [--tokens 2000] [--runs 11] [--threads N] [--in-process] [--json FILE]
+    python bench/tui_stream.py [--tokens 2000] [--runs 41] [--threads N] [--in-process] [--json FILE]
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import statistics
 import sys
@@ -115,35 +120,13 @@ def serve_plain(model: str) -> int:
     return 0
 
 
-def engine_stream(engine, picture, tokens: int) -> float:
-    """Seconds for the engine's own stream of the same tokens, read on a thread (no app): the part
-    of the cost that belongs to streaming itself, shared with `vlchat ask`."""
-    import threading
-
-    conversation = Conversation()
-    conversation.add_user(QUESTION, [picture])
-    result: list[float] = []
-
-    def run() -> None:
-        started = time.perf_counter()
-        stream = engine.stream(conversation, GenerationParams(max_new_tokens=tokens))
-        for _ in stream:
-            pass
-        assert stream.stats.tokens == tokens
-        result.append(time.perf_counter() - started)
-
-    worker = threading.Thread(target=run)
-    worker.start()
-    worker.join()
-    return result[0]
-
-
 def app_settings(model: str, tokens: int) -> Settings:
     return Settings(model=model, device="cpu", quant="none", max_new_tokens=tokens, image_protocol="halfblock")
 
 
-def recording(engine, produced: list[tuple[float, int]]):
-    """``engine.stream``, noting (when, characters so far) as each piece reaches the app."""
+def recording(engine, produced: list[tuple[float, int, int]]):
+    """``engine.stream``, noting (when, characters so far, tokens so far) as each piece reaches
+    the app."""
     from vlchat.engines.base import TokenStream
 
     stream = engine.stream
@@ -154,7 +137,7 @@ def recording(engine, produced: list[tuple[float, int]]):
         def pieces():
             try:
                 for piece in inner:
-                    produced.append((time.perf_counter(), len(inner.text)))
+                    produced.append((time.perf_counter(), len(inner.text), inner.stats.tokens))
                     yield piece
             finally:
                 inner.close()
@@ -164,12 +147,12 @@ def recording(engine, produced: list[tuple[float, int]]):
     return record
 
 
-def lag_figures(produced: list[tuple[float, int]], frames: list[tuple[float, int]]) -> dict:
+def lag_figures(produced: list[tuple[float, int, int]], frames: list[tuple[float, int]]) -> dict:
     """For each token, the time until a frame showed it; a token no frame showed waits until the
     answer's end (the final redraw)."""
     lags, i = [], 0
     end = produced[-1][0] if produced else 0.0
-    for made, length in produced:
+    for made, length, _tokens in produced:
         while i < len(frames) and frames[i][1] < length:
             i += 1
         if i < len(frames) and frames[i][0] >= made:
@@ -183,56 +166,111 @@ def lag_figures(produced: list[tuple[float, int]], frames: list[tuple[float, int
             "lag_p95_s": lags[int(0.95 * (len(lags) - 1))] if lags else None}
 
 
-async def through_app(engine, picture, tokens: int, key_interval: float | None, lag: bool = False) -> dict:
-    from textual import events
+async def through_app(engine, picture, tokens: int, key_interval: float | None, lag: bool = False,
+                      windows: float | None = None) -> dict:
+    """One answer through the headless app (see app_runs)."""
+    return (await app_runs(engine, picture, tokens, 1, key_interval, lag, windows))[0]
 
+
+async def app_runs(engine, picture, tokens: int, answers: int, key_interval: float | None = None, lag: bool = False,
+                   windows: float | None = None, between=None) -> list[dict]:
+    """``answers`` answers to the same question in one app, as a person asks one question after
+    another, with /clear after each (so each answer has the prompt plain generate has).
+    ``between``: called before the first answer and after each one (a plain generate run: the
+    app is idle meanwhile). ``lag``: every piece's arrival is noted, for the lag figures;
+    ``windows`` (seconds): frames draw the answer in every other window of this length (from
+    Enter), and each piece's arrival is noted, for the drawing figure."""
     from vlchat.ui.app import make_app
 
     settings = app_settings(engine.name, tokens)
     app = make_app(settings, [picture], engine=engine, engine_loaded=True, remember_theme=False)
-    delays: list[float] = []
-    produced: list[tuple[float, int]] = []
-    if lag:
-        engine.stream = recording(engine, produced)
-    async with app.run_test(size=(120, 40)) as pilot:
-        await app.workers.wait_for_complete()
-        await pilot.pause(0.2)
-        if lag:
-            app.chat.frame_log = []
-        app.chat.prompt.text = QUESTION
-        started, ui_started = time.perf_counter(), time.thread_time()
-        await pilot.press("enter")
-        while app.chat.generating is None and app.chat.conversation.last("assistant") is None:
-            await asyncio.sleep(0.001)
-        while app.chat.generating is not None:
-            if key_interval is None:
-                # The bench must not be what slows the app: no polling while the model writes
-                # (each wake-up of this thread takes the interpreter from the model).
-                for worker in [w for w in app.workers if w.group == "generate"]:
-                    await worker.wait()
-                await asyncio.sleep(0.001)
-                continue
-            await asyncio.sleep(key_interval)
-            if app.chat.generating is None:
-                break
-            before = len(app.chat.prompt.text)
-            pressed = time.perf_counter()
-            # As the terminal driver delivers a key (Pilot's press would also wait for every widget
-            # to go idle, which the streaming transcript rarely is).
-            app.post_message(events.Key("x", "x"))
-            while len(app.chat.prompt.text) == before:
-                await asyncio.sleep(0.0005)
-            delays.append(time.perf_counter() - pressed)
-        elapsed = time.perf_counter() - started
-        ui_cpu = time.thread_time() - ui_started
-        await pilot.pause(0.05)
-        answer = app.chat.conversation.last("assistant")
-        assert answer is not None and answer.tokens == tokens, (answer and answer.tokens, tokens)
-        frames = app.chat.frames
-        frame_log = app.chat.frame_log
-    if lag:
+    produced: list[tuple[float, int, int]] = []
+    streams: list = []
+    inner = recording(engine, produced) if lag or windows else engine.stream
+
+    def keep(*args, **kwargs):  # the stream itself, for the model's own clock
+        streams.append(inner(*args, **kwargs))
+        return streams[-1]
+
+    engine.stream = keep
+    results: list[dict] = []
+    try:
+        async with app.run_test(size=(120, 40)) as pilot:
+            await app.workers.wait_for_complete()
+            await pilot.pause(0.2)
+            plain_s = [between()] if between else []
+            for _ in range(answers):
+                produced.clear()
+                result = await _answer(app, pilot, streams, produced, tokens, key_interval, lag, windows)
+                if between:
+                    plain_s.append(between())
+                    result["plain_s"] = (plain_s[-2], plain_s[-1])
+                results.append(result)
+                app.chat.prompt.text = "/clear"
+                await pilot.press("enter")
+                await app.workers.wait_for_complete()
+                await pilot.pause(0.1)
+    finally:
         del engine.stream
-    result = {"seconds": elapsed, "frames": frames, "key_delays": delays, "ui_cpu_s": ui_cpu}
+    return results
+
+
+async def _answer(app, pilot, streams: list, produced: list, tokens: int, key_interval: float | None,
+                  lag: bool, windows: float | None) -> dict:
+    from textual import events
+
+    delays: list[float] = []
+    toggles: list[tuple[float, bool]] = []
+    frames_before = app.chat.frames
+
+    async def take_turns() -> None:
+        # Drawn, not drawn, drawn...: one wake-up a window, nothing more.
+        while app.chat.generating is not None or not toggles:
+            app.chat.draw_stream = not app.chat.draw_stream if toggles else True
+            toggles.append((time.perf_counter(), app.chat.draw_stream))
+            await asyncio.sleep(windows)
+        app.chat.draw_stream = True
+
+    app.chat.frame_log = [] if lag else None
+    app.chat.prompt.text = QUESTION
+    started, ui_started = time.perf_counter(), time.thread_time()
+    turns = asyncio.create_task(take_turns()) if windows else None
+    await pilot.press("enter")
+    while app.chat.generating is None and app.chat.conversation.last("assistant") is None:
+        await asyncio.sleep(0.001)
+    while app.chat.generating is not None:
+        if key_interval is None:
+            # The bench must not be what slows the app: no polling while the model writes
+            # (each wake-up of this thread takes the interpreter from the model).
+            for worker in [w for w in app.workers if w.group == "generate"]:
+                await worker.wait()
+            await asyncio.sleep(0.001)
+            continue
+        await asyncio.sleep(key_interval)
+        if app.chat.generating is None:
+            break
+        before = len(app.chat.prompt.text)
+        pressed = time.perf_counter()
+        # As the terminal driver delivers a key (Pilot's press would also wait for every widget
+        # to go idle, which the streaming transcript rarely is).
+        app.post_message(events.Key("x", "x"))
+        while len(app.chat.prompt.text) == before:
+            await asyncio.sleep(0.0005)
+        delays.append(time.perf_counter() - pressed)
+    elapsed = time.perf_counter() - started
+    ui_cpu = time.thread_time() - ui_started
+    if turns is not None:
+        await turns
+    await pilot.pause(0.05)
+    answer = app.chat.conversation.last("assistant")
+    assert answer is not None and answer.tokens == tokens, (answer and answer.tokens, tokens)
+    frame_log = app.chat.frame_log
+    stats = streams[-1].stats
+    result = {"seconds": elapsed, "frames": app.chat.frames - frames_before, "key_delays": delays, "ui_cpu_s": ui_cpu,
+              # The app's own time in this answer: Enter to the model starting, and the model's
+              # end to the answer shown whole (the model's clock is the same one, even in its own
+              # process: perf_counter is the system's monotonic clock).
+              "around_model_s": elapsed - (stats.finished_at - stats.started)}
     if lag and produced:
         result.update(lag_figures(produced, frame_log or []))
         streaming = produced[-1][0] - produced[0][0]
@@ -240,13 +278,38 @@ async def through_app(engine, picture, tokens: int, key_interval: float | None, 
         during = sum(1 for when, _ in frame_log or [] if produced[0][0] <= when <= produced[-1][0])
         result["streaming_s"] = streaming
         result["frames_per_s_streaming"] = during / streaming if streaming > 0 else None
+    if windows:
+        result["drawing_ratios"] = drawing_ratios(produced, toggles)
     return result
+
+
+def drawing_ratios(produced: list[tuple[float, int, int]], toggles: list[tuple[float, bool]]) -> list[float]:
+    """For each window in which the answer was drawn, between two in which it was not: the mean
+    of their rates (tokens a second, as the pieces reached the app) over its rate, so above 1 is
+    what drawing costs the model. A window's rate runs from its first piece to its last; the
+    first window (the model starting) and the last (cut short) are left out."""
+    rates: list[float | None] = []
+    for i, (begin, _drawn) in enumerate(toggles):
+        end = toggles[i + 1][0] if i + 1 < len(toggles) else float("inf")
+        inside = [(when, count) for when, _chars, count in produced if begin <= when < end]
+        ok = 0 < i < len(toggles) - 1 and len(inside) >= 2 and inside[-1][0] > inside[0][0]
+        rates.append((inside[-1][1] - inside[0][1]) / (inside[-1][0] - inside[0][0]) if ok else None)
+    ratios = []
+    for i in range(1, len(toggles) - 1):
+        before, here, after = rates[i - 1], rates[i], rates[i + 1]
+        if toggles[i][1] and here and before and after:
+            ratios.append((before + after) / 2 / here)
+    return ratios
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=2000)
-    parser.add_argument("--runs", type=int, default=11)
+    parser.add_argument("--runs", type=int, default=41, help="paired runs of the app and plain generate")
+    parser.add_argument("--renew", type=int, default=10, help="start the processes again every this many pairs")
+    parser.add_argument("--window-tokens", type=int, default=4000, help="the length of the answers drawn in turns")
+    parser.add_argument("--window-s", type=float, default=0.4)
+    parser.add_argument("--window-answers", type=int, default=6)
     parser.add_argument("--key-interval", type=float, default=0.1)
     parser.add_argument("--in-process", action="store_true",
                         help="the app's model on a thread of this process, not in a process of its own")
@@ -258,34 +321,47 @@ def main(argv: list[str] | None = None) -> int:
         return serve_plain(args.plain_server)
     if args.threads:
         limit_threads(args.threads)
-    result = measure(args.tokens, args.runs, args.key_interval, args.in_process)
-    plain, app, streamed = result["plain_generate_s"], result["app_s"], result["engine_stream_s"]
-    ratio, delays = result["ratio"], result["key_delays"]
-    worst = max(delays) if delays else float("nan")
-    print(f"{'tokens':<34}{args.tokens}")
-    print(f"{'plain generate (median)':<34}{plain:.3f} s  ({args.tokens / plain:.0f} tok/s)")
-    print(f"{'engine stream, no app (median)':<34}{streamed:.3f} s  ({args.tokens / streamed:.0f} tok/s)")
-    print(f"{'through the app (median)':<34}{app:.3f} s  ({args.tokens / app:.0f} tok/s)")
-    q_app, q_stream, q_whole = result["app_share_quartiles"], result["stream_share_quartiles"], result["ratio_end_to_end_quartiles"]
-    print(f"{'ratio app / plain (goal <= 1.03)':<34}{ratio:.3f}  {'ok' if ratio <= GOAL else 'OVER GOAL'}"
-          "  (the app's share times the stream's, each the median of paired runs in one process)")
-    print(f"{'  the app / its model stream':<34}{result['app_share']:.3f}  (quartiles {q_app[0]:.3f} to {q_app[1]:.3f})")
-    print(f"{'  the stream / plain generate':<34}{result['stream_share']:.3f}  (quartiles {q_stream[0]:.3f} to {q_stream[1]:.3f})")
-    print(f"{'end to end, fresh processes':<34}{result['ratio_end_to_end']:.3f}"
-          f"  (median of {args.runs} pairs; quartiles {q_whole[0]:.3f} to {q_whole[1]:.3f})")
-    print(f"{'transcript redraws per second':<34}{result['frames_per_s']:.1f}  (cap 30)")
-    print(f"{'UI thread CPU while streaming':<34}{result['ui_cpu_share'] * 100:.1f} % of the time")
-    if result.get("lag_max_s") is not None:
-        fps = result["frames_per_s_streaming"]
-        print(f"{'frames per second, streaming':<34}{fps:.1f}  {'ok' if fps >= 20 else 'under 20'} (goal >= 20 when the model leaves a core free)")
-        print(f"{'screen behind the model, largest':<34}{result['lag_max_s'] * 1000:.0f} ms"
-              f"  {'ok' if result['lag_max_s'] <= 0.5 else 'OVER GOAL'} (goal <= 500 ms); 95th percentile {result['lag_p95_s'] * 1000:.0f} ms")
-    if delays:
-        print(f"{'key press -> effect, median':<34}{result['key_delay_median_ms']:.1f} ms over {len(delays)} presses")
-        print(f"{'key press -> effect, largest':<34}{worst * 1000:.1f} ms  {'ok' if worst < 0.05 else 'OVER GOAL'} (goal < 50 ms)")
+    result = measure(args.tokens, args.runs, args.key_interval, args.in_process, args.renew,
+                     args.window_tokens, args.window_s, args.window_answers)
+    for line in report(result):
+        print(line)
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
     return 0
+
+
+def report(result: dict) -> list[str]:
+    tokens, plain, app = result["tokens"], result["plain_generate_s"], result["app_s"]
+    ratio, (low, high), q = result["ratio"], result["ratio_ci95"], result["ratio_quartiles"]
+    lines = [
+        f"{'tokens':<34}{tokens}",
+        f"{'plain generate (median)':<34}{plain:.3f} s  ({tokens / plain:.0f} tok/s)",
+        f"{'through the app (median)':<34}{app:.3f} s  ({tokens / app:.0f} tok/s)",
+        f"{'ratio app / plain (goal <= 1.03)':<34}{ratio:.3f}  {'ok' if ratio <= GOAL else 'OVER GOAL'}"
+        f"  (median of {result['runs']} paired runs; 95% interval of the median {low:.3f} to {high:.3f},"
+        f" quartiles {q[0]:.3f} to {q[1]:.3f})",
+    ]
+    drawing = result.get("drawing")
+    if drawing is not None:
+        dq = result["drawing_quartiles"]
+        lines.append(f"{'  drawing the answer':<34}{drawing:.4f}  (median of {result['drawing_windows']} windows of "
+                     f"{result['window_s']} s drawn against those beside them; quartiles {dq[0]:.3f} to {dq[1]:.3f})")
+    lines.append(f"{'  the app around the model':<34}{result['around_model_ms']:.1f} ms an answer (median; "
+                 f"{result['around_model_ms'] / 1000 / plain * 100:.2f} % of plain generate)")
+    lines.append(f"{'transcript redraws per second':<34}{result['frames_per_s']:.1f}  (cap 30)")
+    lines.append(f"{'UI thread CPU while streaming':<34}{result['ui_cpu_share'] * 100:.1f} % of the time")
+    if result.get("lag_max_s") is not None:
+        fps = result["frames_per_s_streaming"]
+        lines.append(f"{'frames per second, streaming':<34}{fps:.1f}  {'ok' if fps >= 20 else 'under 20'}"
+                     " (goal >= 20 when the model leaves a core free)")
+        lines.append(f"{'screen behind the model, largest':<34}{result['lag_max_s'] * 1000:.0f} ms"
+                     f"  {'ok' if result['lag_max_s'] <= 0.5 else 'OVER GOAL'} (goal <= 500 ms);"
+                     f" 95th percentile {result['lag_p95_s'] * 1000:.0f} ms")
+    if result["key_delays"]:
+        worst = result["key_delay_max_ms"]
+        lines.append(f"{'key press -> effect, median':<34}{result['key_delay_median_ms']:.1f} ms over {result['key_presses']} presses")
+        lines.append(f"{'key press -> effect, largest':<34}{worst:.1f} ms  {'ok' if worst < 50 else 'OVER GOAL'} (goal < 50 ms)")
+    return lines
 
 
 def limit_threads(threads: int) -> None:
@@ -297,8 +373,9 @@ def limit_threads(threads: int) -> None:
     os.environ["OMP_NUM_THREADS"] = str(threads)
 
 
-def measure(tokens: int = 2000, runs: int = 3, key_interval: float = 0.1, in_process: bool = False) -> dict:
-    """The figures of (a) and (b), medians over ``runs``."""
+def measure(tokens: int = 2000, runs: int = 3, key_interval: float = 0.1, in_process: bool = False,
+            renew: int = 10, window_tokens: int | None = 4000, window_s: float = 0.4, window_answers: int = 6) -> dict:
+    """The figures of (a), (b) and (c); ``window_tokens`` None: no drawing figure."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("VLCHAT_CONFIG_DIR", tempfile.mkdtemp(prefix="vlchat-bench-"))
 
@@ -308,46 +385,48 @@ def measure(tokens: int = 2000, runs: int = 3, key_interval: float = 0.1, in_pro
         engine.load()
         picture = load_image(SAMPLES_DIR / "red-circle.png").ref
         plain_generate(engine, picture, 16)  # warm up
-        # The stream's share: the engine's stream against plain generate, on threads of this process.
-        stream_ratios, plain_s, stream_s = paired(
-            lambda: plain_generate(engine, picture, tokens), lambda: engine_stream(engine, picture, tokens), runs)
-        # The app's share: the app against the same model process's stream read without it.
-        app_engine, _ = start_pair(engine, model, tokens, picture, in_process, baseline=False)
         runs_seen: list[dict] = []
-
-        def app_run() -> float:
-            runs_seen.append(asyncio.run(through_app(app_engine, picture, tokens, None)))
-            return runs_seen[-1]["seconds"]
-
-        app_ratios, _, app_s = paired(lambda: engine_stream(app_engine, picture, tokens), app_run, runs)
+        ratios: list[float] = []
+        plain_s: list[float] = []
+        app_engine = plain = None
+        while len(ratios) < runs:
+            if app_engine is not None:
+                stop_pair(engine, app_engine, plain)
+            app_engine, plain = start_pair(engine, model, tokens, picture, in_process)
+            # One app for these pairs, as a person asks one question after another; each answer
+            # against the mean of the plain runs just before and after it.
+            pairs = asyncio.run(app_runs(app_engine, picture, tokens, min(renew, runs - len(ratios)),
+                                         between=lambda: plain(engine, picture, tokens)))
+            for run in pairs:
+                ratios.append(run["seconds"] / statistics.mean(run["plain_s"]))
+                plain_s.append(run["plain_s"][0])
+            plain_s.append(pairs[-1]["plain_s"][1])
+            runs_seen += pairs
         keys = asyncio.run(through_app(app_engine, picture, tokens, key_interval))
         smooth = asyncio.run(through_app(app_engine, picture, tokens, None, lag=True))
-        stop_pair(engine, app_engine, None)
-        # End to end, each pair with fresh processes.
-        whole_ratios = []
-        for _ in range(runs):
-            app_engine, plain = start_pair(engine, model, tokens, picture, in_process)
-            whole_ratios.append(paired(lambda: plain(engine, picture, tokens), app_run, 1)[0][0])
-            stop_pair(engine, app_engine, plain)
-    frames = [run["frames"] for run in runs_seen[:runs]]
-    ui_share = [run["ui_cpu_s"] / run["seconds"] for run in runs_seen[:runs]]
-    plain, app, streamed = statistics.median(plain_s), statistics.median(app_s), statistics.median(stream_s)
-    app_share, stream_share = statistics.median(app_ratios), statistics.median(stream_ratios)
+        drawing: list[float] = []
+        for _ in range(window_answers if window_tokens else 0):
+            drawing += asyncio.run(through_app(app_engine, picture, window_tokens, None, windows=window_s))["drawing_ratios"]
+        stop_pair(engine, app_engine, plain)
+    app_s = [run["seconds"] for run in runs_seen]
+    frames = [run["frames"] for run in runs_seen]
+    ui_share = [run["ui_cpu_s"] / run["seconds"] for run in runs_seen]
     delays = keys["key_delays"]
     return {
         "tokens": tokens,
         "runs": runs,
-        "plain_generate_s": plain,
-        "engine_stream_s": streamed,
-        "app_s": app,
-        "ratio": app_share * stream_share,
-        "app_share": app_share,
-        "app_share_quartiles": _quartiles(app_ratios),
-        "stream_share": stream_share,
-        "stream_share_quartiles": _quartiles(stream_ratios),
-        "ratio_end_to_end": statistics.median(whole_ratios),
-        "ratio_end_to_end_quartiles": _quartiles(whole_ratios),
-        "ratios_end_to_end": whole_ratios,
+        "renew": renew,
+        "plain_generate_s": statistics.median(plain_s),
+        "app_s": statistics.median(app_s),
+        "ratio": statistics.median(ratios),
+        "ratio_ci95": median_interval(ratios),
+        "ratio_quartiles": _quartiles(ratios),
+        "ratios": ratios,
+        "drawing": statistics.median(drawing) if drawing else None,
+        "drawing_quartiles": _quartiles(drawing) if drawing else None,
+        "drawing_windows": len(drawing),
+        "window_s": window_s,
+        "around_model_ms": statistics.median(run["around_model_s"] for run in runs_seen) * 1000,
         "ui_cpu_share": statistics.median(ui_share),
         "goal": GOAL,
         "frames_per_s": statistics.median(f / s for f, s in zip(frames, app_s)),
@@ -363,35 +442,30 @@ def measure(tokens: int = 2000, runs: int = 3, key_interval: float = 0.1, in_pro
     }
 
 
-def paired(first, second, runs: int) -> tuple[list[float], list[float], list[float]]:
-    """Each of ``runs`` runs of ``second`` over the mean of the runs of ``first`` just before and
-    just after it: the ratios, and the seconds of each."""
-    before = first()
-    ratios, first_s, second_s = [], [before], []
-    for _ in range(runs):
-        took = second()
-        after = first()
-        ratios.append(took / ((before + after) / 2))
-        first_s.append(after)
-        second_s.append(took)
-        before = after
-    return ratios, first_s, second_s
+def median_interval(values: list[float], z: float = 1.96) -> tuple[float, float]:
+    """A distribution-free 95% confidence interval of the median: the order statistics whose
+    ranks are n/2 -+ z*sqrt(n)/2 (the binomial's normal approximation)."""
+    ordered = sorted(values)
+    n = len(ordered)
+    half = z * math.sqrt(n) / 2
+    low = max(0, math.floor(n / 2 - half) - 1)
+    high = min(n - 1, math.ceil(n / 2 + half))
+    return ordered[low], ordered[high]
 
 
-def start_pair(engine, model: str, tokens: int, picture, in_process: bool, baseline: bool = True):
+def start_pair(engine, model: str, tokens: int, picture, in_process: bool):
     """The app's model and the plain baseline, each where it runs: the app's as `vlchat` runs it,
     in a process of its own (in_process: this engine, on a thread here, as `vlchat ask` runs it),
-    and the baseline in a clean process of its own (in_process: here; ``baseline`` False: none).
-    Both warmed up."""
+    and the baseline in a clean process of its own (in_process: here). Both warmed up."""
     if in_process:
-        return engine, plain_generate if baseline else None
+        return engine, plain_generate
     app_engine = make_engine(app_settings(model, tokens), separate=True)
     app_engine.load()
     conversation = Conversation()
     conversation.add_user(QUESTION, [picture])
     for _ in app_engine.stream(conversation, GenerationParams(max_new_tokens=16)):
         pass
-    return app_engine, PlainProcess(model) if baseline else None
+    return app_engine, PlainProcess(model)
 
 
 def stop_pair(engine, app_engine, plain) -> None:

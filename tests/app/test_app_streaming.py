@@ -122,6 +122,40 @@ async def test_the_screen_is_never_more_than_half_a_second_behind_the_model(endl
     assert max(behind) <= 0.5, behind
 
 
+@run_async
+async def test_an_answer_left_undrawn_for_a_while_catches_up_and_ends_whole(endless_engine, picture):
+    """The bench's switch (ChatScreen.draw_stream, which it turns off and on in windows of one
+    answer to measure what drawing costs the model): while it is off the screen keeps what it
+    showed, once on again it catches up with the model, and the answer ends whole either way."""
+    app = app_for(endless_engine, [picture("circle", "red", "blue")], max_new_tokens=100_000)
+    async with app.run_test(size=(100, 30)) as pilot:
+        app.chat.prompt.text = QUESTION
+        await pilot.press("enter")
+        await until(pilot, lambda: app.chat.frames > 0, timeout=60)
+
+        def written() -> int:
+            return len(app.chat.streaming_text or "")
+
+        app.chat.draw_stream = False
+        mark = written()
+        await until(pilot, lambda: written() > mark + 100, timeout=60)  # a frame under way is over
+        frames, shown, screen = app.chat.frames, app.chat.answer_view.shown, screen_text(app)
+        mark = written()
+        await until(pilot, lambda: written() > mark + 300, timeout=60)
+        assert app.chat.frames == frames and app.chat.answer_view.shown == shown
+        assert screen_text(app) == screen
+
+        app.chat.draw_stream = True
+        mark = len(shown) + 300
+        await until(pilot, lambda: len(app.chat.answer_view.shown) > mark, timeout=10)
+        assert app.chat.frames > frames and screen_text(app) != screen
+        await pilot.press("escape")
+        await until(pilot, lambda: app.chat.generating is None, timeout=10)
+        await settle(pilot)
+        answer = app.chat.conversation.last("assistant")
+        assert app.query(".answer-body").last().source == answer.text
+
+
 def realistic_answer(lines: int) -> str:
     """Markdown as a model writes it: paragraphs, a list, a code block, a heading, in turn."""
     pattern = [

@@ -120,6 +120,9 @@ class ChatScreen(ConversationCommands, PasteHandling, SessionHandling, Screen):
         # Set to a list, each frame adds (when, characters of the answer shown) to it: the
         # bench's measure of how far the screen is behind the model.
         self.frame_log: list[tuple[float, int]] | None = None
+        # False: frames skip drawing the streamed answer (it is drawn whole when it ends). The
+        # bench turns drawing off and on in windows of one answer, to measure what it costs the model.
+        self.draw_stream = True
         self.last_timings = None
         self.last_tokens: int | None = None
         self.last_prompt_tokens: int | None = None  # as the engine (or the server's usage) counted them
@@ -470,7 +473,7 @@ class ChatScreen(ConversationCommands, PasteHandling, SessionHandling, Screen):
             if view is None or live is None or live[0] != answer_id or answer_id != self.generating:
                 return
             text = live[1].text
-            if text != view.shown:
+            if text != view.shown and self.draw_stream:
                 self.frames += 1
                 # While the transcript follows the answer, only the rows that fit on screen of
                 # the line being written are drawn; scrolled up, all of it.
