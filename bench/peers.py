@@ -37,7 +37,6 @@ sys.path.insert(0, str(HERE))
 
 import caption  # noqa: E402
 import ttft  # noqa: E402
-from vlchat.core.conversation import Conversation  # noqa: E402
 from vlchat.demo import MODEL_DIR, SAMPLES_DIR  # noqa: E402
 from vlchat.demo.shapes import QUESTION_TYPES, QUESTIONS  # noqa: E402
 from common import report  # noqa: E402

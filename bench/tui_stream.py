@@ -8,9 +8,11 @@
     (each answer in the app against the mean of the plain runs just before and after it). The
     app stays open for --renew answers, as a person asks one question after another (/clear
     after each, so every answer has the same prompt); then the app and both processes start
-    again. This machine's speed drifts by a tenth over
-    seconds to minutes, so one pair says little: the figure comes with the 95% confidence
-    interval of its median. Beside it, two parts of the cost measured directly:
+    again: a process runs the model at a speed of its own (two processes of the same plain
+    generate, side by side in turns, differed by 3.5% here), so many pairs of processes are
+    needed for the lottery to even out. This machine's speed also drifts by a tenth over seconds
+    to minutes, so one pair says little: the figure comes with the 95% confidence interval of
+    its median. Beside it, two parts of the cost measured directly:
     - drawing: within answers of --window-tokens tokens, frames draw the answer in one window of
       --window-s seconds and not in the next, in turn; the model's rate in each drawn window
       against the mean of the undrawn windows on either side (windows this close share the
@@ -306,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=2000)
     parser.add_argument("--runs", type=int, default=41, help="paired runs of the app and plain generate")
-    parser.add_argument("--renew", type=int, default=10, help="start the processes again every this many pairs")
+    parser.add_argument("--renew", type=int, default=3, help="start the processes again every this many pairs")
     parser.add_argument("--window-tokens", type=int, default=4000, help="the length of the answers drawn in turns")
     parser.add_argument("--window-s", type=float, default=0.4)
     parser.add_argument("--window-answers", type=int, default=6)
@@ -374,7 +376,7 @@ def limit_threads(threads: int) -> None:
 
 
 def measure(tokens: int = 2000, runs: int = 3, key_interval: float = 0.1, in_process: bool = False,
-            renew: int = 10, window_tokens: int | None = 4000, window_s: float = 0.4, window_answers: int = 6) -> dict:
+            renew: int = 3, window_tokens: int | None = 4000, window_s: float = 0.4, window_answers: int = 6) -> dict:
     """The figures of (a), (b) and (c); ``window_tokens`` None: no drawing figure."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("VLCHAT_CONFIG_DIR", tempfile.mkdtemp(prefix="vlchat-bench-"))
