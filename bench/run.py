@@ -244,7 +244,7 @@ def table_rows(results: dict) -> list[dict]:
                     f"the answer against the windows beside them without (median; quartiles {dq[0]:.3f} to {dq[1]:.3f})")
             row(section, "  of which the app around the model", round(r["around_model_ms"], 1), "ms",
                 note=f"an answer: Enter to the model starting, its last token to the answer shown whole "
-                f"({r['around_model_ms'] / 10 / r['plain_generate_s']:.2f} % of plain generate)")
+                f"({r['around_model_share'] * 100:.2f} % of plain generate)")
         elif "app_share" in r:  # a results file of the first issue-17 bench (two shares)
             row(section, "app / plain, total time", round(r["ratio"], 3), "x", f"<= {goal}", r["ratio"] <= goal,
                 f"the app / its model's stream {r['app_share']:.3f} times the stream / plain generate {r['stream_share']:.3f}")

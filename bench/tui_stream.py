@@ -349,7 +349,7 @@ def report(result: dict) -> list[str]:
         lines.append(f"{'  drawing the answer':<34}{drawing:.4f}  (median of {result['drawing_windows']} windows of "
                      f"{result['window_s']} s drawn against those beside them; quartiles {dq[0]:.3f} to {dq[1]:.3f})")
     lines.append(f"{'  the app around the model':<34}{result['around_model_ms']:.1f} ms an answer (median; "
-                 f"{result['around_model_ms'] / 1000 / plain * 100:.2f} % of plain generate)")
+                 f"{result['around_model_share'] * 100:.2f} % of plain generate)")
     lines.append(f"{'transcript redraws per second':<34}{result['frames_per_s']:.1f}  (cap 30)")
     lines.append(f"{'UI thread CPU while streaming':<34}{result['ui_cpu_share'] * 100:.1f} % of the time")
     if result.get("lag_max_s") is not None:
@@ -395,14 +395,15 @@ def measure(tokens: int = 2000, runs: int = 3, key_interval: float = 0.1, in_pro
             if app_engine is not None:
                 stop_pair(engine, app_engine, plain)
             app_engine, plain = start_pair(engine, model, tokens, picture, in_process)
+
+            def plain_run(plain=plain) -> float:
+                plain_s.append(plain(engine, picture, tokens))
+                return plain_s[-1]
+
             # One app for these pairs, as a person asks one question after another; each answer
             # against the mean of the plain runs just before and after it.
-            pairs = asyncio.run(app_runs(app_engine, picture, tokens, min(renew, runs - len(ratios)),
-                                         between=lambda: plain(engine, picture, tokens)))
-            for run in pairs:
-                ratios.append(run["seconds"] / statistics.mean(run["plain_s"]))
-                plain_s.append(run["plain_s"][0])
-            plain_s.append(pairs[-1]["plain_s"][1])
+            pairs = asyncio.run(app_runs(app_engine, picture, tokens, min(renew, runs - len(ratios)), between=plain_run))
+            ratios += [run["seconds"] / statistics.mean(run["plain_s"]) for run in pairs]
             runs_seen += pairs
         keys = asyncio.run(through_app(app_engine, picture, tokens, key_interval))
         smooth = asyncio.run(through_app(app_engine, picture, tokens, None, lag=True))
@@ -414,6 +415,7 @@ def measure(tokens: int = 2000, runs: int = 3, key_interval: float = 0.1, in_pro
     frames = [run["frames"] for run in runs_seen]
     ui_share = [run["ui_cpu_s"] / run["seconds"] for run in runs_seen]
     delays = keys["key_delays"]
+    around = statistics.median(run["around_model_s"] for run in runs_seen)
     return {
         "tokens": tokens,
         "runs": runs,
@@ -428,7 +430,8 @@ def measure(tokens: int = 2000, runs: int = 3, key_interval: float = 0.1, in_pro
         "drawing_quartiles": _quartiles(drawing) if drawing else None,
         "drawing_windows": len(drawing),
         "window_s": window_s,
-        "around_model_ms": statistics.median(run["around_model_s"] for run in runs_seen) * 1000,
+        "around_model_ms": around * 1000,
+        "around_model_share": around / statistics.median(plain_s),
         "ui_cpu_share": statistics.median(ui_share),
         "goal": GOAL,
         "frames_per_s": statistics.median(f / s for f, s in zip(frames, app_s)),
