@@ -116,7 +116,28 @@ def test_abandoned_stream_stops_the_model(endless_engine, picture):
     assert stream.stats.tokens < 100
 
 
-def test_error_inside_generation_reaches_the_caller(endless_engine, picture):
+def test_cancel_stops_an_answer_handed_over_from_the_generation_thread(endless_engine, picture):
+    c = Conversation()
+    c.add_user("Describe the picture.", [picture().ref])
+    cancel = threading.Event()
+    stream = endless_engine.stream(c, GenerationParams(max_new_tokens=3000), cancel)
+    at_cancel: list[int] = []
+
+    def sink(_piece: str) -> None:
+        if not at_cancel:
+            at_cancel.append(stream.stats.tokens)
+            cancel.set()  # as the model process's listener sets it while the answer runs
+
+    stream.drive(sink)
+    assert stream.stats.stopped and at_cancel
+    assert stream.stats.tokens - at_cancel[0] <= 3, (at_cancel, stream.stats.tokens)
+    assert stream.stats.tokens < 100
+    assert stream.text.strip()  # the partial answer is kept
+    assert not any(t.name == "vlchat-generate" for t in threading.enumerate())
+
+
+@pytest.mark.parametrize("read", ["iterate", "drive"])
+def test_error_inside_generation_reaches_the_caller(endless_engine, picture, read):
     calls = {"n": 0}
 
     def explode(_module, _args):
@@ -130,8 +151,11 @@ def test_error_inside_generation_reaches_the_caller(endless_engine, picture):
         c.add_user("Describe the picture.", [picture().ref])
         stream = endless_engine.stream(c, GenerationParams(max_new_tokens=3000))
         with pytest.raises(GenerationError) as caught:
-            for _ in stream:
-                pass
+            if read == "drive":
+                stream.drive(lambda _piece: None)
+            else:
+                for _ in stream:
+                    pass
     finally:
         handle.remove()
     assert "simulated device fault" in str(caught.value)

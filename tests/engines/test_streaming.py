@@ -105,3 +105,33 @@ def test_streamed_answer_equals_plain_generate_decoded(demo_engine, picture):
     assert len(pieces) > 3, pieces  # it really streamed
     assert stream.text.strip() == expected and "green" in expected
     assert stream.stats.tokens == len(new)
+
+
+def test_an_answer_handed_over_from_the_generation_thread_is_the_same_answer(demo_engine, picture):
+    """TokenStream.drive, as the model's own process sends an answer: the pieces come from the
+    thread that generates (nothing is woken to read them) and add up to plain generate's answer."""
+    import threading
+
+    import torch
+
+    conversation = Conversation()
+    conversation.add_user("Describe the picture.", [picture("square", "blue", "white", count=2).ref])
+    params = GenerationParams(max_new_tokens=40)
+    inputs = demo_engine.prepare(conversation)
+    kwargs = demo_engine.generation_kwargs(inputs, params)
+    with torch.inference_mode():
+        out = demo_engine.model.generate(**kwargs)
+    new = out[0, inputs["input_ids"].shape[-1] :].tolist()
+    expected = demo_engine.tokenizer.decode(new, skip_special_tokens=True).strip()
+
+    demo_engine.drop_cache()
+    stream = demo_engine.stream(conversation, params)
+    received: list[tuple[str, str]] = []
+    stream.drive(lambda piece: received.append((threading.current_thread().name, piece)))
+    assert "".join(piece for _, piece in received).strip() == expected and "blue" in expected
+    assert stream.text == "".join(piece for _, piece in received)
+    assert stream.stats.tokens == len(new) and stream.stats.finish_reason == "stop"
+    # all but possibly the last piece (the rest of the answer, after the model ended) came from the
+    # generation thread, as it made them
+    made_there = [name for name, _ in received[:-1]]
+    assert len(made_there) > 3 and set(made_there) == {"vlchat-generate"}, received

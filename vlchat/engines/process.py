@@ -445,8 +445,10 @@ def _serve(commands: Connection, events: Connection) -> None:
                 try:
                     stream = engine.stream(conversation, params, cancel)
                     stats = stream.stats
-                    for piece in stream:
-                        send("piece", piece, stats.tokens, stats.first_token_at)
+                    # Sent from the generation thread where the engine can (TokenStream.drive):
+                    # this thread then sleeps until the answer ends instead of taking the
+                    # interpreter from the model for every piece.
+                    stream.drive(lambda piece: send("piece", piece, stats.tokens, stats.first_token_at))
                 finally:
                     cancels.pop(stream_id, None)
                 state = {

@@ -14,7 +14,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from vlchat.core.conversation import Conversation, GenerationParams, ImageRef
 from vlchat.core.errors import VlchatError
@@ -240,43 +240,73 @@ class TransformersEngine(ModelLoading, PrefixReuse, ChatEngine):
 
         worker = threading.Thread(target=generate, name="vlchat-generate", daemon=True)
 
+        text = Detokenizer(lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
+        begun = False  # the answer starts at its first visible character
+        seen = 0
+
+        def take(done: bool) -> str:
+            """The next piece of the answer from the ids the feed holds ("" when none is ready)."""
+            nonlocal begun, seen
+            seen = len(feed.ids)
+            piece = text.step(feed.ids, seen, end=done)
+            if not begun:
+                piece = piece.lstrip()
+                begun = bool(piece)
+            return clean(piece) if piece else ""
+
+        def wind_up() -> None:
+            if worker.is_alive():
+                abandon.set()
+                worker.join()
+            stats.finished_at = time.perf_counter()
+            stats.stopped = cancel.is_set()
+            if cut_at_limit(feed.ids, stats.tokens, limit, ends):
+                stats.finish_reason = "length"
+                stats.context_full = limit < params.max_new_tokens
+                if stats.context_full and not stats.notice:
+                    stats.notice = (
+                        f"the answer was cut because the model's context ({self.context_length()} tokens) is full; "
+                        "start a new conversation (/clear in the app) to go on"
+                    )
+            else:
+                stats.finish_reason = "stop"
+
         def pieces() -> Iterator[str]:
             worker.start()
-            text = Detokenizer(lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
-            started = False  # the answer starts at its first visible character
-            seen = 0
             try:
                 done = False
                 while not done:
                     done = feed.wait(seen)
-                    seen = len(feed.ids)
-                    piece = text.step(feed.ids, seen, end=done)
-                    if not started:
-                        piece = piece.lstrip()
-                        started = bool(piece)
+                    piece = take(done)
                     if piece:
-                        yield clean(piece)
+                        yield piece
                 worker.join()
             finally:
-                if worker.is_alive():
-                    abandon.set()
-                    worker.join()
-                stats.finished_at = time.perf_counter()
-                stats.stopped = cancel.is_set()
-                if cut_at_limit(feed.ids, stats.tokens, limit, ends):
-                    stats.finish_reason = "length"
-                    stats.context_full = limit < params.max_new_tokens
-                    if stats.context_full and not stats.notice:
-                        stats.notice = (
-                            f"the answer was cut because the model's context ({self.context_length()} tokens) is full; "
-                            "start a new conversation (/clear in the app) to go on"
-                        )
-                else:
-                    stats.finish_reason = "stop"
+                wind_up()
             if failure:
                 raise self._generation_error(failure[0]) from failure[0]
 
-        return TokenStream(pieces(), stats)
+        def push(sink: Callable[[str], None]) -> None:
+            # The pieces are made and handed over by the generation thread itself (TokenFeed.inline),
+            # at the times a reader would be woken; this thread only waits for the end.
+            def hand_over() -> None:
+                piece = take(False)
+                if piece:
+                    sink(piece)
+
+            feed.inline = hand_over
+            worker.start()
+            try:
+                worker.join()
+                piece = take(True)
+                if piece:
+                    sink(piece)
+            finally:
+                wind_up()
+            if failure:
+                raise self._generation_error(failure[0]) from failure[0]
+
+        return TokenStream(pieces(), stats, push)
 
     def _generation_error(self, error: BaseException) -> EngineError:
         import torch
