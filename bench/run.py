@@ -245,6 +245,10 @@ def table_rows(results: dict) -> list[dict]:
             row(section, "  of which the app around the model", round(r["around_model_ms"], 1), "ms",
                 note=f"an answer: Enter to the model starting, its last token to the answer shown whole "
                 f"({r['around_model_share'] * 100:.2f} % of plain generate)")
+            if r.get("faults_model") is not None:
+                row(section, "  page faults an answer, model's process", round(r["faults_model"]), "",
+                    note=f"plain generate's process {r['faults_plain']:.0f} (medians over the blocks of pairs; "
+                    "freeing and taking the KV cache's blocks again at every token, a few µs each)")
         elif "app_share" in r:  # a results file of the first issue-17 bench (two shares)
             row(section, "app / plain, total time", round(r["ratio"], 3), "x", f"<= {goal}", r["ratio"] <= goal,
                 f"the app / its model's stream {r['app_share']:.3f} times the stream / plain generate {r['stream_share']:.3f}")

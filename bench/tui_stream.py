@@ -350,6 +350,9 @@ def report(result: dict) -> list[str]:
                      f"{result['window_s']} s drawn against those beside them; quartiles {dq[0]:.3f} to {dq[1]:.3f})")
     lines.append(f"{'  the app around the model':<34}{result['around_model_ms']:.1f} ms an answer (median; "
                  f"{result['around_model_share'] * 100:.2f} % of plain generate)")
+    if result.get("faults_model") is not None:
+        lines.append(f"{'  page faults an answer':<34}{result['faults_model']:.0f} in the model's process, "
+                     f"{result['faults_plain']:.0f} in plain generate's (medians over the blocks of pairs)")
     lines.append(f"{'transcript redraws per second':<34}{result['frames_per_s']:.1f}  (cap 30)")
     lines.append(f"{'UI thread CPU while streaming':<34}{result['ui_cpu_share'] * 100:.1f} % of the time")
     if result.get("lag_max_s") is not None:
@@ -391,6 +394,7 @@ def measure(tokens: int = 2000, runs: int = 3, key_interval: float = 0.1, in_pro
         ratios: list[float] = []
         plain_s: list[float] = []
         app_engine = plain = None
+        faults: dict[str, list[float]] = {"model": [], "plain": []}  # page faults an answer, each block of pairs
         while len(ratios) < runs:
             if app_engine is not None:
                 stop_pair(engine, app_engine, plain)
@@ -402,7 +406,14 @@ def measure(tokens: int = 2000, runs: int = 3, key_interval: float = 0.1, in_pro
 
             # One app for these pairs, as a person asks one question after another; each answer
             # against the mean of the plain runs just before and after it.
+            watched = None if in_process else (app_engine.pid, plain.proc.pid)
+            before = [minor_faults(pid) for pid in watched] if watched else None
             pairs = asyncio.run(app_runs(app_engine, picture, tokens, min(renew, runs - len(ratios)), between=plain_run))
+            if watched and None not in before:
+                after = [minor_faults(pid) for pid in watched]
+                if None not in after:
+                    faults["model"].append((after[0] - before[0]) / len(pairs))
+                    faults["plain"].append((after[1] - before[1]) / (len(pairs) + 1))
             ratios += [run["seconds"] / statistics.mean(run["plain_s"]) for run in pairs]
             runs_seen += pairs
         keys = asyncio.run(through_app(app_engine, picture, tokens, key_interval))
@@ -432,6 +443,8 @@ def measure(tokens: int = 2000, runs: int = 3, key_interval: float = 0.1, in_pro
         "window_s": window_s,
         "around_model_ms": around * 1000,
         "around_model_share": around / statistics.median(plain_s),
+        "faults_model": statistics.median(faults["model"]) if faults["model"] else None,
+        "faults_plain": statistics.median(faults["plain"]) if faults["plain"] else None,
         "ui_cpu_share": statistics.median(ui_share),
         "goal": GOAL,
         "frames_per_s": statistics.median(f / s for f, s in zip(frames, app_s)),
@@ -445,6 +458,15 @@ def measure(tokens: int = 2000, runs: int = 3, key_interval: float = 0.1, in_pro
         "torch_threads": _torch_threads(),
         "cores": usable_cores(),
     }
+
+
+def minor_faults(pid: int) -> int | None:
+    """The page faults a process has taken so far, none needing the disk (Linux; None elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return int(stat.read().rsplit(")", 1)[1].split()[7])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def median_interval(values: list[float], z: float = 1.96) -> tuple[float, float]:

@@ -158,6 +158,26 @@ def test_a_crashed_model_process_is_one_line(endless_model, picture):
     engine.unload()
 
 
+def model_process_environ(engine) -> set[bytes]:
+    return set(Path(f"/proc/{engine.pid}/environ").read_bytes().split(b"\0"))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc settings are for Linux")
+def test_the_model_process_keeps_freed_memory_for_the_next_token_unless_the_user_set_malloc(demo_process, monkeypatch):
+    """A CPU model frees and takes its KV cache's blocks at every token: its process starts at the
+    thresholds glibc moves towards by itself, not at the ones that give every block back."""
+    assert {b"MALLOC_MMAP_THRESHOLD_=33554432", b"MALLOC_TRIM_THRESHOLD_=67108864"} <= model_process_environ(demo_process)
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "1048576")
+    engine = make_engine(settings(), separate=True)
+    engine.load()
+    try:
+        environ = model_process_environ(engine)
+        assert b"MALLOC_TRIM_THRESHOLD_=1048576" in environ  # the user's own, as it was
+        assert not any(line.startswith(b"MALLOC_MMAP_THRESHOLD_") for line in environ)
+    finally:
+        engine.unload()
+
+
 def test_the_model_process_ends_with_the_app(tmp_path):
     """However the app ends (here: killed, with no chance to clean up), its model's process follows."""
     script = textwrap.dedent(
