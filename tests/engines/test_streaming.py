@@ -86,20 +86,24 @@ def test_a_truncated_character_at_the_end_still_shows_as_the_decode_does(demo_to
     assert "".join(stream_pieces(demo_tokenizer, ids, random.Random(3))) == whole
 
 
-def test_streamed_answer_equals_plain_generate_decoded(demo_engine, picture):
+def plain_answer(engine, conversation: Conversation, params: GenerationParams) -> tuple[list[int], str]:
+    """The model card's call: generate, then decode the new ids; the engine's cache dropped after."""
     import torch
 
+    inputs = engine.prepare(conversation)
+    kwargs = engine.generation_kwargs(inputs, params)
+    with torch.inference_mode():
+        out = engine.model.generate(**kwargs)
+    new = out[0, inputs["input_ids"].shape[-1] :].tolist()
+    engine.drop_cache()
+    return new, engine.tokenizer.decode(new, skip_special_tokens=True).strip()
+
+
+def test_streamed_answer_equals_plain_generate_decoded(demo_engine, picture):
     conversation = Conversation()
     conversation.add_user("Describe the picture.", [picture("triangle", "green", "white", count=3).ref])
     params = GenerationParams(max_new_tokens=40)
-    inputs = demo_engine.prepare(conversation)
-    kwargs = demo_engine.generation_kwargs(inputs, params)
-    with torch.inference_mode():
-        out = demo_engine.model.generate(**kwargs)
-    new = out[0, inputs["input_ids"].shape[-1] :].tolist()
-    expected = demo_engine.tokenizer.decode(new, skip_special_tokens=True).strip()
-
-    demo_engine.drop_cache()
+    new, expected = plain_answer(demo_engine, conversation, params)
     stream = demo_engine.stream(conversation, params)
     pieces = list(stream)
     assert len(pieces) > 3, pieces  # it really streamed
@@ -112,19 +116,10 @@ def test_an_answer_handed_over_from_the_generation_thread_is_the_same_answer(dem
     thread that generates (nothing is woken to read them) and add up to plain generate's answer."""
     import threading
 
-    import torch
-
     conversation = Conversation()
     conversation.add_user("Describe the picture.", [picture("square", "blue", "white", count=2).ref])
     params = GenerationParams(max_new_tokens=40)
-    inputs = demo_engine.prepare(conversation)
-    kwargs = demo_engine.generation_kwargs(inputs, params)
-    with torch.inference_mode():
-        out = demo_engine.model.generate(**kwargs)
-    new = out[0, inputs["input_ids"].shape[-1] :].tolist()
-    expected = demo_engine.tokenizer.decode(new, skip_special_tokens=True).strip()
-
-    demo_engine.drop_cache()
+    new, expected = plain_answer(demo_engine, conversation, params)
     stream = demo_engine.stream(conversation, params)
     received: list[tuple[str, str]] = []
     stream.drive(lambda piece: received.append((threading.current_thread().name, piece)))
