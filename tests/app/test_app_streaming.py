@@ -97,12 +97,17 @@ async def test_the_screen_is_never_more_than_half_a_second_behind_the_model(endl
         behind: list[float] = []
         changes = [time.perf_counter()]
         screen = screen_text(app)
-        started = time.perf_counter()
-        while time.perf_counter() - started < 4:
+        started = now = time.perf_counter()
+        while now - started < 4:
             await pilot.pause(0.05)
             now = time.perf_counter()
-            produced.append((now, len(app.chat.streaming_text or "")))
             view = app.chat.answer_view
+            if view is None:
+                # The answer ended: on a quiet fast machine the model fills its 4,096-token context
+                # within these seconds. What was measured until then still counts.
+                assert app.chat.conversation.last("assistant").finish_reason == "length"
+                break
+            produced.append((now, len(app.chat.streaming_text or "")))
             live = view.query_one(LiveText)
             # On screen: the last row of the block being written, so all the answer up to ``shown``.
             assert live.wrapped()[-1] in screen_text(app).replace("\n", "")
@@ -113,12 +118,14 @@ async def test_the_screen_is_never_more_than_half_a_second_behind_the_model(endl
             if (new := screen_text(app)) != screen:
                 screen = new
                 changes.append(now)
-        assert app.chat.generating is not None  # it streamed all along
-        await pilot.press("escape")
-        await until(pilot, lambda: app.chat.generating is None, timeout=10)
-    # The screen kept changing (a pause in it is no fault when the model paused too: on a loaded
-    # machine it does), and never lagged what the model had written by more than half a second.
-    assert len(changes) > 8, changes
+        if app.chat.generating is not None:
+            await pilot.press("escape")
+            await until(pilot, lambda: app.chat.generating is None, timeout=10)
+    # The screen kept changing, twice a second or more (a pause in it is no fault when the model
+    # paused too: on a loaded machine it does), and never lagged what the model had written by
+    # more than half a second.
+    watched = now - started
+    assert watched >= 1 and len(changes) - 1 >= int(2 * watched), (watched, changes)
     assert max(behind) <= 0.5, behind
 
 
