@@ -406,14 +406,13 @@ def measure(tokens: int = 2000, runs: int = 3, key_interval: float = 0.1, in_pro
 
             # One app for these pairs, as a person asks one question after another; each answer
             # against the mean of the plain runs just before and after it.
-            watched = None if in_process else (app_engine.pid, plain.proc.pid)
-            before = [minor_faults(pid) for pid in watched] if watched else None
+            watched = () if in_process else (app_engine.pid, plain.proc.pid)
+            before = [minor_faults(pid) for pid in watched]
             pairs = asyncio.run(app_runs(app_engine, picture, tokens, min(renew, runs - len(ratios)), between=plain_run))
-            if watched and None not in before:
-                after = [minor_faults(pid) for pid in watched]
-                if None not in after:
-                    faults["model"].append((after[0] - before[0]) / len(pairs))
-                    faults["plain"].append((after[1] - before[1]) / (len(pairs) + 1))
+            after = [minor_faults(pid) for pid in watched]
+            if watched and None not in before + after:
+                faults["model"].append((after[0] - before[0]) / len(pairs))
+                faults["plain"].append((after[1] - before[1]) / (len(pairs) + 1))
             ratios += [run["seconds"] / statistics.mean(run["plain_s"]) for run in pairs]
             runs_seen += pairs
         keys = asyncio.run(through_app(app_engine, picture, tokens, key_interval))

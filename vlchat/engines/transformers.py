@@ -289,8 +289,8 @@ class TransformersEngine(ModelLoading, PrefixReuse, ChatEngine):
         def push(sink: Callable[[str], None]) -> None:
             # The pieces are made and handed over by the generation thread itself (TokenFeed.inline),
             # at the times a reader would be woken; this thread only waits for the end.
-            def hand_over() -> None:
-                piece = take(False)
+            def hand_over(done: bool = False) -> None:
+                piece = take(done)
                 if piece:
                     sink(piece)
 
@@ -298,9 +298,7 @@ class TransformersEngine(ModelLoading, PrefixReuse, ChatEngine):
             worker.start()
             try:
                 worker.join()
-                piece = take(True)
-                if piece:
-                    sink(piece)
+                hand_over(True)  # the rest of the answer, on this thread
             finally:
                 wind_up()
             if failure:
