@@ -126,16 +126,11 @@ def app_settings(model: str, tokens: int) -> Settings:
     return Settings(model=model, device="cpu", quant="none", max_new_tokens=tokens, image_protocol="halfblock")
 
 
-def recording(engine, produced: list[tuple[float, int, int]]):
-    """``engine.stream``, noting (when, characters so far, tokens so far) as each piece reaches
-    the app."""
+def recording(produced: list[tuple[float, int, int]]):
+    """A stream, noting (when, characters so far, tokens so far) as each piece reaches the app."""
     from vlchat.engines.base import TokenStream
 
-    stream = engine.stream
-
-    def record(*args, **kwargs):
-        inner = stream(*args, **kwargs)
-
+    def record(inner):
         def pieces():
             try:
                 for piece in inner:
@@ -188,13 +183,20 @@ async def app_runs(engine, picture, tokens: int, answers: int, key_interval: flo
     app = make_app(settings, [picture], engine=engine, engine_loaded=True, remember_theme=False)
     produced: list[tuple[float, int, int]] = []
     streams: list = []
-    inner = recording(engine, produced) if lag or windows else engine.stream
+    record = recording(produced) if lag or windows else None
 
-    def keep(*args, **kwargs):  # the stream itself, for the model's own clock
-        streams.append(inner(*args, **kwargs))
-        return streams[-1]
+    def keeping(make):
+        def keep(*args, **kwargs):  # the stream itself, for the model's own clock
+            stream = make(*args, **kwargs)
+            if stream is None:  # begin() left it to stream()
+                return None
+            streams.append(stream)
+            return record(stream) if record else stream
 
-    engine.stream = keep
+        return keep
+
+    # As the app starts an answer: begin() on the UI thread, or stream() on the worker's.
+    engine.stream, engine.begin = keeping(engine.stream), keeping(engine.begin)
     results: list[dict] = []
     try:
         async with app.run_test(size=(120, 40)) as pilot:
@@ -213,7 +215,7 @@ async def app_runs(engine, picture, tokens: int, answers: int, key_interval: flo
                 await app.workers.wait_for_complete()
                 await pilot.pause(0.1)
     finally:
-        del engine.stream
+        del engine.stream, engine.begin
     return results
 
 

@@ -107,6 +107,43 @@ def test_stop_reaches_the_model_process(endless_model, picture):
         engine.unload()
 
 
+def test_a_question_begun_is_at_work_before_anyone_reads_and_ends_if_nobody_does(endless_model, picture):
+    """begin() (the app's UI thread, as a question is sent) hands the model the question there and
+    then: the model answers while nobody reads yet; only one answer is the model's at a time; and
+    a begun answer nobody reads ends when dropped, so the next question gets its own answer."""
+    engine = ProcessEngine(settings(model=str(endless_model)))
+    engine.load()
+    try:
+        question = conversation_about(picture("circle", "red", "blue"))
+        short = GenerationParams(max_new_tokens=24)
+        expected = "".join(engine.stream(question, short))
+        cancel = threading.Event()
+        stream = engine.begin(question, GenerationParams(max_new_tokens=100_000), cancel)
+        assert stream is not None
+        assert engine.begin(question, short) is None  # the model is this answer's: stream() waits its turn
+        cpu = engine.cpu_seconds()
+        deadline = time.monotonic() + 60
+        while cpu is not None and engine.cpu_seconds() < cpu + 0.3:  # at work, though nobody reads
+            assert time.monotonic() < deadline, "the model did not start on a begun question"
+            time.sleep(0.02)
+        reading = time.perf_counter()
+        assert next(stream)
+        cancel.set()
+        rest = "".join(stream)
+        assert stream.stats.stopped and stream.stats.started < reading
+        assert rest and stream.text.startswith(expected)
+        assert stream.stats.tokens > short.max_new_tokens or cpu is None  # written while nobody read
+
+        abandoned = engine.begin(question, GenerationParams(max_new_tokens=100_000))
+        assert abandoned is not None
+        del abandoned  # never read: the answer is stopped and read to its end
+        assert "".join(engine.stream(question, short)) == expected
+        again = engine.begin(question, short)
+        assert again is not None and "".join(again) == expected
+    finally:
+        engine.unload()
+
+
 def test_errors_come_back_as_the_engine_here_raises_them(demo_process, demo_engine, picture, tmp_path):
     missing = ImageRef(sha256="0" * 64, path=str(tmp_path / "gone.png"), format="PNG", width=8, height=8)
     conversation = Conversation()

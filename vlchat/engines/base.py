@@ -206,6 +206,23 @@ class ChatEngine:
         """
         raise NotImplementedError
 
+    def begin(
+        self,
+        conversation: Conversation,
+        params: GenerationParams,
+        cancel: threading.Event | None = None,
+    ) -> TokenStream | None:
+        """``stream``, with the model already at work when it returns, where starting takes the
+        caller no time and never waits: a model in a process of its own is sent the request
+        there and then. None otherwise (the model is busy, or starting means work on the
+        caller's thread, as preparing the pictures does for a model in this process): then call
+        ``stream`` on a thread of its own. The app calls this on its UI thread as a question is
+        sent, so the model starts before the screen lays the question out.
+
+        A stream begun and never read ends the answer once it is closed or dropped.
+        """
+        return None
+
     def unload(self) -> None:
         """Free the model and its memory."""
 

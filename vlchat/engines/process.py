@@ -247,39 +247,74 @@ class ProcessEngine(ChatEngine):
         stats = StreamStats()
         return TokenStream(self._pieces(conversation, params, cancel or threading.Event(), stats), stats)
 
+    def begin(
+        self,
+        conversation: Conversation,
+        params: GenerationParams,
+        cancel: threading.Event | None = None,
+    ) -> TokenStream | None:
+        # A message on a pipe: nothing to wait for, unless another request holds the model.
+        if self._commands is None or not self._lock.acquire(blocking=False):
+            return None
+        try:
+            stream_id = self._request(conversation, params)
+        except Exception:
+            self._lock.release()
+            return None  # the process has ended: stream() on the caller's thread says so
+        stats = StreamStats()
+        pieces = self._held(stream_id, cancel or threading.Event(), stats)
+        next(pieces)  # from here on, closing or dropping the stream ends the answer and frees the lock
+        return TokenStream(pieces, stats)
+
+    def _request(self, conversation: Conversation, params: GenerationParams) -> int:
+        stream_id = next(self._ids)
+        self._send("stream", stream_id, conversation, params)
+        return stream_id
+
     def _pieces(self, conversation: Conversation, params: GenerationParams, cancel: threading.Event, stats: StreamStats) -> Iterator[str]:
         with self._lock:
-            stream_id = next(self._ids)
-            self._send("stream", stream_id, conversation, params)
-            cancelled = ended = False
-            try:
-                while True:
-                    if not cancelled and cancel.is_set():
-                        self._send("cancel", stream_id)
-                        cancelled = True
-                    # Waiting on the pipe costs the model nothing: it is another process.
-                    message = self._recv(None if cancelled else POLL_S)
-                    if message is None:
-                        continue
-                    if message[0] == "error":
-                        ended = True  # an error ends the answer on the model's side too
-                        raise _rebuild(*message[1:])
-                    if message[0] == "piece":
-                        _, text, stats.tokens, first = message
-                        if stats.first_token_at is None and first is not None:
-                            stats.first_token_at = first
-                        yield text
-                    elif message[0] == "end":
-                        ended = True
-                        for key, value in message[1].items():
-                            setattr(stats, key, value)
-                        self.gpu_bytes = message[2]
-                        return
-            finally:
-                if not ended:
-                    # The reader went away mid-answer (or failed): stop the model and read up to
-                    # the end, so the next request does not get this answer's rest.
-                    self._drain(stream_id, cancelled)
+            stream_id = self._request(conversation, params)
+            yield from self._replies(stream_id, cancel, stats)
+
+    def _held(self, stream_id: int, cancel: threading.Event, stats: StreamStats) -> Iterator[str]:
+        """The replies to a request begin() sent, holding the lock begin() took."""
+        try:
+            yield from self._replies(stream_id, cancel, stats, primed=True)
+        finally:
+            self._lock.release()
+
+    def _replies(self, stream_id: int, cancel: threading.Event, stats: StreamStats, primed: bool = False) -> Iterator[str]:
+        cancelled = ended = False
+        try:
+            if primed:
+                yield ""  # begin()'s own step, never seen by the reader
+            while True:
+                if not cancelled and cancel.is_set():
+                    self._send("cancel", stream_id)
+                    cancelled = True
+                # Waiting on the pipe costs the model nothing: it is another process.
+                message = self._recv(None if cancelled else POLL_S)
+                if message is None:
+                    continue
+                if message[0] == "error":
+                    ended = True  # an error ends the answer on the model's side too
+                    raise _rebuild(*message[1:])
+                if message[0] == "piece":
+                    _, text, stats.tokens, first = message
+                    if stats.first_token_at is None and first is not None:
+                        stats.first_token_at = first
+                    yield text
+                elif message[0] == "end":
+                    ended = True
+                    for key, value in message[1].items():
+                        setattr(stats, key, value)
+                    self.gpu_bytes = message[2]
+                    return
+        finally:
+            if not ended:
+                # The reader went away mid-answer (or failed, or never read): stop the model and
+                # read up to the end, so the next request does not get this answer's rest.
+                self._drain(stream_id, cancelled)
 
     def _drain(self, stream_id: int, cancelled: bool) -> None:
         try:

@@ -410,17 +410,31 @@ class ChatScreen(ConversationCommands, PasteHandling, SessionHandling, Screen):
         # A blinking cursor redraws the screen twice a second, time taken from the model.
         self.prompt.cursor_blink = False
         snapshot = Conversation(messages=list(self.conversation.messages))
-        self._generate(self._answer_id, snapshot, replace(self.params), self._cancel)
+        params = replace(self.params)
+        # A model in a process of its own is sent the question now, before the screen lays it out
+        # (the worker's thread would start only after that, some milliseconds later).
+        begun = None
+        if self.engine_lock.acquire(blocking=False):
+            try:
+                begun = self.app.engine.begin(snapshot, params, self._cancel)
+            finally:
+                self.engine_lock.release()
+        if begun is not None:
+            self._live = (self._answer_id, begun)
+        self._generate(self._answer_id, snapshot, params, self._cancel, begun)
         self.update_status()
         self.refresh_bindings()
 
     @work(thread=True, exclusive=True, group="generate", exit_on_error=False)
-    def _generate(self, answer_id: int, conversation: Conversation, params: GenerationParams, cancel: threading.Event) -> None:
-        stream = None
+    def _generate(
+        self, answer_id: int, conversation: Conversation, params: GenerationParams, cancel: threading.Event, begun: Any = None
+    ) -> None:
+        stream = begun
         try:
-            with self.engine_lock:
-                stream = self.app.engine.stream(conversation, params, cancel)
-            self._live = (answer_id, stream)
+            if stream is None:
+                with self.engine_lock:
+                    stream = self.app.engine.stream(conversation, params, cancel)
+                self._live = (answer_id, stream)
             for _piece in stream:
                 pass
         except VlchatError as error:
