@@ -55,8 +55,8 @@ _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 # nothing or up to a tenth of an answer in page faults (0 to 91,000 an answer, a few µs each). The
 # model's process starts at the thresholds glibc moves towards on its own (32 MiB for mmap, its
 # largest, and twice that for giving memory back): at most 64 MiB of freed memory kept, and few
-# faults an answer (8 for plain generate in such a process). A user's own settings (these variables, or GLIBC_TUNABLES) are left alone;
-# other C libraries ignore them.
+# faults an answer (8 for plain generate in such a process). A user's own settings (these
+# variables, or GLIBC_TUNABLES) are left alone; other C libraries ignore them.
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(64 << 20)}
 
 
